@@ -1,0 +1,90 @@
+//! The outbox relay: cross-shard updates ("user joined conversation" -> the user's own
+//! shard) are queued by apply in the conversation's shard and delivered from here,
+//! idempotently, never by a distributed transaction.
+//!
+//! Handlers drain the outbox of the shard they just wrote before answering, so a user sees a
+//! new conversation in `list_conversations` at once; a background loop delivers what a crash
+//! left behind.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use super::{RouteError, Router, ShardMap};
+use crate::shard::command::{GroupId, Request, ShardOp};
+use crate::shard::ShardReader;
+
+/// How often the background loop looks for undelivered entries.
+pub const OUTBOX_SWEEP_INTERVAL_MS: u64 = 1_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+}
+
+pub struct OutboxRelay {
+    router: Arc<Router>,
+    shard_map: Arc<ShardMap>,
+    reader: ShardReader,
+    /// One drain at a time per shard, so entries are not delivered twice concurrently.
+    locks: HashMap<GroupId, Mutex<()>>,
+}
+
+impl OutboxRelay {
+    pub fn new(router: Arc<Router>, shard_map: Arc<ShardMap>, reader: ShardReader) -> Arc<Self> {
+        let locks = shard_map.groups().map(|g| (g, Mutex::new(()))).collect();
+        Arc::new(OutboxRelay {
+            router,
+            shard_map,
+            reader,
+            locks,
+        })
+    }
+
+    /// Delivers every pending outbox entry of `group`.
+    pub async fn drain(&self, group: GroupId) -> Result<(), OutboxError> {
+        let Some(lock) = self.locks.get(&group) else {
+            return Ok(());
+        };
+        let _guard = lock.lock().await;
+        loop {
+            let entries = self.reader.outbox(group).await?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            for (_, e) in &entries {
+                let user_shard = self.shard_map.shard_for_user(&e.user_id);
+                let op = ShardOp::IndexUserConversation {
+                    user_id: e.user_id.clone(),
+                    conversation_id: e.conversation_id.clone(),
+                };
+                self.router.write(user_shard, Request::Shard(op)).await?;
+            }
+            let ids = entries.iter().map(|(id, _)| *id).collect();
+            self.router
+                .write(group, Request::Shard(ShardOp::OutboxDone { ids }))
+                .await?;
+        }
+    }
+
+    /// Runs forever, draining every shard periodically.
+    pub fn spawn_background(self: &Arc<Self>) {
+        let relay = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(OUTBOX_SWEEP_INTERVAL_MS));
+            loop {
+                tick.tick().await;
+                for group in relay.shard_map.groups() {
+                    if let Err(e) = relay.drain(group).await {
+                        tracing::debug!(group, error = %e, "outbox drain deferred");
+                    }
+                }
+            }
+        });
+    }
+}

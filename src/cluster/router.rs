@@ -1,0 +1,113 @@
+//! Routing a request to its group's leader. On one node every group is local; with peers,
+//! a `NotLeader { leader_hint }` answer is where forwarding over the transport plugs in.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+
+use crate::raft::GroupHandle;
+use crate::shard::command::{GroupId, Request, Response};
+
+/// How long one request may wait for its write or read barrier before `unavailable`.
+pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
+
+/// Why a request could not be served by its group.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RouteError {
+    #[error("not the leader of group {group}; leader hint: {leader_hint:?}")]
+    NotLeader {
+        group: GroupId,
+        leader_hint: Option<u64>,
+    },
+    #[error("group {group} is unavailable: {reason}")]
+    Unavailable { group: GroupId, reason: String },
+    #[error("no such group {0}")]
+    NoSuchGroup(GroupId),
+    #[error("group {group} timed out after {timeout_ms} ms")]
+    Timeout { group: GroupId, timeout_ms: u64 },
+}
+
+/// The groups this node holds, by id.
+pub struct Router {
+    groups: HashMap<GroupId, GroupHandle>,
+}
+
+impl Router {
+    pub fn new(groups: impl IntoIterator<Item = GroupHandle>) -> Self {
+        Router {
+            groups: groups.into_iter().map(|g| (g.group, g)).collect(),
+        }
+    }
+
+    pub fn group(&self, group: GroupId) -> Result<&GroupHandle, RouteError> {
+        self.groups
+            .get(&group)
+            .ok_or(RouteError::NoSuchGroup(group))
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = &GroupHandle> {
+        self.groups.values()
+    }
+
+    /// Proposes `req` to `group` and waits for it to be committed and applied.
+    pub async fn write(&self, group: GroupId, req: Request) -> Result<Response, RouteError> {
+        let handle = self.group(group)?;
+        let fut = handle.raft.client_write(req);
+        match tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), fut).await {
+            Err(_) => Err(RouteError::Timeout {
+                group,
+                timeout_ms: REQUEST_TIMEOUT_MS,
+            }),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(e)) => Err(map_write_error(group, e)),
+        }
+    }
+
+    /// Waits until the local state machine of `group` reflects every write acknowledged
+    /// before this call (read index on the leader, G7).
+    pub async fn read_barrier(&self, group: GroupId) -> Result<(), RouteError> {
+        let handle = self.group(group)?;
+        let fut = handle.raft.ensure_linearizable();
+        match tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), fut).await {
+            Err(_) => Err(RouteError::Timeout {
+                group,
+                timeout_ms: REQUEST_TIMEOUT_MS,
+            }),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(RouteError::NotLeader {
+                    group,
+                    leader_hint: f.leader_id,
+                })
+            }
+            Ok(Err(e)) => Err(RouteError::Unavailable {
+                group,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Whether every group knows a leader (for `/ready`).
+    pub fn all_have_leaders(&self) -> bool {
+        self.groups
+            .values()
+            .all(|g| g.raft.metrics().borrow().current_leader.is_some())
+    }
+}
+
+fn map_write_error(
+    group: GroupId,
+    e: RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>,
+) -> RouteError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => RouteError::NotLeader {
+            group,
+            leader_hint: f.leader_id,
+        },
+        other => RouteError::Unavailable {
+            group,
+            reason: other.to_string(),
+        },
+    }
+}

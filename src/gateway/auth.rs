@@ -1,0 +1,211 @@
+//! Accounts: argon2id password hashes, JWTs signed with the cluster's secret (HS256), and
+//! optionally tokens of an operator's own issuer.
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::Argon2;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ExternalAuth;
+use crate::protocol::is_valid_id;
+
+/// Longest user id accepted from any token: direct conversation ids are built from two.
+pub const USER_ID_CHARS_MAX: usize = 60;
+/// Username rules: 1..=32 of `[A-Za-z0-9_.-]`.
+pub const USERNAME_CHARS_MAX: usize = 32;
+/// Password length bounds (bytes), so hashing cost is bounded.
+pub const PASSWORD_BYTES_MIN: usize = 8;
+pub const PASSWORD_BYTES_MAX: usize = 256;
+
+const ISSUER: &str = "chatnode";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+    #[error("invalid external auth config: {0}")]
+    Config(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    iat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+}
+
+pub fn valid_username(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= USERNAME_CHARS_MAX
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+pub fn valid_password(pw: &str) -> bool {
+    (PASSWORD_BYTES_MIN..=PASSWORD_BYTES_MAX).contains(&pw.len())
+}
+
+/// argon2id with the crate's default (OWASP) parameters. CPU-heavy: call off the workers.
+pub fn hash_password(password: &str) -> Result<String, AuthError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+/// CPU-heavy: call off the workers.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    match PasswordHash::new(hash) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Verifies external tokens configured by the operator.
+struct ExternalVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// Issues and verifies tokens.
+pub struct TokenAuthority {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl_secs: u64,
+    external: Option<ExternalVerifier>,
+}
+
+impl TokenAuthority {
+    pub fn new(secret: &[u8], ttl_secs: u64, external: &ExternalAuth) -> Result<Self, AuthError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[ISSUER]);
+        validation.leeway = 5;
+        Ok(TokenAuthority {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            ttl_secs,
+            external: external_verifier(external)?,
+        })
+    }
+
+    /// A token for `user_id`; returns it and its expiry in ms.
+    pub fn issue(&self, user_id: &str, now_ms: u64) -> Result<(String, u64), AuthError> {
+        let iat = now_ms / 1000;
+        let exp = iat + self.ttl_secs;
+        let claims = Claims {
+            sub: user_id.to_string(),
+            exp,
+            iat,
+            iss: Some(ISSUER.to_string()),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+        Ok((token, exp * 1000))
+    }
+
+    /// The user id of a valid token, and whether it came from the external issuer.
+    pub fn verify(&self, token: &str) -> Result<(String, bool), AuthError> {
+        let own = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation);
+        let (claims, external) = match (own, &self.external) {
+            (Ok(data), _) => (data.claims, false),
+            (Err(_), Some(ext)) => {
+                let data = jsonwebtoken::decode::<Claims>(token, &ext.key, &ext.validation)
+                    .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+                (data.claims, true)
+            }
+            (Err(e), None) => return Err(AuthError::InvalidToken(e.to_string())),
+        };
+        if !is_valid_id(&claims.sub) || claims.sub.len() > USER_ID_CHARS_MAX {
+            return Err(AuthError::InvalidToken(format!(
+                "sub must be 1..{USER_ID_CHARS_MAX} characters of [A-Za-z0-9_-]"
+            )));
+        }
+        Ok((claims.sub, external))
+    }
+}
+
+fn external_verifier(ext: &ExternalAuth) -> Result<Option<ExternalVerifier>, AuthError> {
+    let (key, alg) = match (&ext.hmac_secret, &ext.public_key_pem) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(AuthError::Config(
+                "set either hmac_secret or public_key_pem, not both".into(),
+            ))
+        }
+        (Some(secret), None) => (
+            DecodingKey::from_secret(secret.as_bytes()),
+            Algorithm::HS256,
+        ),
+        (None, Some(pem)) => match ext.algorithm.as_deref().unwrap_or("RS256") {
+            "RS256" => (
+                DecodingKey::from_rsa_pem(pem.as_bytes())
+                    .map_err(|e| AuthError::Config(e.to_string()))?,
+                Algorithm::RS256,
+            ),
+            "ES256" => (
+                DecodingKey::from_ec_pem(pem.as_bytes())
+                    .map_err(|e| AuthError::Config(e.to_string()))?,
+                Algorithm::ES256,
+            ),
+            other => return Err(AuthError::Config(format!("unsupported algorithm {other}"))),
+        },
+    };
+    let mut validation = Validation::new(alg);
+    validation.leeway = 5;
+    match &ext.issuer {
+        Some(iss) => validation.set_issuer(&[iss]),
+        None => validation.iss = None,
+    }
+    Ok(Some(ExternalVerifier { key, validation }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_tokens_verify_and_foreign_ones_do_not() {
+        let a = TokenAuthority::new(b"secret-a", 60, &ExternalAuth::default()).unwrap();
+        let b = TokenAuthority::new(b"secret-b", 60, &ExternalAuth::default()).unwrap();
+        let now = 1_700_000_000_000;
+        let (t, exp) = a.issue("u1", crate::gateway::now_ms()).unwrap();
+        assert!(exp > now);
+        assert_eq!(a.verify(&t).unwrap(), ("u1".to_string(), false));
+        assert!(b.verify(&t).is_err());
+        let (old, _) = a.issue("u1", 1_000).unwrap();
+        assert!(a.verify(&old).is_err(), "expired token accepted");
+    }
+
+    #[test]
+    fn external_hmac_tokens_are_accepted() {
+        let ext = ExternalAuth {
+            hmac_secret: Some("ext".into()),
+            ..Default::default()
+        };
+        let ours = TokenAuthority::new(b"ours", 60, &ext).unwrap();
+        let theirs = TokenAuthority::new(b"ext", 60, &ExternalAuth::default()).unwrap();
+        let (t, _) = theirs.issue("alice", crate::gateway::now_ms()).unwrap();
+        assert_eq!(ours.verify(&t).unwrap(), ("alice".to_string(), true));
+    }
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong horse", &h));
+        assert!(!verify_password("x", "not a hash"));
+    }
+}

@@ -1,0 +1,562 @@
+//! What each client request does. Identity comes from the session, never from the frame.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::hub::{presence_status, ConnId, OutFrame};
+use super::{now_ms, Gateway};
+use crate::protocol::client::{WireConvKind, WireRole, HISTORY_LIMIT_DEFAULT};
+use crate::protocol::{
+    ClientFrame, ConversationSummary, ConversationView, MessageView, ProtocolError, RequestId,
+    ServerFrame, SyncEntry,
+};
+use crate::shard::command::*;
+
+/// Messages per conversation in one `sync` reply.
+pub const SYNC_PAGE_MAX: u64 = 100;
+
+/// The authenticated side of a connection.
+pub struct Session {
+    pub user_id: String,
+    pub device_id: String,
+    pub conn_id: ConnId,
+    pub tx: mpsc::Sender<OutFrame>,
+    /// Notified by the hub when this connection is replaced or too slow.
+    pub kill: std::sync::Arc<tokio::sync::Notify>,
+}
+
+type Reply = Result<Vec<ServerFrame>, ProtocolError>;
+
+fn one(frame: ServerFrame) -> Reply {
+    Ok(vec![frame])
+}
+
+/// A direct conversation's id is derived from its two members, so it exists once.
+pub fn direct_conversation_id(a: &str, b: &str) -> String {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    format!("d-{x}-{y}")
+}
+
+fn new_msg_id() -> String {
+    ulid::Ulid::new().to_string()
+}
+
+impl Gateway {
+    /// Writes a shard command; a deterministic rejection becomes its protocol error.
+    pub async fn write_shard(
+        &self,
+        group: GroupId,
+        op: ShardOp,
+    ) -> Result<ShardResponse, ProtocolError> {
+        match self.router.write(group, Request::Shard(op)).await? {
+            Response::Shard(ShardResponse::Rejected(r)) => Err(r.into()),
+            Response::Shard(r) => Ok(r),
+            other => Err(ProtocolError::internal(format!(
+                "unexpected response {other:?}"
+            ))),
+        }
+    }
+
+    /// The conversation, read linearizably, if `user` is a member; `forbidden` otherwise
+    /// (also when it does not exist: no existence leak).
+    pub async fn member_conversation(
+        &self,
+        user: &str,
+        conversation_id: &str,
+    ) -> Result<(GroupId, ConversationState), ProtocolError> {
+        let group = self.shard_map.shard_for_conversation(conversation_id);
+        self.router.read_barrier(group).await?;
+        match self.reader.conversation(group, conversation_id).await? {
+            Some(c) if c.members.iter().any(|m| m.user_id == user) => Ok((group, c)),
+            _ => Err(ProtocolError::forbidden(
+                "not a member of this conversation",
+            )),
+        }
+    }
+
+    async fn user_exists(&self, user_id: &str) -> Result<bool, ProtocolError> {
+        let group = self.shard_map.shard_for_user(user_id);
+        self.router.read_barrier(group).await?;
+        Ok(self.reader.user(group, user_id).await?.is_some())
+    }
+
+    async fn check_users_exist(&self, users: &[String]) -> Result<(), ProtocolError> {
+        for u in users {
+            if !self.user_exists(u).await? {
+                return Err(ProtocolError::bad_request(format!("unknown user {u}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The conversations `user` belongs to (linearizable): the user's index, filtered by
+    /// actual membership in each conversation's shard.
+    async fn user_conversations(
+        &self,
+        user: &str,
+    ) -> Result<Vec<(GroupId, ConversationState)>, ProtocolError> {
+        let ugroup = self.shard_map.shard_for_user(user);
+        self.router.read_barrier(ugroup).await?;
+        let ids = self.reader.user_conversations(ugroup, user).await?;
+        let mut barriers = HashSet::new();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let group = self.shard_map.shard_for_conversation(&id);
+            if barriers.insert(group) {
+                self.router.read_barrier(group).await?;
+            }
+            if let Some(c) = self.reader.conversation(group, &id).await? {
+                if c.members.iter().any(|m| m.user_id == user) {
+                    out.push((group, c));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn check_send_rate(&self, user: &str, conversation_id: &str) -> Result<(), ProtocolError> {
+        let now = Instant::now();
+        let user_key = user.to_string();
+        if let Err(wait) = self.user_rate.check(&user_key, now) {
+            return Err(ProtocolError::rate_limited(
+                "too many messages from this user",
+                wait,
+            ));
+        }
+        if let Err(wait) = self
+            .conversation_rate
+            .check(&conversation_id.to_string(), now)
+        {
+            self.user_rate.refund(&user_key);
+            return Err(ProtocolError::rate_limited(
+                "too many messages in this conversation",
+                wait,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Handles one authenticated request; returns the frames to answer with (in order).
+    pub async fn handle(&self, s: &Session, id: Option<RequestId>, frame: ClientFrame) -> Reply {
+        match frame {
+            ClientFrame::Auth { .. } => Err(ProtocolError::bad_request("already authenticated")),
+            ClientFrame::Ping => one(ServerFrame::Pong { id }),
+            ClientFrame::Send {
+                conversation_id,
+                client_msg_id,
+                body,
+            } => {
+                self.send_event(
+                    s,
+                    id,
+                    conversation_id,
+                    client_msg_id,
+                    MsgKind::Text,
+                    body,
+                    None,
+                )
+                .await
+            }
+            ClientFrame::Edit {
+                conversation_id,
+                client_msg_id,
+                seq,
+                body,
+            } => {
+                self.send_event(
+                    s,
+                    id,
+                    conversation_id,
+                    client_msg_id,
+                    MsgKind::Edit,
+                    body,
+                    Some(seq),
+                )
+                .await
+            }
+            ClientFrame::Delete {
+                conversation_id,
+                client_msg_id,
+                seq,
+            } => {
+                self.send_event(
+                    s,
+                    id,
+                    conversation_id,
+                    client_msg_id,
+                    MsgKind::Delete,
+                    String::new(),
+                    Some(seq),
+                )
+                .await
+            }
+            ClientFrame::CreateConversation {
+                kind,
+                members,
+                title,
+            } => self.create_conversation(s, id, kind, members, title).await,
+            ClientFrame::AddMembers {
+                conversation_id,
+                members,
+            } => {
+                self.check_users_exist(&members).await?;
+                let group = self.shard_map.shard_for_conversation(&conversation_id);
+                let op = ShardOp::AddMembers {
+                    conversation_id,
+                    actor: s.user_id.clone(),
+                    actor_device: s.device_id.clone(),
+                    members,
+                    msg_id: new_msg_id(),
+                    ts: now_ms(),
+                };
+                self.membership_change(id, group, op).await
+            }
+            ClientFrame::RemoveMember {
+                conversation_id,
+                user_id,
+            } => {
+                let group = self.shard_map.shard_for_conversation(&conversation_id);
+                let op = ShardOp::RemoveMember {
+                    conversation_id,
+                    actor: s.user_id.clone(),
+                    actor_device: s.device_id.clone(),
+                    user_id,
+                    msg_id: new_msg_id(),
+                    ts: now_ms(),
+                };
+                self.membership_change(id, group, op).await
+            }
+            ClientFrame::Leave { conversation_id } => {
+                let group = self.shard_map.shard_for_conversation(&conversation_id);
+                let op = ShardOp::RemoveMember {
+                    conversation_id,
+                    actor: s.user_id.clone(),
+                    actor_device: s.device_id.clone(),
+                    user_id: s.user_id.clone(),
+                    msg_id: new_msg_id(),
+                    ts: now_ms(),
+                };
+                self.membership_change(id, group, op).await
+            }
+            ClientFrame::SetRole {
+                conversation_id,
+                user_id,
+                role,
+            } => {
+                let group = self.shard_map.shard_for_conversation(&conversation_id);
+                let role = match role {
+                    WireRole::Owner => Role::Owner,
+                    WireRole::Admin => Role::Admin,
+                    WireRole::Member => Role::Member,
+                };
+                let op = ShardOp::SetRole {
+                    conversation_id,
+                    actor: s.user_id.clone(),
+                    actor_device: s.device_id.clone(),
+                    user_id,
+                    role,
+                    msg_id: new_msg_id(),
+                    ts: now_ms(),
+                };
+                self.membership_change(id, group, op).await
+            }
+            ClientFrame::History {
+                conversation_id,
+                before_seq,
+                limit,
+            } => {
+                let (group, conv) = self
+                    .member_conversation(&s.user_id, &conversation_id)
+                    .await?;
+                let limit = u64::from(limit.unwrap_or(HISTORY_LIMIT_DEFAULT));
+                let page = self.reader.history(group, &conv, before_seq, limit).await?;
+                one(ServerFrame::History {
+                    id,
+                    conversation_id,
+                    messages: page.messages.iter().map(MessageView::from).collect(),
+                    has_more: page.has_more,
+                })
+            }
+            ClientFrame::Sync { conversations } => self.sync(s, id, conversations).await,
+            ClientFrame::ListConversations => self.list_conversations(s, id).await,
+            ClientFrame::Delivered {
+                conversation_id,
+                seq,
+            } => self.receipt(s, id, conversation_id, Some(seq), None).await,
+            ClientFrame::Read {
+                conversation_id,
+                seq,
+            } => self.receipt(s, id, conversation_id, None, Some(seq)).await,
+            ClientFrame::Typing {
+                conversation_id,
+                state,
+            } => {
+                // Ephemeral: a local read of the members, no read barrier, nothing stored.
+                let group = self.shard_map.shard_for_conversation(&conversation_id);
+                let conv = self.reader.conversation(group, &conversation_id).await?;
+                let Some(conv) = conv.filter(|c| c.members.iter().any(|m| m.user_id == s.user_id))
+                else {
+                    return Err(ProtocolError::forbidden(
+                        "not a member of this conversation",
+                    ));
+                };
+                let recipients = conv.members.iter().map(|m| m.user_id.clone()).collect();
+                let start = state == crate::protocol::TypingState::Start;
+                self.hub.typing(
+                    &conversation_id,
+                    &s.user_id,
+                    &s.device_id,
+                    start,
+                    recipients,
+                );
+                Ok(Vec::new())
+            }
+            ClientFrame::SubscribePresence { user_ids } => {
+                // Only users who share a conversation with the subscriber; others silently skipped.
+                let mut shared: BTreeSet<String> = BTreeSet::new();
+                for (_, c) in self.user_conversations(&s.user_id).await? {
+                    shared.extend(c.members.into_iter().map(|m| m.user_id));
+                }
+                let allowed: Vec<String> = user_ids
+                    .into_iter()
+                    .filter(|u| shared.contains(u))
+                    .collect();
+                let status = self.hub.subscribe_presence(s.conn_id, &s.tx, &allowed);
+                if status.is_empty() {
+                    // Nothing to report: still answer, so a client waiting on the id is not stuck.
+                    return one(ServerFrame::Ok { id });
+                }
+                Ok(status
+                    .into_iter()
+                    .map(|(user_id, online, last_seen)| ServerFrame::Presence {
+                        id: id.clone(),
+                        user_id,
+                        status: presence_status(online),
+                        last_seen,
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send_event(
+        &self,
+        s: &Session,
+        id: Option<RequestId>,
+        conversation_id: String,
+        client_msg_id: String,
+        kind: MsgKind,
+        body: String,
+        ref_seq: Option<u64>,
+    ) -> Reply {
+        let started = Instant::now();
+        self.metrics.sends.inc();
+        let group = self.shard_map.shard_for_conversation(&conversation_id);
+        if let Err(limited) = self.check_send_rate(&s.user_id, &conversation_id) {
+            // A retry of a stored message gets its ack whatever the rate (idempotency
+            // holds at any later time).
+            self.router.read_barrier(group).await?;
+            let stored = self
+                .reader
+                .dedup(group, &conversation_id, &s.user_id, &client_msg_id)
+                .await?;
+            return match stored {
+                Some(ack) => one(ServerFrame::ack(id, &ack)),
+                None => Err(limited),
+            };
+        }
+        let op = ShardOp::Send {
+            conversation_id,
+            sender: s.user_id.clone(),
+            sender_device: s.device_id.clone(),
+            client_msg_id,
+            kind,
+            body,
+            ref_seq,
+            msg_id: new_msg_id(),
+            ts: now_ms(),
+        };
+        match self.write_shard(group, op).await? {
+            ShardResponse::Ack { ack, .. } => {
+                self.metrics.acks.inc();
+                self.metrics
+                    .ack_latency_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                one(ServerFrame::ack(id, &ack))
+            }
+            other => Err(ProtocolError::internal(format!(
+                "unexpected response {other:?}"
+            ))),
+        }
+    }
+
+    async fn create_conversation(
+        &self,
+        s: &Session,
+        id: Option<RequestId>,
+        kind: WireConvKind,
+        members: Vec<String>,
+        title: Option<String>,
+    ) -> Reply {
+        let others: Vec<String> = members
+            .into_iter()
+            .filter(|m| *m != s.user_id)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let (kind, conversation_id) = match kind {
+            WireConvKind::Direct => {
+                let [other] = others.as_slice() else {
+                    return Err(ProtocolError::bad_request(
+                        "a direct conversation has exactly one other member",
+                    ));
+                };
+                (ConvKind::Direct, direct_conversation_id(&s.user_id, other))
+            }
+            WireConvKind::Group => {
+                if others.is_empty()
+                    || others.len() >= crate::shard::apply::MEMBERS_EVER_MAX as usize
+                {
+                    return Err(ProtocolError::bad_request(
+                        "a group has 1..199 other members",
+                    ));
+                }
+                (ConvKind::Group, ulid::Ulid::new().to_string())
+            }
+        };
+        self.check_users_exist(&others).await?;
+        let group = self.shard_map.shard_for_conversation(&conversation_id);
+        let op = ShardOp::CreateConversation {
+            conversation_id,
+            kind,
+            title,
+            creator: s.user_id.clone(),
+            members: others,
+            ts: now_ms(),
+        };
+        match self.write_shard(group, op).await? {
+            ShardResponse::Conversation(c) => {
+                self.deliver_outbox(group).await;
+                one(ServerFrame::Conversation {
+                    id,
+                    conversation: ConversationView::from(&c),
+                })
+            }
+            other => Err(ProtocolError::internal(format!(
+                "unexpected response {other:?}"
+            ))),
+        }
+    }
+
+    /// Delivers the shard's outbox (user -> conversation index) before answering, so the
+    /// members see the conversation listed at once. A failure is retried in the background.
+    async fn deliver_outbox(&self, group: GroupId) {
+        if let Err(e) = self.relay.drain(group).await {
+            tracing::warn!(group, error = %e, "outbox delivery deferred");
+        }
+    }
+
+    async fn membership_change(&self, id: Option<RequestId>, group: GroupId, op: ShardOp) -> Reply {
+        match self.write_shard(group, op).await? {
+            ShardResponse::Membership { conversation, .. } => {
+                self.deliver_outbox(group).await;
+                one(ServerFrame::Conversation {
+                    id,
+                    conversation: ConversationView::from(&conversation),
+                })
+            }
+            other => Err(ProtocolError::internal(format!(
+                "unexpected response {other:?}"
+            ))),
+        }
+    }
+
+    async fn receipt(
+        &self,
+        s: &Session,
+        id: Option<RequestId>,
+        conversation_id: String,
+        delivered_seq: Option<u64>,
+        read_seq: Option<u64>,
+    ) -> Reply {
+        let group = self.shard_map.shard_for_conversation(&conversation_id);
+        let op = ShardOp::Receipt {
+            conversation_id,
+            user_id: s.user_id.clone(),
+            delivered_seq,
+            read_seq,
+        };
+        self.write_shard(group, op).await?;
+        Ok(match id {
+            Some(id) => vec![ServerFrame::Ok { id: Some(id) }],
+            None => Vec::new(),
+        })
+    }
+
+    async fn sync(
+        &self,
+        s: &Session,
+        id: Option<RequestId>,
+        asked: BTreeMap<String, u64>,
+    ) -> Reply {
+        let mine = self.user_conversations(&s.user_id).await?;
+        let mut out = Vec::with_capacity(mine.len());
+        let mut seen = HashSet::new();
+        for (group, conv) in &mine {
+            seen.insert(conv.conversation_id.clone());
+            let after = asked.get(&conv.conversation_id).copied().unwrap_or(0);
+            let page = self
+                .reader
+                .after(*group, conv, after, SYNC_PAGE_MAX)
+                .await?;
+            out.push(SyncEntry {
+                conversation_id: conv.conversation_id.clone(),
+                last_seq: Some(conv.last_seq),
+                messages: Some(page.messages.iter().map(MessageView::from).collect()),
+                has_more: Some(page.has_more),
+                error: None,
+            });
+        }
+        for conversation_id in asked.keys().filter(|c| !seen.contains(*c)) {
+            out.push(SyncEntry {
+                conversation_id: conversation_id.clone(),
+                last_seq: None,
+                messages: None,
+                has_more: None,
+                error: Some("forbidden"),
+            });
+        }
+        one(ServerFrame::Sync {
+            id,
+            conversations: out,
+        })
+    }
+
+    async fn list_conversations(&self, s: &Session, id: Option<RequestId>) -> Reply {
+        let mine = self.user_conversations(&s.user_id).await?;
+        let mut out = Vec::with_capacity(mine.len());
+        for (group, conv) in mine {
+            let (_, read_seq) = self
+                .reader
+                .receipt(group, &conv.conversation_id, &s.user_id)
+                .await?;
+            let view = ConversationView::from(&conv);
+            out.push(ConversationSummary {
+                conversation_id: view.conversation_id,
+                kind: view.kind,
+                title: view.title,
+                last_seq: conv.last_seq,
+                read_seq,
+                unread: conv.last_seq.saturating_sub(read_seq),
+                members: view.members,
+            });
+        }
+        one(ServerFrame::Conversations {
+            id,
+            conversations: out,
+        })
+    }
+}

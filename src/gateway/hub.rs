@@ -1,0 +1,455 @@
+//! The node's connection registry and fan-out: committed messages, receipts, typing and
+//! presence are pushed from here into each connection's bounded outbound queue.
+//!
+//! Invariants:
+//! - Pushes of one conversation enter every queue in seq order: they come from one group's
+//!   `after_write`, which runs in log order, and each is enqueued before the call returns.
+//! - A connection whose queue is full is killed (it reconnects and syncs), never waited on:
+//!   one slow client must not hold up the others.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, Notify};
+
+use crate::metrics::Metrics;
+use crate::protocol::{MessageView, ServerFrame};
+use crate::shard::command::{Pushed, ReceiptState, UserId};
+
+/// Offline is announced this long after a user's last connection closed.
+pub const PRESENCE_OFFLINE_AFTER_MS: u64 = 30_000;
+/// A typing `start` not refreshed within this long expires (a `stop` is pushed).
+pub const TYPING_EXPIRY_MS: u64 = 10_000;
+/// At most one receipt push per (user, conversation) per this interval.
+pub const RECEIPT_COALESCE_MS: u64 = 500;
+/// Bounds of the hub's ephemeral maps.
+pub const TYPING_ENTRIES_MAX: usize = 100_000;
+pub const RECEIPT_ENTRIES_MAX: usize = 200_000;
+pub const PRESENCE_SUBSCRIPTIONS_PER_CONN_MAX: usize = 1_000;
+/// How often the sweeper runs (receipt flush, typing expiry, offline announcements).
+const SWEEP_INTERVAL_MS: u64 = 100;
+
+/// A frame queued towards a connection: serialized once, shared by every recipient.
+#[derive(Debug, Clone)]
+pub enum OutFrame {
+    Text(Arc<str>),
+    /// A WebSocket ping (heartbeat).
+    Ping,
+    /// Close the socket after the frames queued before this one.
+    Close,
+}
+
+pub type ConnId = u64;
+
+/// What the session keeps to talk to its hub entry.
+pub struct ConnHandle {
+    pub id: ConnId,
+    pub kill: Arc<Notify>,
+}
+
+struct Conn {
+    id: ConnId,
+    device: String,
+    tx: mpsc::Sender<OutFrame>,
+    kill: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Presence {
+    connections: usize,
+    last_seen: u64,
+    announced_online: bool,
+    /// When the last connection left; offline is announced PRESENCE_OFFLINE_AFTER_MS later.
+    left_at: Option<Instant>,
+}
+
+struct Typing {
+    deadline: Instant,
+    device: String,
+    recipients: Vec<UserId>,
+}
+
+#[derive(Default)]
+struct State {
+    users: HashMap<UserId, Vec<Conn>>,
+    presence: HashMap<UserId, Presence>,
+    /// Watched user -> subscribed connections (with the subscriber's user for cleanup).
+    presence_watchers: HashMap<UserId, HashMap<ConnId, mpsc::Sender<OutFrame>>>,
+    /// Connection -> the users it watches.
+    watching: HashMap<ConnId, Vec<UserId>>,
+    typing: HashMap<(String, UserId), Typing>,
+    receipt_last_push: HashMap<(String, UserId), Instant>,
+    receipt_pending: HashMap<(String, UserId), ReceiptState>,
+}
+
+/// Refusal to register a connection.
+#[derive(Debug, thiserror::Error)]
+#[error("user already has {0} connected devices")]
+pub struct TooManyDevices(pub usize);
+
+pub struct Hub {
+    state: Mutex<State>,
+    next_conn: AtomicU64,
+    devices_per_user: usize,
+    metrics: Arc<Metrics>,
+}
+
+fn text(frame: &ServerFrame) -> OutFrame {
+    OutFrame::Text(Arc::from(frame.to_json()))
+}
+
+impl Hub {
+    pub fn new(devices_per_user: usize, metrics: Arc<Metrics>) -> Arc<Hub> {
+        Arc::new(Hub {
+            state: Mutex::new(State::default()),
+            next_conn: AtomicU64::new(1),
+            devices_per_user,
+            metrics,
+        })
+    }
+
+    /// Starts the sweeper; it stops when the hub is dropped.
+    pub fn spawn_sweeper(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(SWEEP_INTERVAL_MS));
+            loop {
+                tick.tick().await;
+                let Some(hub) = weak.upgrade() else { return };
+                hub.sweep(Instant::now());
+            }
+        });
+    }
+
+    /// Enqueues without waiting; a full queue kills the connection.
+    fn deliver(&self, conn: &Conn, frame: &OutFrame) {
+        match conn.tx.try_send(frame.clone()) {
+            Ok(()) => {
+                self.metrics.pushes.inc();
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.slow_consumer_disconnects.inc();
+                conn.kill.notify_one();
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Registers a connection of `user`; a connection with the same device id is replaced.
+    pub fn register(
+        &self,
+        user: &str,
+        device: &str,
+        tx: mpsc::Sender<OutFrame>,
+        now_ms: u64,
+    ) -> Result<ConnHandle, TooManyDevices> {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let kill = Arc::new(Notify::new());
+        let mut st = self.state.lock();
+        let conns = st.users.entry(user.to_string()).or_default();
+        if let Some(pos) = conns.iter().position(|c| c.device == device) {
+            let old = conns.remove(pos);
+            old.kill.notify_one();
+        }
+        if conns.len() >= self.devices_per_user {
+            if conns.is_empty() {
+                st.users.remove(user);
+            }
+            return Err(TooManyDevices(self.devices_per_user));
+        }
+        conns.push(Conn {
+            id,
+            device: device.to_string(),
+            tx,
+            kill: kill.clone(),
+        });
+        let count = conns.len();
+        let p = st.presence.entry(user.to_string()).or_default();
+        p.connections = count;
+        p.last_seen = now_ms;
+        p.left_at = None;
+        if !p.announced_online {
+            p.announced_online = true;
+            self.announce_presence(&st, user);
+        }
+        Ok(ConnHandle { id, kill })
+    }
+
+    pub fn unregister(&self, user: &str, conn: ConnId, now_ms: u64) {
+        let mut st = self.state.lock();
+        if let Some(conns) = st.users.get_mut(user) {
+            conns.retain(|c| c.id != conn);
+            let count = conns.len();
+            if count == 0 {
+                st.users.remove(user);
+            }
+            if let Some(p) = st.presence.get_mut(user) {
+                p.connections = count;
+                p.last_seen = now_ms;
+                if count == 0 {
+                    p.left_at = Some(Instant::now());
+                }
+            }
+        }
+        if let Some(watched) = st.watching.remove(&conn) {
+            for w in watched {
+                if let Some(m) = st.presence_watchers.get_mut(&w) {
+                    m.remove(&conn);
+                    if m.is_empty() {
+                        st.presence_watchers.remove(&w);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pushes a committed message to every connection of every recipient except the
+    /// sending connection.
+    pub fn push_message(&self, pushed: &Pushed) {
+        let frame = text(&ServerFrame::Message(MessageView::from(&pushed.message)));
+        let m = &pushed.message;
+        let st = self.state.lock();
+        for user in &pushed.recipients {
+            let Some(conns) = st.users.get(user) else {
+                continue;
+            };
+            for c in conns {
+                if *user == m.sender_id && c.device == m.sender_device {
+                    continue;
+                }
+                self.deliver(c, &frame);
+            }
+        }
+    }
+
+    fn push_to_users(
+        &self,
+        st: &State,
+        users: &[UserId],
+        frame: &OutFrame,
+        skip: Option<(&str, &str)>,
+    ) {
+        for user in users {
+            let Some(conns) = st.users.get(user) else {
+                continue;
+            };
+            for c in conns {
+                if skip == Some((user.as_str(), c.device.as_str())) {
+                    continue;
+                }
+                self.deliver(c, frame);
+            }
+        }
+    }
+
+    /// A receipt watermark moved: pushed to every member, at most once per 500 ms per
+    /// (user, conversation); the latest watermarks win.
+    pub fn push_receipt(&self, r: &ReceiptState) {
+        if !r.changed {
+            return;
+        }
+        let key = (r.conversation_id.clone(), r.user_id.clone());
+        let now = Instant::now();
+        let mut st = self.state.lock();
+        let recent = st
+            .receipt_last_push
+            .get(&key)
+            .is_some_and(|t| now.duration_since(*t) < Duration::from_millis(RECEIPT_COALESCE_MS));
+        if recent && st.receipt_pending.len() < RECEIPT_ENTRIES_MAX {
+            st.receipt_pending.insert(key, r.clone());
+            return;
+        }
+        if st.receipt_last_push.len() >= RECEIPT_ENTRIES_MAX {
+            st.receipt_last_push
+                .retain(|_, t| now.duration_since(*t) < Duration::from_millis(RECEIPT_COALESCE_MS));
+        }
+        st.receipt_last_push.insert(key, now);
+        self.send_receipt(&st, r);
+    }
+
+    fn send_receipt(&self, st: &State, r: &ReceiptState) {
+        let frame = text(&ServerFrame::Receipt {
+            conversation_id: r.conversation_id.clone(),
+            user_id: r.user_id.clone(),
+            delivered_seq: r.delivered_seq,
+            read_seq: r.read_seq,
+        });
+        self.push_to_users(st, &r.recipients, &frame, None);
+    }
+
+    /// Typing is pushed to the other members and the typist's other devices; never stored.
+    pub fn typing(
+        &self,
+        conversation_id: &str,
+        user: &str,
+        device: &str,
+        start: bool,
+        recipients: Vec<UserId>,
+    ) {
+        let frame = text(&ServerFrame::Typing {
+            conversation_id: conversation_id.to_string(),
+            user_id: user.to_string(),
+            state: if start { "start" } else { "stop" },
+        });
+        let key = (conversation_id.to_string(), user.to_string());
+        let mut st = self.state.lock();
+        self.push_to_users(&st, &recipients, &frame, Some((user, device)));
+        if start {
+            if st.typing.len() < TYPING_ENTRIES_MAX || st.typing.contains_key(&key) {
+                st.typing.insert(
+                    key,
+                    Typing {
+                        deadline: Instant::now() + Duration::from_millis(TYPING_EXPIRY_MS),
+                        device: device.to_string(),
+                        recipients,
+                    },
+                );
+            }
+        } else {
+            st.typing.remove(&key);
+        }
+    }
+
+    /// Subscribes a connection to presence of `users` and returns their current status.
+    pub fn subscribe_presence(
+        &self,
+        conn: ConnId,
+        tx: &mpsc::Sender<OutFrame>,
+        users: &[UserId],
+    ) -> Vec<(UserId, bool, u64)> {
+        let mut st = self.state.lock();
+        let mut out = Vec::with_capacity(users.len());
+        for u in users {
+            let already = st.watching.get(&conn).map_or(0, |w| w.len());
+            if already >= PRESENCE_SUBSCRIPTIONS_PER_CONN_MAX {
+                break;
+            }
+            let newly = st
+                .presence_watchers
+                .entry(u.clone())
+                .or_default()
+                .insert(conn, tx.clone())
+                .is_none();
+            if newly {
+                st.watching.entry(conn).or_default().push(u.clone());
+            }
+            let (online, last_seen) = st
+                .presence
+                .get(u)
+                .map_or((false, 0), |p| (p.announced_online, p.last_seen));
+            out.push((u.clone(), online, last_seen));
+        }
+        out
+    }
+
+    fn announce_presence(&self, st: &State, user: &str) {
+        let Some(watchers) = st.presence_watchers.get(user) else {
+            return;
+        };
+        let (online, last_seen) = st
+            .presence
+            .get(user)
+            .map_or((false, 0), |p| (p.announced_online, p.last_seen));
+        let frame = text(&ServerFrame::Presence {
+            id: None,
+            user_id: user.to_string(),
+            status: if online { "online" } else { "offline" },
+            last_seen,
+        });
+        for tx in watchers.values() {
+            if tx.try_send(frame.clone()).is_ok() {
+                self.metrics.pushes.inc();
+            }
+        }
+    }
+
+    /// Asks every connection to reconnect elsewhere (or later) and closes it: the node is
+    /// draining.
+    pub fn drain_all(&self, retry_after_ms: u64) {
+        let frame = text(&ServerFrame::Reconnect { retry_after_ms });
+        let st = self.state.lock();
+        for c in st.users.values().flatten() {
+            let _ = c.tx.try_send(frame.clone());
+            let _ = c.tx.try_send(OutFrame::Close);
+            c.kill.notify_one();
+        }
+    }
+
+    /// Whether any connection of `user` is on this node.
+    pub fn is_online(&self, user: &str) -> bool {
+        self.state.lock().users.contains_key(user)
+    }
+
+    fn sweep(&self, now: Instant) {
+        let mut st = self.state.lock();
+        // Receipts whose coalescing window ended.
+        let due: Vec<(String, UserId)> = st
+            .receipt_pending
+            .keys()
+            .filter(|k| {
+                st.receipt_last_push.get(*k).is_none_or(|t| {
+                    now.duration_since(*t) >= Duration::from_millis(RECEIPT_COALESCE_MS)
+                })
+            })
+            .cloned()
+            .collect();
+        for key in due {
+            if let Some(r) = st.receipt_pending.remove(&key) {
+                st.receipt_last_push.insert(key, now);
+                self.send_receipt(&st, &r);
+            }
+        }
+        // Typing that was not refreshed.
+        let expired: Vec<(String, UserId)> = st
+            .typing
+            .iter()
+            .filter(|(_, t)| t.deadline <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            if let Some(t) = st.typing.remove(&key) {
+                let frame = text(&ServerFrame::Typing {
+                    conversation_id: key.0.clone(),
+                    user_id: key.1.clone(),
+                    state: "stop",
+                });
+                self.push_to_users(&st, &t.recipients, &frame, Some((&key.1, &t.device)));
+            }
+        }
+        // Offline announcements.
+        let gone: Vec<UserId> = st
+            .presence
+            .iter()
+            .filter(|(_, p)| {
+                p.connections == 0
+                    && p.left_at.is_some_and(|t| {
+                        now.duration_since(t) >= Duration::from_millis(PRESENCE_OFFLINE_AFTER_MS)
+                    })
+            })
+            .map(|(u, _)| u.clone())
+            .collect();
+        for user in gone {
+            if let Some(p) = st.presence.get_mut(&user) {
+                p.announced_online = false;
+                p.left_at = None;
+            }
+            self.announce_presence(&st, &user);
+            // Keep last_seen for later subscribers, but drop users nobody watches.
+            if !st.presence_watchers.contains_key(&user) {
+                st.presence.remove(&user);
+            }
+        }
+    }
+}
+
+/// Whether presence of `user` is known to be online (for tests and status).
+pub fn presence_status(online: bool) -> &'static str {
+    if online {
+        "online"
+    } else {
+        "offline"
+    }
+}

@@ -1,0 +1,81 @@
+//! Gateway: HTTP + WebSocket on one port, sessions, request handling, fan-out to
+//! connections.
+//!
+//! - `http`: axum routes (`/v1/register`, `/v1/login`, `/health`, `/ready`, `/metrics`,
+//!   `/v1/ws`) and admission control.
+//! - `session`: one WebSocket connection: auth, frame decoding, pipelined requests, the
+//!   bounded outbound queue.
+//! - `handlers`: what each request does (routing writes and reads to shards).
+//! - `hub`: connection registry and pushes (messages, receipts, typing, presence).
+//! - `auth`, `ratelimit`: accounts/tokens and token buckets.
+
+pub mod auth;
+pub mod handlers;
+pub mod http;
+pub mod hub;
+pub mod ratelimit;
+pub mod session;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::cluster::{RouteError, Router, ShardMap};
+use crate::config::Limits;
+use crate::metrics::Metrics;
+use crate::protocol::{ProtocolError, TextLimits};
+use crate::shard::command::Rejection;
+use crate::shard::ShardReader;
+use crate::storage::StorageError;
+
+pub use hub::Hub;
+
+/// Milliseconds since the Unix epoch (server time for `ts`).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Everything a request handler needs; shared by all connections of a node.
+pub struct Gateway {
+    pub router: Arc<Router>,
+    pub shard_map: Arc<ShardMap>,
+    pub reader: ShardReader,
+    pub hub: Arc<Hub>,
+    pub tokens: auth::TokenAuthority,
+    pub limits: Limits,
+    pub text_limits: TextLimits,
+    pub metrics: Arc<Metrics>,
+    pub user_rate: ratelimit::RateLimiter<String>,
+    pub conversation_rate: ratelimit::RateLimiter<String>,
+    pub connect_rate: ratelimit::RateLimiter<()>,
+    pub connections: Arc<tokio::sync::Semaphore>,
+    pub relay: Arc<crate::cluster::OutboxRelay>,
+    /// Synced writes so far (for `/metrics`).
+    pub synced_writes: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+/// Maps a routing failure onto the protocol: all are retryable `unavailable`.
+impl From<RouteError> for ProtocolError {
+    fn from(e: RouteError) -> Self {
+        ProtocolError::unavailable(e.to_string())
+    }
+}
+
+impl From<StorageError> for ProtocolError {
+    fn from(e: StorageError) -> Self {
+        tracing::error!(error = %e, "storage error");
+        ProtocolError::internal("storage error")
+    }
+}
+
+impl From<Rejection> for ProtocolError {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::Forbidden(m) => ProtocolError::forbidden(m),
+            Rejection::NotFound(m) => ProtocolError::not_found(m),
+            Rejection::BadRequest(m) | Rejection::Conflict(m) => ProtocolError::bad_request(m),
+        }
+    }
+}

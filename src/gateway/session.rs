@@ -1,0 +1,344 @@
+//! One WebSocket connection: authentication, decoding, pipelined requests and the bounded
+//! outbound queue drained by a writer task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
+
+use super::handlers::Session;
+use super::hub::OutFrame;
+use super::{now_ms, Gateway};
+use crate::protocol::{decode_client_frame, ClientFrame, ErrorCode, ProtocolError, ServerFrame};
+use crate::shard::command::ShardOp;
+
+/// The first frame must be `auth`, within this long.
+pub const AUTH_TIMEOUT_MS: u64 = 10_000;
+/// Requests of one connection being handled at once; more wait (backpressure on the socket).
+pub const REQUESTS_IN_FLIGHT_PER_CONN_MAX: usize = 256;
+/// The server pings an idle connection this often...
+pub const HEARTBEAT_INTERVAL_MS: u64 = 20_000;
+/// ...and closes it when nothing (not even a pong) came for this long; presence then counts
+/// the user's device as gone.
+pub const HEARTBEAT_TIMEOUT_MS: u64 = 60_000;
+/// Frames the writer sends before one flush.
+const WRITE_BATCH_FRAMES_MAX: usize = 64;
+
+fn queue(tx: &mpsc::Sender<OutFrame>, frame: &ServerFrame) -> bool {
+    tx.try_send(OutFrame::Text(Arc::from(frame.to_json())))
+        .is_ok()
+}
+
+async fn queue_wait(tx: &mpsc::Sender<OutFrame>, frame: &ServerFrame) -> bool {
+    tx.send(OutFrame::Text(Arc::from(frame.to_json())))
+        .await
+        .is_ok()
+}
+
+/// Drains the outbound queue into the socket, flushing once per batch.
+async fn writer(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<OutFrame>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(frame) = next.take() {
+            match frame {
+                OutFrame::Text(t) => {
+                    if sink.feed(Message::Text(t.as_ref().into())).await.is_err() {
+                        return;
+                    }
+                }
+                OutFrame::Ping => {
+                    if sink.feed(Message::Ping(Default::default())).await.is_err() {
+                        return;
+                    }
+                }
+                OutFrame::Close => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    return;
+                }
+            }
+            n += 1;
+            if n < WRITE_BATCH_FRAMES_MAX {
+                next = rx.try_recv().ok();
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs one connection to its end. `_permit` holds a slot of the node's connection limit.
+pub async fn run(gw: Arc<Gateway>, socket: WebSocket, _permit: OwnedSemaphorePermit) {
+    let (sink, mut stream) = socket.split();
+    let (tx, rx) = mpsc::channel(gw.limits.connection_send_queue_max);
+    let writer_task = tokio::spawn(writer(sink, rx));
+    gw.metrics.connections.inc();
+    if let Some(session) = authenticate(&gw, &mut stream, &tx).await {
+        serve(&gw, &session, &mut stream).await;
+        gw.hub
+            .unregister(&session.user_id, session.conn_id, now_ms());
+    }
+    gw.metrics.connections.dec();
+    let _ = tx.try_send(OutFrame::Close);
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+}
+
+/// Reads the next text frame; `Err` carries the error to answer (and whether to close).
+async fn next_text(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    last_heard: &mut tokio::time::Instant,
+) -> Option<Result<String, (ProtocolError, bool)>> {
+    loop {
+        let msg = stream.next().await?;
+        *last_heard = tokio::time::Instant::now();
+        return Some(match msg {
+            Ok(Message::Text(t)) => Ok(t.as_str().to_string()),
+            Ok(Message::Binary(b)) => match String::from_utf8(b.to_vec()) {
+                Ok(s) => Ok(s),
+                Err(_) => Err((ProtocolError::bad_request("invalid UTF-8"), false)),
+            },
+            Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
+            Ok(Message::Close(_)) => return None,
+            Err(e) => {
+                let text = e.to_string();
+                if text.contains("UTF-8") || text.contains("utf-8") || text.contains("Utf8") {
+                    Err((
+                        ProtocolError::bad_request("invalid UTF-8 in a text frame"),
+                        false,
+                    ))
+                } else if text.contains("Space limit")
+                    || text.contains("too long")
+                    || text.contains("Capacity")
+                {
+                    Err((
+                        ProtocolError::too_large("frame is over the size limit"),
+                        true,
+                    ))
+                } else {
+                    return None;
+                }
+            }
+        });
+    }
+}
+
+async fn authenticate(
+    gw: &Arc<Gateway>,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    tx: &mpsc::Sender<OutFrame>,
+) -> Option<Session> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(AUTH_TIMEOUT_MS);
+    loop {
+        let mut heard = tokio::time::Instant::now();
+        let text = match tokio::time::timeout_at(deadline, next_text(stream, &mut heard)).await {
+            Err(_) | Ok(None) => return None,
+            Ok(Some(Err((e, _)))) => {
+                gw.metrics.error(e.code);
+                queue(tx, &ServerFrame::error(None, e));
+                return None;
+            }
+            Ok(Some(Ok(t))) => t,
+        };
+        let decoded = decode_client_frame(&text, &gw.text_limits);
+        let id = decoded.id;
+        let (token, device_id) = match decoded.frame {
+            Ok(ClientFrame::Auth { token, device_id }) => (token, device_id),
+            Ok(_) => {
+                let e = ProtocolError::unauthorized("the first frame must be auth");
+                gw.metrics.error(e.code);
+                queue(tx, &ServerFrame::error(id, e));
+                return None;
+            }
+            Err(e) => {
+                // The first frame must be a valid `auth`: anything else closes the socket.
+                gw.metrics.error(e.code);
+                queue(tx, &ServerFrame::error(id, e));
+                return None;
+            }
+        };
+        let user_id = match gw.tokens.verify(&token) {
+            Ok((user_id, external)) => {
+                if external {
+                    if let Err(e) = ensure_external_user(gw, &user_id).await {
+                        gw.metrics.error(e.code);
+                        queue(tx, &ServerFrame::error(id, e));
+                        continue;
+                    }
+                }
+                user_id
+            }
+            Err(e) => {
+                let e = ProtocolError::unauthorized(e.to_string());
+                gw.metrics.error(e.code);
+                queue(tx, &ServerFrame::error(id, e));
+                return None;
+            }
+        };
+        match gw.hub.register(&user_id, &device_id, tx.clone(), now_ms()) {
+            Ok(handle) => {
+                queue(
+                    tx,
+                    &ServerFrame::AuthOk {
+                        id,
+                        user_id: user_id.clone(),
+                        device_id: device_id.clone(),
+                    },
+                );
+                return Some(Session {
+                    user_id,
+                    device_id,
+                    conn_id: handle.id,
+                    tx: tx.clone(),
+                    kill: handle.kill,
+                });
+            }
+            Err(e) => {
+                let e = ProtocolError::rate_limited(e.to_string(), 1_000);
+                gw.metrics.error(e.code);
+                queue(tx, &ServerFrame::error(id, e));
+            }
+        }
+    }
+}
+
+/// Users of an external issuer get a record on first sight, so others can add them.
+async fn ensure_external_user(gw: &Gateway, user_id: &str) -> Result<(), ProtocolError> {
+    let group = gw.shard_map.shard_for_user(user_id);
+    gw.router.read_barrier(group).await?;
+    if gw.reader.user(group, user_id).await?.is_some() {
+        return Ok(());
+    }
+    let op = ShardOp::CreateUser {
+        user_id: user_id.to_string(),
+        username: String::new(),
+        password_hash: String::new(),
+        ts: now_ms(),
+    };
+    gw.write_shard(group, op).await.map(|_| ())
+}
+
+/// The authenticated loop: decode, dispatch each request on its own task (bounded per
+/// connection), answer errors with the request's id; ends on close, error or kill.
+async fn serve(
+    gw: &Arc<Gateway>,
+    session: &Session,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+) {
+    let in_flight = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_PER_CONN_MAX));
+    let session = Arc::new(Session {
+        user_id: session.user_id.clone(),
+        device_id: session.device_id.clone(),
+        conn_id: session.conn_id,
+        tx: session.tx.clone(),
+        kill: session.kill.clone(),
+    });
+    let mut last_heard = tokio::time::Instant::now();
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
+    heartbeat.tick().await;
+    loop {
+        let next = tokio::select! {
+            next = next_text(stream, &mut last_heard) => next,
+            _ = session.kill.notified() => {
+                tracing::debug!(user = %session.user_id, "connection killed (replaced or too slow)");
+                return;
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > Duration::from_millis(HEARTBEAT_TIMEOUT_MS) {
+                    tracing::debug!(user = %session.user_id, "connection silent past its heartbeat");
+                    return;
+                }
+                let _ = session.tx.try_send(OutFrame::Ping);
+                continue;
+            }
+        };
+        let text = match next {
+            None => return,
+            Some(Err((e, close))) => {
+                gw.metrics.error(e.code);
+                if !queue_wait(&session.tx, &ServerFrame::error(None, e)).await || close {
+                    return;
+                }
+                continue;
+            }
+            Some(Ok(t)) => t,
+        };
+        let decoded = decode_client_frame(&text, &gw.text_limits);
+        let id = decoded.id;
+        let frame = match decoded.frame {
+            Ok(f) => f,
+            Err(e) => {
+                gw.metrics.error(e.code);
+                let close =
+                    e.code == ErrorCode::TooLarge && text.len() > gw.text_limits.max_frame_bytes;
+                if !queue_wait(&session.tx, &ServerFrame::error(id, e)).await || close {
+                    return;
+                }
+                continue;
+            }
+        };
+        gw.metrics
+            .requests
+            .get_or_create(&crate::metrics::TypeLabel {
+                r#type: frame_type(&frame),
+            })
+            .inc();
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let gw = gw.clone();
+        let session = session.clone();
+        let trace_id: u64 = rand::random();
+        let span = tracing::info_span!("request", trace_id = %format!("{trace_id:016x}"), user = %session.user_id);
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                let frames = match gw.handle(&session, id.clone(), frame).await {
+                    Ok(frames) => frames,
+                    Err(e) => {
+                        gw.metrics.error(e.code);
+                        if e.code == ErrorCode::Internal {
+                            tracing::error!(error = %e.message, "internal error");
+                        }
+                        vec![ServerFrame::error(id, e)]
+                    }
+                };
+                for f in &frames {
+                    if !queue_wait(&session.tx, f).await {
+                        return;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+fn frame_type(f: &ClientFrame) -> &'static str {
+    match f {
+        ClientFrame::Auth { .. } => "auth",
+        ClientFrame::CreateConversation { .. } => "create_conversation",
+        ClientFrame::Send { .. } => "send",
+        ClientFrame::History { .. } => "history",
+        ClientFrame::Sync { .. } => "sync",
+        ClientFrame::ListConversations => "list_conversations",
+        ClientFrame::AddMembers { .. } => "add_members",
+        ClientFrame::RemoveMember { .. } => "remove_member",
+        ClientFrame::SetRole { .. } => "set_role",
+        ClientFrame::Leave { .. } => "leave",
+        ClientFrame::Delivered { .. } => "delivered",
+        ClientFrame::Read { .. } => "read",
+        ClientFrame::Typing { .. } => "typing",
+        ClientFrame::SubscribePresence { .. } => "subscribe_presence",
+        ClientFrame::Edit { .. } => "edit",
+        ClientFrame::Delete { .. } => "delete",
+        ClientFrame::Ping => "ping",
+    }
+}

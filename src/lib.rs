@@ -1,0 +1,13 @@
+//! chatnode: a self-hosted real-time chat server that is its own database.
+//!
+//! See `docs/ARCHITECTURE.md` for the codemap and the invariants between modules.
+pub mod cluster;
+pub mod config;
+pub mod gateway;
+pub mod metrics;
+pub mod node;
+pub mod protocol;
+pub mod raft;
+pub mod shard;
+pub mod storage;
+pub mod transport;

@@ -1,0 +1,152 @@
+//! A group's Raft log and vote over the node's [`Store`] (storage-v2 `RaftLogStorage`).
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
+
+use super::{blocking, Entry, GroupId, NodeId, TypeConfig};
+use crate::storage::{decode, encode, Store};
+
+type SError = openraft::StorageError<NodeId>;
+
+/// `raft` CF tags.
+pub(crate) const TAG_VOTE: u8 = 1;
+pub(crate) const TAG_LAST_PURGED: u8 = 2;
+
+fn io(e: StorageIOError<NodeId>) -> SError {
+    SError::IO { source: e }
+}
+
+/// One group's log store: a cheap, cloneable handle (it is also its own log reader).
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    group: GroupId,
+    store: Arc<Store>,
+}
+
+impl LogStore {
+    pub fn new(group: GroupId, store: Arc<Store>) -> Self {
+        Self { group, store }
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, SError> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => x.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(x) => x.saturating_add(1),
+            Bound::Excluded(x) => *x,
+            Bound::Unbounded => u64::MAX,
+        };
+        let (store, group) = (self.store.clone(), self.group);
+        blocking(move || store.log_range(group, start, end, |_, b| decode::<Entry>(b)))
+            .await
+            .map_err(|e| io(StorageIOError::read_logs(AnyError::new(&e))))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SError> {
+        let (store, group) = (self.store.clone(), self.group);
+        let (purged, last) = blocking(move || {
+            let purged = match store.raft_get(group, TAG_LAST_PURGED)? {
+                Some(b) => Some(decode::<LogId<NodeId>>(&b)?),
+                None => None,
+            };
+            let last = match store.log_last(group)? {
+                Some((_, b)) => Some(decode::<Entry>(&b)?.log_id),
+                None => None,
+            };
+            Ok((purged, last))
+        })
+        .await
+        .map_err(|e| io(StorageIOError::read_logs(AnyError::new(&e))))?;
+        let last_log_id = std::cmp::max(last, purged);
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SError> {
+        let r = match encode(vote) {
+            Ok(b) => self.store.raft_put(self.group, TAG_VOTE, b).await,
+            Err(e) => Err(e),
+        };
+        r.map_err(|e| io(StorageIOError::write_vote(AnyError::new(&e))))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SError> {
+        let (store, group) = (self.store.clone(), self.group);
+        blocking(move || match store.raft_get(group, TAG_VOTE)? {
+            Some(b) => Ok(Some(decode::<Vote<NodeId>>(&b)?)),
+            None => Ok(None),
+        })
+        .await
+        .map_err(|e| io(StorageIOError::read_vote(AnyError::new(&e))))
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), SError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut encoded = Vec::new();
+        for e in entries {
+            let b =
+                encode(&e).map_err(|err| io(StorageIOError::write_logs(AnyError::new(&err))))?;
+            encoded.push((e.log_id.index, b));
+        }
+        self.store
+            .log_append(
+                self.group,
+                encoded,
+                Box::new(move |r| callback.log_io_completed(r.map_err(std::io::Error::other))),
+            )
+            .await
+            .map_err(|e| io(StorageIOError::write_logs(AnyError::new(&e))))
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
+        self.store
+            .log_truncate(self.group, log_id.index)
+            .await
+            .map_err(|e| io(StorageIOError::write_logs(AnyError::new(&e))))
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
+        let r = match encode(&log_id) {
+            Ok(b) => {
+                self.store
+                    .log_purge(self.group, log_id.index, TAG_LAST_PURGED, b)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        r.map_err(|e| io(StorageIOError::write_logs(AnyError::new(&e))))
+    }
+}

@@ -1,0 +1,179 @@
+//! openraft plumbing only. No chat logic here.
+//!
+//! - [`TypeConfig`]: `D` = [`Request`], `R` = [`Response`], `NodeId` = u64,
+//!   `Node` = [`BasicNode`], `SnapshotData` = `Cursor<Vec<u8>>`, Tokio runtime.
+//! - [`LogStore`] / [`StateMachineStore`]: one per group, cheap handles over the node's
+//!   [`Store`]. Log IO goes through the store's group-commit log writer; the state machine
+//!   applies a batch of entries as one [`SmTxn`] through the [`Applier`].
+//! - [`PeerNetwork`]: how Raft RPCs of any group reach a peer node (a QUIC transport
+//!   implements it; [`NoPeers`] is the single-node stand-in); [`handle_rpc`] serves them.
+//! - [`start_group`] / [`initialize_single`]: create a group's `Raft`.
+
+mod log_store;
+mod network;
+mod state_machine;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::error::{Fatal, InitializeError, RaftError};
+use openraft::{BasicNode, Config, ConfigError, SnapshotPolicy};
+
+pub use log_store::LogStore;
+pub use network::{handle_rpc, NoPeers, PeerError, PeerNetwork, RaftRpc, RaftRpcReply};
+pub use state_machine::StateMachineStore;
+
+pub use crate::shard::command::GroupId;
+use crate::shard::command::{Request, Response};
+pub use crate::storage::SmTxn;
+use crate::storage::{StorageError, Store};
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of every group on a node.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type NodeId = u64;
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A running group's openraft handle.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Chat (or meta) logic plugged into every group's state machine.
+pub trait Applier: Send + Sync + 'static {
+    /// Applies one committed normal entry. Must be deterministic. Reads and writes go
+    /// through `txn` only. Deterministic refusals are `Ok` responses; an `Err` is an IO
+    /// failure: nothing of the batch is written and the group's Raft stops (fatal).
+    fn apply(&self, txn: &mut SmTxn<'_>, req: &Request) -> Result<Response, StorageError>;
+    /// Called after the batch holding these entries' effects was written, in log order
+    /// (one response per entry, `Response::None` for blank/membership entries). Runs on a
+    /// blocking-pool thread: must not block for long.
+    fn after_write(&self, group: GroupId, responses: &[Response]);
+}
+
+/// Raft timings and log-compaction settings of a group.
+#[derive(Debug, Clone)]
+pub struct RaftTimings {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Timeout of one install-snapshot chunk RPC.
+    pub install_snapshot_timeout_ms: u64,
+    /// Build a snapshot (and allow purging the log) every this many applied entries.
+    pub snapshot_every_logs: u64,
+    /// Entries kept in the log behind the last snapshot (to replicate without snapshots).
+    pub keep_logs_behind_snapshot: u64,
+    /// Entries per append-entries RPC.
+    pub max_payload_entries: u64,
+    /// Purge the log only once at least this many entries can go.
+    pub purge_batch_size: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_min_ms: 300,
+            election_max_ms: 600,
+            install_snapshot_timeout_ms: 2_000,
+            snapshot_every_logs: 10_000,
+            keep_logs_behind_snapshot: 1_000,
+            max_payload_entries: 300,
+            purge_batch_size: 256,
+        }
+    }
+}
+
+impl RaftTimings {
+    /// The validated openraft config for `group`.
+    pub fn to_config(&self, group: GroupId) -> Result<Config, ConfigError> {
+        Config {
+            cluster_name: format!("chatnode-group-{group}"),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_min_ms,
+            election_timeout_max: self.election_max_ms,
+            install_snapshot_timeout: self.install_snapshot_timeout_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_logs),
+            max_in_snapshot_log_to_keep: self.keep_logs_behind_snapshot,
+            max_payload_entries: self.max_payload_entries,
+            purge_batch_size: self.purge_batch_size,
+            ..Default::default()
+        }
+        .validate()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RaftStartError {
+    #[error("raft config: {0}")]
+    Config(#[from] ConfigError),
+    #[error("raft: {0}")]
+    Fatal(#[from] Fatal<NodeId>),
+    #[error("initialize: {0}")]
+    Initialize(#[from] RaftError<NodeId, InitializeError<NodeId, BasicNode>>),
+}
+
+/// A running group on this node.
+#[derive(Clone)]
+pub struct GroupHandle {
+    pub group: GroupId,
+    pub raft: Raft,
+}
+
+/// Creates (or restarts, from what `store` holds) the Raft of `group` on this node.
+pub async fn start_group(
+    node_id: NodeId,
+    group: GroupId,
+    store: Arc<Store>,
+    applier: Arc<dyn Applier>,
+    network: Arc<dyn PeerNetwork>,
+    timings: &RaftTimings,
+) -> Result<GroupHandle, RaftStartError> {
+    let config = Arc::new(timings.to_config(group)?);
+    let log = LogStore::new(group, store.clone());
+    let sm = StateMachineStore::new(group, store, applier);
+    let net = network::NetworkFactory::new(node_id, group, network);
+    let raft = Raft::new(node_id, config, net, log, sm).await?;
+    Ok(GroupHandle { group, raft })
+}
+
+/// Initializes a group with this node as its single voter if it never was initialized
+/// (no vote, no log); on a restarted or already-joined node this is a no-op.
+pub async fn initialize_single(
+    handle: &GroupHandle,
+    node_id: NodeId,
+    addr: String,
+) -> Result<(), RaftStartError> {
+    if handle.raft.is_initialized().await? {
+        return Ok(());
+    }
+    let mut nodes = BTreeMap::new();
+    nodes.insert(node_id, BasicNode::new(addr));
+    match handle.raft.initialize(nodes).await {
+        Ok(()) => Ok(()),
+        // Initialized concurrently (e.g. a vote arrived in between): nothing to do.
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs a blocking storage call on the blocking pool.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, StorageError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests;

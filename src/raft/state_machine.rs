@@ -1,0 +1,275 @@
+//! A group's state machine over the node's [`Store`] (storage-v2 `RaftStateMachine`).
+//!
+//! The group's `sm` range holds the application data (written by the [`Applier`] through an
+//! [`SmTxn`](crate::storage::SmTxn)) and, under the reserved `0x00` prefix, the last applied
+//! log id, the last membership and a marker that a snapshot was built or installed. Applied
+//! batches are written without sync: the synced log replays them after a crash.
+//!
+//! Snapshots are not stored separately: a snapshot is the group's data range, dumped from one
+//! consistent view. `get_current_snapshot` rebuilds it from the current state once a snapshot
+//! was built or installed (so it is never older than the last one built), and returns `None`
+//! before that. Snapshot ids are derived from the last applied log id, so two snapshots with
+//! the same id have the same content.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
+    StoredMembership,
+};
+
+use super::{blocking, Applier, Entry, GroupId, NodeId, TypeConfig};
+use crate::shard::command::Response;
+use crate::storage::{decode, encode, StorageError, Store};
+
+type SError = openraft::StorageError<NodeId>;
+type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
+type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+
+/// Reserved `sm` keys of a group.
+const KEY_APPLIED: &[u8] = &[0x00, 0x01];
+const KEY_MEMBERSHIP: &[u8] = &[0x00, 0x02];
+const KEY_SNAPSHOT: &[u8] = &[0x00, 0x03];
+
+/// Snapshot blob: this magic, then `(u32 BE len, key, u32 BE len, value)*` of the user keys.
+const SNAPSHOT_MAGIC: &[u8] = b"CNSNAP01";
+
+fn io(e: StorageIOError<NodeId>) -> SError {
+    SError::IO { source: e }
+}
+
+/// One group's state machine: a cheap, cloneable handle (also its own snapshot builder).
+#[derive(Clone)]
+pub struct StateMachineStore {
+    group: GroupId,
+    store: Arc<Store>,
+    applier: Arc<dyn Applier>,
+}
+
+impl StateMachineStore {
+    pub fn new(group: GroupId, store: Arc<Store>, applier: Arc<dyn Applier>) -> Self {
+        Self {
+            group,
+            store,
+            applier,
+        }
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+}
+
+fn read_applied(
+    store: &Store,
+    group: GroupId,
+) -> Result<(Option<LogId<NodeId>>, Membership), StorageError> {
+    let applied = match store.sm_get(group, KEY_APPLIED)? {
+        Some(b) => Some(decode::<LogId<NodeId>>(&b)?),
+        None => None,
+    };
+    let membership = match store.sm_get(group, KEY_MEMBERSHIP)? {
+        Some(b) => decode::<Membership>(&b)?,
+        None => Membership::default(),
+    };
+    Ok((applied, membership))
+}
+
+fn snapshot_id(last: &Option<LogId<NodeId>>) -> String {
+    match last {
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+        None => "none".to_string(),
+    }
+}
+
+fn push_chunk(out: &mut Vec<u8>, b: &[u8]) -> Result<(), StorageError> {
+    let len =
+        u32::try_from(b.len()).map_err(|_| StorageError::Encode("value over 4 GiB".into()))?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(b);
+    Ok(())
+}
+
+fn take_chunk<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], StorageError> {
+    let short = || StorageError::Corrupt("truncated snapshot".into());
+    if buf.len() < 4 {
+        return Err(short());
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    let rest = &buf[4..];
+    if rest.len() < len {
+        return Err(short());
+    }
+    let (chunk, tail) = rest.split_at(len);
+    *buf = tail;
+    Ok(chunk)
+}
+
+/// Dumps a group into a snapshot (one consistent view of data + applied state).
+fn build(store: &Store, group: GroupId) -> Result<(Meta, Vec<u8>), StorageError> {
+    let mut applied = None;
+    let mut membership = Membership::default();
+    let mut blob = SNAPSHOT_MAGIC.to_vec();
+    for (k, v) in store.sm_dump(group)? {
+        if k == KEY_APPLIED {
+            applied = Some(decode::<LogId<NodeId>>(&v)?);
+        } else if k == KEY_MEMBERSHIP {
+            membership = decode::<Membership>(&v)?;
+        } else if k.first() == Some(&0x00) {
+            continue;
+        } else {
+            push_chunk(&mut blob, &k)?;
+            push_chunk(&mut blob, &v)?;
+        }
+    }
+    let meta = Meta {
+        snapshot_id: snapshot_id(&applied),
+        last_log_id: applied,
+        last_membership: membership,
+    };
+    Ok((meta, blob))
+}
+
+fn parse_blob(blob: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    let mut buf = blob
+        .strip_prefix(SNAPSHOT_MAGIC)
+        .ok_or_else(|| StorageError::Corrupt("not a chatnode snapshot".into()))?;
+    let mut pairs = Vec::new();
+    while !buf.is_empty() {
+        let k = take_chunk(&mut buf)?;
+        let v = take_chunk(&mut buf)?;
+        if k.first().is_none_or(|b| *b == 0x00) {
+            return Err(StorageError::Corrupt("reserved key in snapshot".into()));
+        }
+        pairs.push((k.to_vec(), v.to_vec()));
+    }
+    Ok(pairs)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SError> {
+        let (store, group) = (self.store.clone(), self.group);
+        let (meta, blob) = blocking(move || {
+            let (meta, blob) = build(&store, group)?;
+            store.sm_commit(
+                store.txn(group),
+                vec![(KEY_SNAPSHOT.to_vec(), encode(&meta)?)],
+            )?;
+            Ok((meta, blob))
+        })
+        .await
+        .map_err(|e| io(StorageIOError::write_snapshot(None, AnyError::new(&e))))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(blob)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, Membership), SError> {
+        let (store, group) = (self.store.clone(), self.group);
+        blocking(move || read_applied(&store, group))
+            .await
+            .map_err(|e| io(StorageIOError::read_state_machine(AnyError::new(&e))))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, SError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            return Ok(Vec::new());
+        };
+        let (store, group, applier) = (self.store.clone(), self.group, self.applier.clone());
+        let res = tokio::task::spawn_blocking(move || {
+            let mut txn = store.txn(group);
+            let mut responses = Vec::with_capacity(entries.len());
+            let mut membership = None;
+            for e in &entries {
+                match &e.payload {
+                    EntryPayload::Blank => responses.push(Response::None),
+                    EntryPayload::Normal(req) => match applier.apply(&mut txn, req) {
+                        Ok(r) => responses.push(r),
+                        Err(err) => {
+                            return Err(io(StorageIOError::apply(e.log_id, AnyError::new(&err))))
+                        }
+                    },
+                    EntryPayload::Membership(m) => {
+                        membership = Some(Membership::new(Some(e.log_id), m.clone()));
+                        responses.push(Response::None);
+                    }
+                }
+            }
+            let write = || -> Result<(), StorageError> {
+                let mut reserved = vec![(KEY_APPLIED.to_vec(), encode(&last)?)];
+                if let Some(m) = &membership {
+                    reserved.push((KEY_MEMBERSHIP.to_vec(), encode(m)?));
+                }
+                store.sm_commit(txn, reserved)
+            };
+            write().map_err(|e| io(StorageIOError::write_state_machine(AnyError::new(&e))))?;
+            applier.after_write(group, &responses);
+            Ok(responses)
+        })
+        .await;
+        match res {
+            Ok(r) => r,
+            Err(e) => Err(io(StorageIOError::apply(last, AnyError::new(&e)))),
+        }
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SError> {
+        let (store, group, meta2) = (self.store.clone(), self.group, meta.clone());
+        blocking(move || {
+            let mut pairs = parse_blob(snapshot.get_ref())?;
+            if let Some(l) = &meta2.last_log_id {
+                pairs.push((KEY_APPLIED.to_vec(), encode(l)?));
+            }
+            pairs.push((KEY_MEMBERSHIP.to_vec(), encode(&meta2.last_membership)?));
+            pairs.push((KEY_SNAPSHOT.to_vec(), encode(&meta2)?));
+            store.sm_replace(group, pairs)
+        })
+        .await
+        .map_err(|e| {
+            io(StorageIOError::write_snapshot(
+                Some(meta.signature()),
+                AnyError::new(&e),
+            ))
+        })
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SError> {
+        let (store, group) = (self.store.clone(), self.group);
+        let built = blocking(move || {
+            if store.sm_get(group, KEY_SNAPSHOT)?.is_none() {
+                return Ok(None);
+            }
+            build(&store, group).map(Some)
+        })
+        .await
+        .map_err(|e| io(StorageIOError::read_snapshot(None, AnyError::new(&e))))?;
+        Ok(built.map(|(meta, blob)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(blob)),
+        }))
+    }
+}

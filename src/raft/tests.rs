@@ -1,0 +1,345 @@
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{RaftLogReader, ServerState};
+use parking_lot::Mutex;
+
+use super::*;
+use crate::shard::command::{ClusterSettings, MetaOp, ShardResponse};
+
+/// Counts applied requests in key `[1]`; echoes meta settings.
+#[derive(Default)]
+struct CountingApplier {
+    after_write: AtomicUsize,
+}
+
+const COUNT_KEY: &[u8] = &[1];
+
+impl Applier for CountingApplier {
+    fn apply(&self, txn: &mut SmTxn<'_>, req: &Request) -> Result<Response, StorageError> {
+        let n = match txn.get(COUNT_KEY)? {
+            Some(b) => u64::from_be_bytes(
+                b.try_into()
+                    .map_err(|_| StorageError::Corrupt("count".into()))?,
+            ),
+            None => 0,
+        };
+        txn.put(COUNT_KEY.to_vec(), (n + 1).to_be_bytes().to_vec());
+        Ok(match req {
+            Request::Meta(MetaOp::InitCluster(s)) => Response::Meta(s.clone()),
+            Request::Shard(_) => Response::Shard(ShardResponse::Done),
+        })
+    }
+
+    fn after_write(&self, _group: GroupId, responses: &[Response]) {
+        self.after_write
+            .fetch_add(responses.len(), Ordering::SeqCst);
+    }
+}
+
+fn count(store: &Store, group: GroupId) -> u64 {
+    store
+        .sm_get(group, COUNT_KEY)
+        .expect("get")
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+        .unwrap_or(0)
+}
+
+fn settings(n: u32) -> Request {
+    Request::Meta(MetaOp::InitCluster(ClusterSettings {
+        cluster_id: format!("c{n}"),
+        shards: n,
+        jwt_secret: vec![1, 2, 3],
+        created_ts: 7,
+    }))
+}
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), openraft::StorageError<NodeId>>
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open store");
+        let log = LogStore::new(3, store.clone());
+        let sm = StateMachineStore::new(3, store, Arc::new(CountingApplier::default()));
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite() {
+    Suite::test_all(Builder).expect("suite");
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn fast() -> RaftTimings {
+    RaftTimings {
+        heartbeat_ms: 50,
+        election_min_ms: 150,
+        election_max_ms: 300,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn single_node_restart_keeps_log_vote_and_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let group = 2;
+    let first_vote;
+    {
+        let store = Store::open(dir.path()).expect("open");
+        let applier = Arc::new(CountingApplier::default());
+        let h = start_group(
+            1,
+            group,
+            store.clone(),
+            applier.clone(),
+            Arc::new(NoPeers),
+            &fast(),
+        )
+        .await
+        .expect("start");
+        initialize_single(&h, 1, "127.0.0.1:1".into())
+            .await
+            .expect("init");
+        h.raft
+            .wait(Some(Duration::from_secs(5)))
+            .state(ServerState::Leader, "leader")
+            .await
+            .expect("leader");
+        for n in 0..10 {
+            let r = h.raft.client_write(settings(n)).await.expect("write");
+            assert!(matches!(r.data, Response::Meta(ref s) if s.shards == n));
+        }
+        assert_eq!(count(&store, group), 10);
+        // Blank + membership + 10 normal entries.
+        assert_eq!(applier.after_write.load(Ordering::SeqCst), 12);
+        first_vote = LogStore::new(group, store.clone())
+            .read_vote()
+            .await
+            .expect("vote")
+            .expect("some vote");
+        h.raft.shutdown().await.expect("shutdown");
+        drop(h);
+        // Every handle held by openraft's tasks goes away: then the DB closes.
+        wait_until("raft tasks to release the store", || {
+            Arc::strong_count(&store) == 1
+        })
+        .await;
+    }
+
+    let store = Store::open(dir.path()).expect("reopen");
+    let mut log = LogStore::new(group, store.clone());
+    let entries = log.try_get_log_entries(0..).await.expect("entries");
+    assert_eq!(entries.len(), 12);
+    assert!(entries
+        .windows(2)
+        .all(|w| w[1].log_id.index == w[0].log_id.index + 1));
+    assert_eq!(log.read_vote().await.expect("vote"), Some(first_vote));
+
+    let applier = Arc::new(CountingApplier::default());
+    let h = start_group(1, group, store.clone(), applier, Arc::new(NoPeers), &fast())
+        .await
+        .expect("restart");
+    assert!(h.raft.is_initialized().await.expect("init?"));
+    initialize_single(&h, 1, "127.0.0.1:1".into())
+        .await
+        .expect("no-op init");
+    h.raft
+        .wait(Some(Duration::from_secs(5)))
+        .state(ServerState::Leader, "leader again")
+        .await
+        .expect("leader");
+    h.raft.client_write(settings(99)).await.expect("write");
+    assert_eq!(count(&store, group), 11);
+    h.raft.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appended_entries_and_vote_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let entries: Vec<Entry> = (1..=5)
+        .map(|i| Entry {
+            log_id: openraft::testing::log_id(1, 1, i),
+            payload: openraft::EntryPayload::Normal(settings(i as u32)),
+        })
+        .collect();
+    let vote = openraft::Vote::new_committed(1, 1);
+    {
+        let store = Store::open(dir.path()).expect("open");
+        let mut log = LogStore::new(9, store.clone());
+        log.blocking_append(entries.clone()).await.expect("append");
+        log.save_vote(&vote).await.expect("vote");
+        // Another group's log is independent.
+        LogStore::new(10, store.clone())
+            .blocking_append(entries[..2].to_vec())
+            .await
+            .expect("append");
+    }
+    let store = Store::open(dir.path()).expect("reopen");
+    let mut log = LogStore::new(9, store.clone());
+    assert_eq!(log.try_get_log_entries(1..=5).await.expect("read"), entries);
+    assert_eq!(log.read_vote().await.expect("vote"), Some(vote));
+    let st = log.get_log_state().await.expect("state");
+    assert_eq!(st.last_log_id, Some(openraft::testing::log_id(1, 1, 5)));
+    let mut other = LogStore::new(10, store);
+    assert_eq!(other.try_get_log_entries(0..).await.expect("read").len(), 2);
+}
+
+/// In-memory peer network: node id -> (group -> Raft).
+#[derive(Default, Clone)]
+struct Loopback {
+    nodes: Arc<Mutex<HashMap<NodeId, HashMap<GroupId, Raft>>>>,
+}
+
+impl PeerNetwork for Loopback {
+    fn call(
+        &self,
+        target: NodeId,
+        _node: &BasicNode,
+        group: GroupId,
+        rpc: RaftRpc,
+        _timeout: Duration,
+    ) -> futures_util::future::BoxFuture<'static, Result<RaftRpcReply, PeerError>> {
+        let raft = self
+            .nodes
+            .lock()
+            .get(&target)
+            .and_then(|g| g.get(&group))
+            .cloned();
+        Box::pin(async move {
+            let raft = raft.ok_or_else(|| PeerError::Unreachable(format!("node {target}")))?;
+            // Go through the wire encoding, like a real transport.
+            let bytes =
+                crate::storage::encode(&rpc).map_err(|e| PeerError::Network(e.to_string()))?;
+            let rpc: RaftRpc =
+                crate::storage::decode(&bytes).map_err(|e| PeerError::Network(e.to_string()))?;
+            let reply = handle_rpc(&raft, rpc).await;
+            let bytes =
+                crate::storage::encode(&reply).map_err(|e| PeerError::Network(e.to_string()))?;
+            crate::storage::decode(&bytes).map_err(|e| PeerError::Network(e.to_string()))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_replicate_and_seed_from_snapshot() {
+    let net = Loopback::default();
+    let timings = RaftTimings {
+        snapshot_every_logs: 20,
+        keep_logs_behind_snapshot: 0,
+        purge_batch_size: 1,
+        ..fast()
+    };
+    let group = 1;
+    let mut dirs = Vec::new();
+    let mut stores = BTreeMap::new();
+    let mut handles = BTreeMap::new();
+    for id in 1..=3u64 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let h = start_group(
+            id,
+            group,
+            store.clone(),
+            Arc::new(CountingApplier::default()),
+            Arc::new(net.clone()),
+            &timings,
+        )
+        .await
+        .expect("start");
+        net.nodes
+            .lock()
+            .entry(id)
+            .or_default()
+            .insert(group, h.raft.clone());
+        dirs.push(dir);
+        stores.insert(id, store);
+        handles.insert(id, h);
+    }
+    let leader = &handles[&1];
+    initialize_single(leader, 1, "n1".into())
+        .await
+        .expect("init");
+    leader
+        .raft
+        .wait(Some(Duration::from_secs(5)))
+        .state(ServerState::Leader, "leader")
+        .await
+        .expect("leader");
+    for n in 0..50 {
+        leader.raft.client_write(settings(n)).await.expect("write");
+    }
+    // Logs were compacted into a snapshot and purged: new members are seeded from it.
+    leader
+        .raft
+        .wait(Some(Duration::from_secs(5)))
+        .metrics(
+            |m| m.snapshot.is_some() && m.purged.is_some(),
+            "snapshot + purge",
+        )
+        .await
+        .expect("snapshot");
+    leader
+        .raft
+        .add_learner(2, BasicNode::new("n2"), true)
+        .await
+        .expect("learner 2");
+    leader
+        .raft
+        .add_learner(3, BasicNode::new("n3"), true)
+        .await
+        .expect("learner 3");
+    leader
+        .raft
+        .change_membership([1u64, 2, 3], false)
+        .await
+        .expect("membership");
+    let mut last = None;
+    for n in 50..60 {
+        last = Some(
+            leader
+                .raft
+                .client_write(settings(n))
+                .await
+                .expect("write")
+                .log_id,
+        );
+    }
+    for id in 2..=3u64 {
+        handles[&id]
+            .raft
+            .wait(Some(Duration::from_secs(5)))
+            .applied_index_at_least(last.map(|l| l.index), "caught up")
+            .await
+            .expect("caught up");
+        let m = handles[&id].raft.metrics().borrow().clone();
+        assert_eq!(
+            count(&stores[&id], group),
+            60,
+            "node {id}: leader count {} metrics {m}",
+            count(&stores[&1], group)
+        );
+        let m = handles[&id].raft.metrics().borrow().clone();
+        assert!(m.snapshot.is_some(), "node {id} was seeded from a snapshot");
+    }
+    for h in handles.values() {
+        h.raft.shutdown().await.expect("shutdown");
+    }
+}

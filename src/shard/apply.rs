@@ -1,0 +1,699 @@
+//! Deterministic apply of shard commands.
+//!
+//! Order of checks for a send (DESIGN.md §4.5): dedup -> membership and role -> seq. The
+//! message, its dedup entry, the conversation's new `last_seq` and the sender's read
+//! watermark are written through one [`SmTxn`], which raft/ commits in one batch together with
+//! the applied log id.
+
+use super::codec::{decode, encode};
+use super::command::*;
+use super::keys;
+use crate::storage::{SmTxn, StorageError};
+
+/// Most members a conversation can ever have had, creator included.
+pub const MEMBERS_EVER_MAX: u32 = 200;
+
+type ApplyResult = Result<ShardResponse, StorageError>;
+
+fn rejected(r: Rejection) -> ApplyResult {
+    Ok(ShardResponse::Rejected(r))
+}
+
+fn get<T: serde::de::DeserializeOwned>(
+    txn: &SmTxn<'_>,
+    key: &[u8],
+) -> Result<Option<T>, StorageError> {
+    txn.get(key)?.map(|v| decode(&v)).transpose()
+}
+
+fn put<T: serde::Serialize>(
+    txn: &mut SmTxn<'_>,
+    key: Vec<u8>,
+    value: &T,
+) -> Result<(), StorageError> {
+    txn.put(key, encode(value)?);
+    Ok(())
+}
+
+/// Applies one shard command.
+pub fn apply_shard(txn: &mut SmTxn<'_>, op: &ShardOp) -> ApplyResult {
+    match op {
+        ShardOp::CreateConversation {
+            conversation_id,
+            kind,
+            title,
+            creator,
+            members,
+            ts,
+        } => create_conversation(txn, conversation_id, *kind, title, creator, members, *ts),
+        ShardOp::Send {
+            conversation_id,
+            sender,
+            sender_device,
+            client_msg_id,
+            kind,
+            body,
+            ref_seq,
+            msg_id,
+            ts,
+        } => send(
+            txn,
+            SendArgs {
+                conversation_id,
+                sender,
+                sender_device,
+                client_msg_id,
+                kind: *kind,
+                body,
+                ref_seq: *ref_seq,
+                msg_id,
+                ts: *ts,
+            },
+        ),
+        ShardOp::AddMembers {
+            conversation_id,
+            actor,
+            actor_device,
+            members,
+            msg_id,
+            ts,
+        } => add_members(
+            txn,
+            conversation_id,
+            actor,
+            actor_device,
+            members,
+            msg_id,
+            *ts,
+        ),
+        ShardOp::RemoveMember {
+            conversation_id,
+            actor,
+            actor_device,
+            user_id,
+            msg_id,
+            ts,
+        } => remove_member(
+            txn,
+            conversation_id,
+            actor,
+            actor_device,
+            user_id,
+            msg_id,
+            *ts,
+        ),
+        ShardOp::SetRole {
+            conversation_id,
+            actor,
+            actor_device,
+            user_id,
+            role,
+            msg_id,
+            ts,
+        } => set_role(
+            txn,
+            conversation_id,
+            actor,
+            actor_device,
+            user_id,
+            *role,
+            msg_id,
+            *ts,
+        ),
+        ShardOp::Receipt {
+            conversation_id,
+            user_id,
+            delivered_seq,
+            read_seq,
+        } => receipt(txn, conversation_id, user_id, *delivered_seq, *read_seq),
+        ShardOp::CreateUser {
+            user_id,
+            username,
+            password_hash,
+            ts,
+        } => {
+            let key = keys::user(user_id);
+            if txn.get(&key)?.is_none() {
+                let record = UserRecord {
+                    user_id: user_id.clone(),
+                    username: username.clone(),
+                    password_hash: password_hash.clone(),
+                    created_ts: *ts,
+                };
+                put(txn, key, &record)?;
+            }
+            Ok(ShardResponse::UserCreated)
+        }
+        ShardOp::ClaimUsername { username, user_id } => {
+            let key = keys::username(username);
+            match get::<String>(txn, &key)? {
+                Some(owner) if &owner != user_id => {
+                    rejected(Rejection::Conflict("username is taken".into()))
+                }
+                Some(owner) => Ok(ShardResponse::UsernameClaimed { user_id: owner }),
+                None => {
+                    put(txn, key, user_id)?;
+                    Ok(ShardResponse::UsernameClaimed {
+                        user_id: user_id.clone(),
+                    })
+                }
+            }
+        }
+        ShardOp::IndexUserConversation {
+            user_id,
+            conversation_id,
+        } => {
+            txn.put(
+                keys::user_conversation(user_id, conversation_id),
+                Vec::new(),
+            );
+            Ok(ShardResponse::Done)
+        }
+        ShardOp::OutboxDone { ids } => {
+            for id in ids {
+                txn.delete(keys::outbox(*id));
+            }
+            Ok(ShardResponse::Done)
+        }
+    }
+}
+
+fn load_conversation(
+    txn: &SmTxn<'_>,
+    conversation_id: &str,
+) -> Result<Option<ConversationState>, StorageError> {
+    get(txn, &keys::conversation(conversation_id))
+}
+
+fn save_conversation(txn: &mut SmTxn<'_>, conv: &ConversationState) -> Result<(), StorageError> {
+    put(txn, keys::conversation(&conv.conversation_id), conv)
+}
+
+/// Queues "user is in conversation" for the user's shard (delivered by the outbox relay).
+fn outbox_push(
+    txn: &mut SmTxn<'_>,
+    user_id: &str,
+    conversation_id: &str,
+) -> Result<(), StorageError> {
+    let next_key = keys::outbox_next();
+    let id: u64 = get(txn, &next_key)?.unwrap_or(1);
+    put(
+        txn,
+        keys::outbox(id),
+        &OutboxEntry {
+            user_id: user_id.to_string(),
+            conversation_id: conversation_id.to_string(),
+        },
+    )?;
+    put(txn, next_key, &(id + 1))
+}
+
+fn member_role(conv: &ConversationState, user: &str) -> Option<Role> {
+    conv.members
+        .iter()
+        .find(|m| m.user_id == user)
+        .map(|m| m.role)
+}
+
+fn recipients(conv: &ConversationState) -> Vec<UserId> {
+    conv.members.iter().map(|m| m.user_id.clone()).collect()
+}
+
+fn create_conversation(
+    txn: &mut SmTxn<'_>,
+    conversation_id: &str,
+    kind: ConvKind,
+    title: &Option<String>,
+    creator: &str,
+    members: &[UserId],
+    ts: u64,
+) -> ApplyResult {
+    if let Some(existing) = load_conversation(txn, conversation_id)? {
+        // A direct conversation is created once; a retried group creation returns itself.
+        return if member_role(&existing, creator).is_some() {
+            Ok(ShardResponse::Conversation(existing))
+        } else {
+            rejected(Rejection::Conflict("conversation exists".into()))
+        };
+    }
+    let mut others: Vec<&UserId> = Vec::new();
+    for m in members {
+        if m != creator && !others.contains(&m) {
+            others.push(m);
+        }
+    }
+    match kind {
+        ConvKind::Direct if others.len() != 1 => {
+            return rejected(Rejection::BadRequest(
+                "a direct conversation has exactly one other member".into(),
+            ))
+        }
+        ConvKind::Group if others.is_empty() || others.len() >= MEMBERS_EVER_MAX as usize => {
+            return rejected(Rejection::BadRequest(format!(
+                "a group has 1..{} other members",
+                MEMBERS_EVER_MAX - 1
+            )))
+        }
+        _ => {}
+    }
+    let creator_role = match kind {
+        ConvKind::Direct => Role::Member,
+        ConvKind::Group => Role::Owner,
+    };
+    let mut conv = ConversationState {
+        conversation_id: conversation_id.to_string(),
+        kind,
+        title: title.clone(),
+        members: vec![Member {
+            user_id: creator.to_string(),
+            role: creator_role,
+            joined: 0,
+        }],
+        last_seq: 0,
+        members_ever: 1,
+        next_join: 1,
+        created_ts: ts,
+    };
+    for m in others {
+        join(&mut conv, m, Role::Member);
+    }
+    for m in conv.members.clone() {
+        outbox_push(txn, &m.user_id, conversation_id)?;
+    }
+    save_conversation(txn, &conv)?;
+    Ok(ShardResponse::Conversation(conv))
+}
+
+fn join(conv: &mut ConversationState, user: &str, role: Role) {
+    conv.members.push(Member {
+        user_id: user.to_string(),
+        role,
+        joined: conv.next_join,
+    });
+    conv.next_join += 1;
+    conv.members_ever += 1;
+}
+
+struct SendArgs<'a> {
+    conversation_id: &'a str,
+    sender: &'a str,
+    sender_device: &'a str,
+    client_msg_id: &'a str,
+    kind: MsgKind,
+    body: &'a str,
+    ref_seq: Option<u64>,
+    msg_id: &'a str,
+    ts: u64,
+}
+
+fn send(txn: &mut SmTxn<'_>, a: SendArgs<'_>) -> ApplyResult {
+    let dedup_key = keys::dedup(a.conversation_id, a.sender, a.client_msg_id);
+    if let Some(ack) = get::<Ack>(txn, &dedup_key)? {
+        return Ok(ShardResponse::Ack { ack, pushed: None });
+    }
+    let Some(mut conv) = load_conversation(txn, a.conversation_id)? else {
+        return rejected(Rejection::Forbidden("not a member".into()));
+    };
+    let Some(role) = member_role(&conv, a.sender) else {
+        return rejected(Rejection::Forbidden("not a member".into()));
+    };
+    if let Some(target_seq) = a.ref_seq {
+        let target: Option<Message> = get(txn, &keys::message(a.conversation_id, target_seq))?;
+        let Some(target) = target else {
+            return rejected(Rejection::NotFound(format!(
+                "no message at seq {target_seq}"
+            )));
+        };
+        if target.kind != MsgKind::Text {
+            return rejected(Rejection::BadRequest(
+                "only text messages can be edited or deleted".into(),
+            ));
+        }
+        let allowed = match a.kind {
+            MsgKind::Edit => target.sender_id == a.sender,
+            MsgKind::Delete => {
+                target.sender_id == a.sender || matches!(role, Role::Owner | Role::Admin)
+            }
+            _ => false,
+        };
+        if !allowed {
+            return rejected(Rejection::Forbidden(
+                "not allowed to change this message".into(),
+            ));
+        }
+    }
+    let message = append_event(
+        txn,
+        &mut conv,
+        EventArgs {
+            sender: a.sender,
+            sender_device: a.sender_device,
+            client_msg_id: a.client_msg_id,
+            kind: a.kind,
+            body: a.body,
+            ref_seq: a.ref_seq,
+            msg_id: a.msg_id,
+            ts: a.ts,
+        },
+    )?;
+    let ack = Ack {
+        conversation_id: a.conversation_id.to_string(),
+        client_msg_id: a.client_msg_id.to_string(),
+        seq: message.seq,
+        msg_id: message.msg_id.clone(),
+        ts: message.ts,
+    };
+    put(txn, dedup_key, &ack)?;
+    // Sending moves the sender's own read watermark to the message.
+    let rkey = keys::receipt(a.conversation_id, a.sender);
+    put(txn, rkey, &(message.seq, message.seq))?;
+    save_conversation(txn, &conv)?;
+    Ok(ShardResponse::Ack {
+        ack,
+        pushed: Some(Pushed {
+            message,
+            recipients: recipients(&conv),
+        }),
+    })
+}
+
+struct EventArgs<'a> {
+    sender: &'a str,
+    sender_device: &'a str,
+    client_msg_id: &'a str,
+    kind: MsgKind,
+    body: &'a str,
+    ref_seq: Option<u64>,
+    msg_id: &'a str,
+    ts: u64,
+}
+
+/// Assigns the next seq and stores the event. The caller saves the conversation.
+fn append_event(
+    txn: &mut SmTxn<'_>,
+    conv: &mut ConversationState,
+    e: EventArgs<'_>,
+) -> Result<Message, StorageError> {
+    let seq = conv.last_seq + 1;
+    let message = Message {
+        conversation_id: conv.conversation_id.clone(),
+        seq,
+        msg_id: e.msg_id.to_string(),
+        sender_id: e.sender.to_string(),
+        sender_device: e.sender_device.to_string(),
+        client_msg_id: e.client_msg_id.to_string(),
+        kind: e.kind,
+        body: e.body.to_string(),
+        ts: e.ts,
+        ref_seq: e.ref_seq,
+    };
+    put(txn, keys::message(&conv.conversation_id, seq), &message)?;
+    conv.last_seq = seq;
+    Ok(message)
+}
+
+/// Appends a membership event (server-generated: its client_msg_id is its msg_id).
+fn membership_event(
+    txn: &mut SmTxn<'_>,
+    conv: &mut ConversationState,
+    actor: &str,
+    actor_device: &str,
+    kind: MsgKind,
+    body: &str,
+    msg_id: &str,
+    ts: u64,
+) -> Result<Message, StorageError> {
+    append_event(
+        txn,
+        conv,
+        EventArgs {
+            sender: actor,
+            sender_device: actor_device,
+            client_msg_id: msg_id,
+            kind,
+            body,
+            ref_seq: None,
+            msg_id,
+            ts,
+        },
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn add_members(
+    txn: &mut SmTxn<'_>,
+    conversation_id: &str,
+    actor: &str,
+    actor_device: &str,
+    members: &[UserId],
+    msg_id: &str,
+    ts: u64,
+) -> ApplyResult {
+    let Some(mut conv) = load_conversation(txn, conversation_id)? else {
+        return rejected(Rejection::Forbidden("not a member".into()));
+    };
+    match member_role(&conv, actor) {
+        None => return rejected(Rejection::Forbidden("not a member".into())),
+        Some(Role::Member) => {
+            return rejected(Rejection::Forbidden(
+                "only an owner or admin adds members".into(),
+            ))
+        }
+        Some(_) => {}
+    }
+    if conv.kind == ConvKind::Direct {
+        return rejected(Rejection::BadRequest(
+            "a direct conversation has fixed members".into(),
+        ));
+    }
+    let mut new: Vec<&UserId> = Vec::new();
+    for m in members {
+        if member_role(&conv, m).is_none() && !new.contains(&m) {
+            new.push(m);
+        }
+    }
+    if new.is_empty() {
+        return Ok(ShardResponse::Membership {
+            conversation: conv,
+            pushed: None,
+        });
+    }
+    if conv.members_ever as usize + new.len() > MEMBERS_EVER_MAX as usize {
+        return rejected(Rejection::BadRequest(format!(
+            "a group has at most {MEMBERS_EVER_MAX} members, ever"
+        )));
+    }
+    for m in &new {
+        join(&mut conv, m, Role::Member);
+        outbox_push(txn, m, conversation_id)?;
+    }
+    let body = format!(
+        "{actor} added {}",
+        new.iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let message = membership_event(
+        txn,
+        &mut conv,
+        actor,
+        actor_device,
+        MsgKind::MemberAdded,
+        &body,
+        msg_id,
+        ts,
+    )?;
+    save_conversation(txn, &conv)?;
+    Ok(ShardResponse::Membership {
+        pushed: Some(Pushed {
+            message,
+            recipients: recipients(&conv),
+        }),
+        conversation: conv,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn remove_member(
+    txn: &mut SmTxn<'_>,
+    conversation_id: &str,
+    actor: &str,
+    actor_device: &str,
+    user_id: &str,
+    msg_id: &str,
+    ts: u64,
+) -> ApplyResult {
+    let Some(mut conv) = load_conversation(txn, conversation_id)? else {
+        return rejected(Rejection::Forbidden("not a member".into()));
+    };
+    let Some(actor_role) = member_role(&conv, actor) else {
+        return rejected(Rejection::Forbidden("not a member".into()));
+    };
+    if conv.kind == ConvKind::Direct {
+        return rejected(Rejection::BadRequest(
+            "a direct conversation has fixed members".into(),
+        ));
+    }
+    let Some(target_role) = member_role(&conv, user_id) else {
+        return rejected(Rejection::BadRequest(format!("{user_id} is not a member")));
+    };
+    let leaving = actor == user_id;
+    let allowed = leaving
+        || actor_role == Role::Owner
+        || (actor_role == Role::Admin && target_role == Role::Member);
+    if !allowed {
+        return rejected(Rejection::Forbidden(
+            "not allowed to remove this member".into(),
+        ));
+    }
+    // Everyone who was a member sees the event, the removed user included.
+    let before = recipients(&conv);
+    conv.members.retain(|m| m.user_id != user_id);
+    if target_role == Role::Owner {
+        promote_successor(&mut conv);
+    }
+    let body = if leaving {
+        format!("{user_id} left")
+    } else {
+        format!("{actor} removed {user_id}")
+    };
+    let message = membership_event(
+        txn,
+        &mut conv,
+        actor,
+        actor_device,
+        MsgKind::MemberRemoved,
+        &body,
+        msg_id,
+        ts,
+    )?;
+    save_conversation(txn, &conv)?;
+    Ok(ShardResponse::Membership {
+        pushed: Some(Pushed {
+            message,
+            recipients: before,
+        }),
+        conversation: conv,
+    })
+}
+
+/// When the owner leaves, the oldest admin (else the oldest member) becomes owner.
+fn promote_successor(conv: &mut ConversationState) {
+    let pick = |role: Role, conv: &ConversationState| {
+        conv.members
+            .iter()
+            .filter(|m| m.role == role)
+            .min_by_key(|m| m.joined)
+            .map(|m| m.user_id.clone())
+    };
+    let successor = pick(Role::Admin, conv).or_else(|| pick(Role::Member, conv));
+    if let Some(s) = successor {
+        for m in conv.members.iter_mut() {
+            if m.user_id == s {
+                m.role = Role::Owner;
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn set_role(
+    txn: &mut SmTxn<'_>,
+    conversation_id: &str,
+    actor: &str,
+    actor_device: &str,
+    user_id: &str,
+    role: Role,
+    msg_id: &str,
+    ts: u64,
+) -> ApplyResult {
+    let Some(mut conv) = load_conversation(txn, conversation_id)? else {
+        return rejected(Rejection::Forbidden("not a member".into()));
+    };
+    match member_role(&conv, actor) {
+        None => return rejected(Rejection::Forbidden("not a member".into())),
+        Some(Role::Owner) => {}
+        Some(_) => return rejected(Rejection::Forbidden("only the owner sets roles".into())),
+    }
+    let Some(current) = member_role(&conv, user_id) else {
+        return rejected(Rejection::BadRequest(format!("{user_id} is not a member")));
+    };
+    if current == role {
+        return Ok(ShardResponse::Membership {
+            conversation: conv,
+            pushed: None,
+        });
+    }
+    if actor == user_id {
+        return rejected(Rejection::BadRequest(
+            "the owner hands ownership to another member".into(),
+        ));
+    }
+    for m in conv.members.iter_mut() {
+        if m.user_id == user_id {
+            m.role = role;
+        } else if role == Role::Owner && m.user_id == actor {
+            // Handing over ownership: there is one owner; the old one becomes admin.
+            m.role = Role::Admin;
+        }
+    }
+    let body = format!("{actor} made {user_id} {}", crate::protocol::role_str(role));
+    let message = membership_event(
+        txn,
+        &mut conv,
+        actor,
+        actor_device,
+        MsgKind::RoleChanged,
+        &body,
+        msg_id,
+        ts,
+    )?;
+    save_conversation(txn, &conv)?;
+    Ok(ShardResponse::Membership {
+        pushed: Some(Pushed {
+            message,
+            recipients: recipients(&conv),
+        }),
+        conversation: conv,
+    })
+}
+
+fn receipt(
+    txn: &mut SmTxn<'_>,
+    conversation_id: &str,
+    user_id: &str,
+    delivered: Option<u64>,
+    read: Option<u64>,
+) -> ApplyResult {
+    let Some(conv) = load_conversation(txn, conversation_id)? else {
+        return rejected(Rejection::Forbidden("not a member".into()));
+    };
+    if member_role(&conv, user_id).is_none() {
+        return rejected(Rejection::Forbidden("not a member".into()));
+    }
+    let highest = delivered.unwrap_or(0).max(read.unwrap_or(0));
+    if highest > conv.last_seq {
+        return rejected(Rejection::BadRequest(format!(
+            "seq {highest} is above last_seq {}",
+            conv.last_seq
+        )));
+    }
+    let key = keys::receipt(conversation_id, user_id);
+    let (old_delivered, old_read): (u64, u64) = get(txn, &key)?.unwrap_or((0, 0));
+    let new_read = old_read.max(read.unwrap_or(0));
+    // `read` implies `delivered`.
+    let new_delivered = old_delivered.max(delivered.unwrap_or(0)).max(new_read);
+    let changed = (new_delivered, new_read) != (old_delivered, old_read);
+    if changed {
+        put(txn, key, &(new_delivered, new_read))?;
+    }
+    Ok(ShardResponse::Receipt(ReceiptState {
+        conversation_id: conversation_id.to_string(),
+        user_id: user_id.to_string(),
+        delivered_seq: new_delivered,
+        read_seq: new_read,
+        changed,
+        recipients: recipients(&conv),
+    }))
+}

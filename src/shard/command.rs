@@ -1,0 +1,260 @@
+//! Commands proposed to Raft groups and their deterministic responses.
+//!
+//! These are the `D` (request) and `R` (response) types of every Raft group on a node:
+//! the meta group (group 0) takes `Request::Meta`, shard groups (1..=S) take
+//! `Request::Shard`. Everything a proposer must choose (timestamps, ULIDs) is chosen before
+//! proposing, so that apply is a pure function of the log.
+//!
+//! Encoded with bincode 2 (serde): externally tagged enums only, no flatten, no untagged.
+
+use serde::{Deserialize, Serialize};
+
+/// A Raft group id: 0 is the meta group, 1..=S are shard groups.
+pub type GroupId = u32;
+/// The meta group's id.
+pub const META_GROUP: GroupId = 0;
+
+pub type UserId = String;
+pub type ConversationId = String;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConvKind {
+    Direct,
+    Group,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MsgKind {
+    Text,
+    Edit,
+    Delete,
+    MemberAdded,
+    MemberRemoved,
+    RoleChanged,
+}
+
+/// A command for one Raft group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    Meta(MetaOp),
+    Shard(ShardOp),
+}
+
+/// Commands of the meta group (cluster-wide settings).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MetaOp {
+    /// Written once when a cluster is created; later proposals are ignored (first wins).
+    InitCluster(ClusterSettings),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSettings {
+    pub cluster_id: String,
+    pub shards: u32,
+    /// HS256 secret for the tokens this cluster issues.
+    pub jwt_secret: Vec<u8>,
+    pub created_ts: u64,
+}
+
+/// Commands of a shard group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ShardOp {
+    /// Creates a conversation (no seq consumed). A direct conversation's id is derived from
+    /// its two members, so creating it again returns the existing one.
+    CreateConversation {
+        conversation_id: ConversationId,
+        kind: ConvKind,
+        title: Option<String>,
+        creator: UserId,
+        members: Vec<UserId>,
+        ts: u64,
+    },
+    /// A text message, an edit or a delete (a sequenced event).
+    Send {
+        conversation_id: ConversationId,
+        sender: UserId,
+        sender_device: String,
+        client_msg_id: String,
+        kind: MsgKind,
+        body: String,
+        ref_seq: Option<u64>,
+        msg_id: String,
+        ts: u64,
+    },
+    AddMembers {
+        conversation_id: ConversationId,
+        actor: UserId,
+        actor_device: String,
+        members: Vec<UserId>,
+        msg_id: String,
+        ts: u64,
+    },
+    /// Removes `user_id`; a leave is a removal of oneself.
+    RemoveMember {
+        conversation_id: ConversationId,
+        actor: UserId,
+        actor_device: String,
+        user_id: UserId,
+        msg_id: String,
+        ts: u64,
+    },
+    SetRole {
+        conversation_id: ConversationId,
+        actor: UserId,
+        actor_device: String,
+        user_id: UserId,
+        role: Role,
+        msg_id: String,
+        ts: u64,
+    },
+    /// Monotonic receipt watermarks; `read` implies `delivered`.
+    Receipt {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        delivered_seq: Option<u64>,
+        read_seq: Option<u64>,
+    },
+    /// A user's record, in the shard the user id hashes to.
+    CreateUser {
+        user_id: UserId,
+        username: String,
+        password_hash: String,
+        ts: u64,
+    },
+    /// Claims a username for a user id, in the shard the username hashes to.
+    ClaimUsername { username: String, user_id: UserId },
+    /// Records that a user is (or was) in a conversation, in the user's shard. Idempotent.
+    IndexUserConversation {
+        user_id: UserId,
+        conversation_id: ConversationId,
+    },
+    /// Drops these outbox entries of this shard (they were delivered).
+    OutboxDone { ids: Vec<u64> },
+}
+
+/// The response of an applied command. Deterministic: every replica computes the same one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// For blank and membership entries.
+    None,
+    Meta(ClusterSettings),
+    Shard(ShardResponse),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ShardResponse {
+    Conversation(ConversationState),
+    /// A stored (or deduplicated) sequenced event. `pushed` is the message to fan out and its
+    /// recipients; `None` when this was a retry of an already stored message.
+    Ack {
+        ack: Ack,
+        pushed: Option<Pushed>,
+    },
+    /// A membership event: the conversation after it, and the event to fan out (None when
+    /// nothing changed).
+    Membership {
+        conversation: ConversationState,
+        pushed: Option<Pushed>,
+    },
+    Receipt(ReceiptState),
+    UserCreated,
+    UsernameClaimed {
+        user_id: UserId,
+    },
+    Done,
+    Rejected(Rejection),
+}
+
+/// A deterministic refusal decided at apply time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    Forbidden(String),
+    NotFound(String),
+    BadRequest(String),
+    Conflict(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub conversation_id: ConversationId,
+    pub client_msg_id: String,
+    pub seq: u64,
+    pub msg_id: String,
+    pub ts: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub conversation_id: ConversationId,
+    pub seq: u64,
+    pub msg_id: String,
+    pub sender_id: UserId,
+    pub sender_device: String,
+    pub client_msg_id: String,
+    pub kind: MsgKind,
+    pub body: String,
+    pub ts: u64,
+    pub ref_seq: Option<u64>,
+}
+
+/// A committed message and who should see it pushed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pushed {
+    pub message: Message,
+    pub recipients: Vec<UserId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub user_id: UserId,
+    pub role: Role,
+    /// Order of joining, for "the oldest admin becomes owner".
+    pub joined: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationState {
+    pub conversation_id: ConversationId,
+    pub kind: ConvKind,
+    pub title: Option<String>,
+    pub members: Vec<Member>,
+    pub last_seq: u64,
+    /// Distinct users ever added (limit: 200).
+    pub members_ever: u32,
+    pub next_join: u64,
+    pub created_ts: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptState {
+    pub conversation_id: ConversationId,
+    pub user_id: UserId,
+    pub delivered_seq: u64,
+    pub read_seq: u64,
+    /// Whether the watermarks moved (only then is a receipt pushed).
+    pub changed: bool,
+    pub recipients: Vec<UserId>,
+}
+
+/// A user's record, in the shard the user id hashes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub user_id: UserId,
+    pub username: String,
+    pub password_hash: String,
+    pub created_ts: u64,
+}
+
+/// A cross-shard update a shard owes to a user's shard ("user joined conversation").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub user_id: UserId,
+    pub conversation_id: ConversationId,
+}

@@ -1,0 +1,123 @@
+//! State-machine keys of a shard group (without the group prefix, which storage adds).
+//!
+//! Every key starts with a tag byte >= 0x01 (0x00 is reserved by storage for the applied
+//! log id); strings are length-prefixed and numbers big-endian, so that range scans follow
+//! `(conversation, seq)` order.
+
+use crate::storage::keys::{push_str, push_u64};
+
+const TAG_CONVERSATION: u8 = 0x10;
+const TAG_MESSAGE: u8 = 0x11;
+const TAG_DEDUP: u8 = 0x12;
+const TAG_RECEIPT: u8 = 0x13;
+const TAG_USER: u8 = 0x20;
+const TAG_USERNAME: u8 = 0x21;
+const TAG_USER_CONVERSATION: u8 = 0x22;
+const TAG_OUTBOX: u8 = 0x30;
+const TAG_OUTBOX_NEXT: u8 = 0x31;
+
+fn tagged(tag: u8) -> Vec<u8> {
+    let mut k = Vec::with_capacity(64);
+    k.push(tag);
+    k
+}
+
+pub fn conversation(conv: &str) -> Vec<u8> {
+    let mut k = tagged(TAG_CONVERSATION);
+    push_str(&mut k, conv);
+    k
+}
+
+/// The prefix of all messages of a conversation.
+pub fn message_prefix(conv: &str) -> Vec<u8> {
+    let mut k = tagged(TAG_MESSAGE);
+    push_str(&mut k, conv);
+    k
+}
+
+pub fn message(conv: &str, seq: u64) -> Vec<u8> {
+    let mut k = message_prefix(conv);
+    push_u64(&mut k, seq);
+    k
+}
+
+pub fn dedup(conv: &str, sender: &str, client_msg_id: &str) -> Vec<u8> {
+    let mut k = tagged(TAG_DEDUP);
+    push_str(&mut k, conv);
+    push_str(&mut k, sender);
+    push_str(&mut k, client_msg_id);
+    k
+}
+
+pub fn receipt(conv: &str, user: &str) -> Vec<u8> {
+    let mut k = tagged(TAG_RECEIPT);
+    push_str(&mut k, conv);
+    push_str(&mut k, user);
+    k
+}
+
+pub fn user(user_id: &str) -> Vec<u8> {
+    let mut k = tagged(TAG_USER);
+    push_str(&mut k, user_id);
+    k
+}
+
+pub fn username(name: &str) -> Vec<u8> {
+    let mut k = tagged(TAG_USERNAME);
+    push_str(&mut k, name);
+    k
+}
+
+/// The prefix of a user's conversation index.
+pub fn user_conversation_prefix(user_id: &str) -> Vec<u8> {
+    let mut k = tagged(TAG_USER_CONVERSATION);
+    push_str(&mut k, user_id);
+    k
+}
+
+pub fn user_conversation(user_id: &str, conv: &str) -> Vec<u8> {
+    let mut k = user_conversation_prefix(user_id);
+    push_str(&mut k, conv);
+    k
+}
+
+pub fn outbox(id: u64) -> Vec<u8> {
+    let mut k = tagged(TAG_OUTBOX);
+    push_u64(&mut k, id);
+    k
+}
+
+pub fn outbox_range() -> (Vec<u8>, Vec<u8>) {
+    (tagged(TAG_OUTBOX), tagged(TAG_OUTBOX + 1))
+}
+
+pub fn outbox_next() -> Vec<u8> {
+    tagged(TAG_OUTBOX_NEXT)
+}
+
+/// The exclusive end of a prefix range: the prefix with 0xFF appended is not enough for
+/// arbitrary suffixes, so increment the last byte that is not 0xFF.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xFF; prefix.len() + 1]
+}
+
+/// The conversation id in a user-conversation index key.
+pub fn conversation_of_user_index(key: &[u8], prefix_len: usize) -> Option<String> {
+    let rest = key.get(prefix_len..)?;
+    let len = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize;
+    let bytes = rest.get(2..2 + len)?;
+    String::from_utf8(bytes.to_vec()).ok()
+}
+
+/// The id in an outbox key.
+pub fn outbox_id(key: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}

@@ -1,0 +1,218 @@
+//! Reads of shard state. Callers establish linearizability first (raft's read index); these
+//! functions only read the local state machine, off the async workers.
+
+use std::sync::Arc;
+
+use super::codec::decode;
+use super::command::*;
+use super::keys;
+use crate::storage::{StorageError, Store};
+
+/// Most conversations listed for one user (a bound on `list_conversations` and `sync`).
+pub const USER_CONVERSATIONS_MAX: usize = 10_000;
+/// Most outbox entries taken in one relay round.
+pub const OUTBOX_BATCH_MAX: usize = 256;
+
+/// A page of messages and whether more exist beyond it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+}
+
+/// Blocking reads of one node's shard state; the async wrappers run them on the blocking pool.
+#[derive(Clone)]
+pub struct ShardReader {
+    store: Arc<Store>,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::Corrupt(format!("read task failed: {e}")))?
+}
+
+impl ShardReader {
+    pub fn new(store: Arc<Store>) -> Self {
+        ShardReader { store }
+    }
+
+    fn get_value<T: serde::de::DeserializeOwned>(
+        store: &Store,
+        group: GroupId,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        store.sm_get(group, key)?.map(|v| decode(&v)).transpose()
+    }
+
+    pub async fn conversation(
+        &self,
+        group: GroupId,
+        conversation_id: &str,
+    ) -> Result<Option<ConversationState>, StorageError> {
+        let store = self.store.clone();
+        let key = keys::conversation(conversation_id);
+        blocking(move || Self::get_value(&store, group, &key)).await
+    }
+
+    pub async fn receipt(
+        &self,
+        group: GroupId,
+        conversation_id: &str,
+        user_id: &str,
+    ) -> Result<(u64, u64), StorageError> {
+        let store = self.store.clone();
+        let key = keys::receipt(conversation_id, user_id);
+        blocking(move || Ok(Self::get_value(&store, group, &key)?.unwrap_or((0, 0)))).await
+    }
+
+    /// Messages with seq in `from..=to`, ascending (`reverse` = descending).
+    pub async fn messages(
+        &self,
+        group: GroupId,
+        conversation_id: &str,
+        from: u64,
+        to: u64,
+        reverse: bool,
+    ) -> Result<Vec<Message>, StorageError> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        let store = self.store.clone();
+        let start = keys::message(conversation_id, from);
+        let end = keys::message(conversation_id, to.saturating_add(1));
+        let limit = (to - from + 1).min(u64::from(u32::MAX)) as usize;
+        blocking(move || {
+            store
+                .sm_scan(group, &start, &end, reverse, limit)?
+                .iter()
+                .map(|(_, v)| decode(v))
+                .collect()
+        })
+        .await
+    }
+
+    /// Newest first, below `before_seq` (exclusive; `None` = from the newest).
+    pub async fn history(
+        &self,
+        group: GroupId,
+        conv: &ConversationState,
+        before_seq: Option<u64>,
+        limit: u64,
+    ) -> Result<Page, StorageError> {
+        let top = before_seq
+            .map(|b| b.saturating_sub(1))
+            .unwrap_or(conv.last_seq)
+            .min(conv.last_seq);
+        if top == 0 {
+            return Ok(Page {
+                messages: Vec::new(),
+                has_more: false,
+            });
+        }
+        let bottom = top.saturating_sub(limit - 1).max(1);
+        let messages = self
+            .messages(group, &conv.conversation_id, bottom, top, true)
+            .await?;
+        Ok(Page {
+            messages,
+            has_more: bottom > 1,
+        })
+    }
+
+    /// Ascending, after `after_seq`, at most `limit`.
+    pub async fn after(
+        &self,
+        group: GroupId,
+        conv: &ConversationState,
+        after_seq: u64,
+        limit: u64,
+    ) -> Result<Page, StorageError> {
+        if after_seq >= conv.last_seq {
+            return Ok(Page {
+                messages: Vec::new(),
+                has_more: false,
+            });
+        }
+        let top = conv.last_seq.min(after_seq + limit);
+        let messages = self
+            .messages(group, &conv.conversation_id, after_seq + 1, top, false)
+            .await?;
+        Ok(Page {
+            messages,
+            has_more: top < conv.last_seq,
+        })
+    }
+
+    /// The ack of a stored message, by its dedup key.
+    pub async fn dedup(
+        &self,
+        group: GroupId,
+        conversation_id: &str,
+        sender: &str,
+        client_msg_id: &str,
+    ) -> Result<Option<Ack>, StorageError> {
+        let store = self.store.clone();
+        let key = keys::dedup(conversation_id, sender, client_msg_id);
+        blocking(move || Self::get_value(&store, group, &key)).await
+    }
+
+    pub async fn user(
+        &self,
+        group: GroupId,
+        user_id: &str,
+    ) -> Result<Option<UserRecord>, StorageError> {
+        let store = self.store.clone();
+        let key = keys::user(user_id);
+        blocking(move || Self::get_value(&store, group, &key)).await
+    }
+
+    pub async fn username(
+        &self,
+        group: GroupId,
+        username: &str,
+    ) -> Result<Option<UserId>, StorageError> {
+        let store = self.store.clone();
+        let key = keys::username(username);
+        blocking(move || Self::get_value(&store, group, &key)).await
+    }
+
+    /// The conversations a user was ever put in (a hint: callers check membership).
+    pub async fn user_conversations(
+        &self,
+        group: GroupId,
+        user_id: &str,
+    ) -> Result<Vec<ConversationId>, StorageError> {
+        let store = self.store.clone();
+        let prefix = keys::user_conversation_prefix(user_id);
+        blocking(move || {
+            let end = keys::prefix_end(&prefix);
+            let rows = store.sm_scan(group, &prefix, &end, false, USER_CONVERSATIONS_MAX)?;
+            Ok(rows
+                .iter()
+                .filter_map(|(k, _)| keys::conversation_of_user_index(k, prefix.len()))
+                .collect())
+        })
+        .await
+    }
+
+    /// Pending outbox entries of a shard, oldest first.
+    pub async fn outbox(&self, group: GroupId) -> Result<Vec<(u64, OutboxEntry)>, StorageError> {
+        let store = self.store.clone();
+        blocking(move || {
+            let (start, end) = keys::outbox_range();
+            store
+                .sm_scan(group, &start, &end, false, OUTBOX_BATCH_MAX)?
+                .iter()
+                .map(|(k, v)| {
+                    let id = keys::outbox_id(k)
+                        .ok_or_else(|| StorageError::Corrupt("outbox key".into()))?;
+                    Ok((id, decode(v)?))
+                })
+                .collect()
+        })
+        .await
+    }
+}

@@ -1,0 +1,286 @@
+//! Property tests of the shard state machine over a real RocksDB store.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::apply_shard;
+use super::codec::decode;
+use super::command::*;
+use super::keys;
+use crate::storage::Store;
+
+const GROUP: GroupId = 1;
+const CONV: &str = "conv";
+const USERS: [&str; 5] = ["u0", "u1", "u2", "u3", "u4"];
+
+fn apply(store: &Store, op: &ShardOp) -> ShardResponse {
+    let mut txn = store.txn(GROUP);
+    let resp = apply_shard(&mut txn, op).expect("apply");
+    store.sm_commit(txn, Vec::new()).expect("commit");
+    resp
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Send { sender: usize, cmid: u8 },
+    Add { target: usize },
+    Remove { target: usize },
+    Read { user: usize, seq_offset: i8 },
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..5usize, 0..12u8).prop_map(|(sender, cmid)| Op::Send { sender, cmid }),
+        1 => (1..5usize).prop_map(|target| Op::Add { target }),
+        1 => (1..5usize).prop_map(|target| Op::Remove { target }),
+        2 => (0..5usize, -3..3i8).prop_map(|(user, seq_offset)| Op::Read { user, seq_offset }),
+    ]
+}
+
+fn open_store() -> (tempfile::TempDir, Arc<Store>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    (dir, store)
+}
+
+fn create(store: &Store) {
+    let resp = apply(
+        store,
+        &ShardOp::CreateConversation {
+            conversation_id: CONV.into(),
+            kind: ConvKind::Group,
+            title: None,
+            creator: "u0".into(),
+            members: vec!["u1".into(), "u2".into(), "u3".into()],
+            ts: 1,
+        },
+    );
+    assert!(matches!(resp, ShardResponse::Conversation(_)));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn sends_retries_membership_and_receipts(ops in proptest::collection::vec(op_strategy(), 1..120)) {
+        let (_dir, store) = open_store();
+        create(&store);
+        let mut members: BTreeSet<usize> = [0, 1, 2, 3].into_iter().collect();
+        let mut last_seq = 0u64;
+        let mut first_acks: HashMap<(usize, u8), Ack> = HashMap::new();
+        let mut reads: HashMap<usize, u64> = HashMap::new();
+        let mut msg_counter = 0u64;
+        for op in ops {
+            msg_counter += 1;
+            let msg_id = format!("id{msg_counter}");
+            match op {
+                Op::Send { sender, cmid } => {
+                    let resp = apply(&store, &ShardOp::Send {
+                        conversation_id: CONV.into(),
+                        sender: USERS[sender].into(),
+                        sender_device: "d".into(),
+                        client_msg_id: format!("m{cmid}"),
+                        kind: MsgKind::Text,
+                        body: format!("body {msg_counter}"),
+                        ref_seq: None,
+                        msg_id,
+                        ts: msg_counter,
+                    });
+                    match (first_acks.get(&(sender, cmid)), resp) {
+                        (Some(first), ShardResponse::Ack { ack, pushed }) => {
+                            prop_assert_eq!(&ack, first, "a retry returns the original ack");
+                            prop_assert!(pushed.is_none(), "a retry is not pushed again");
+                        }
+                        (Some(_), other) => prop_assert!(false, "retry got {:?}", other),
+                        (None, ShardResponse::Ack { ack, pushed }) => {
+                            prop_assert!(members.contains(&sender), "non-member's send accepted");
+                            prop_assert_eq!(ack.seq, last_seq + 1, "seq is last_seq + 1");
+                            prop_assert!(pushed.is_some());
+                            last_seq = ack.seq;
+                            // Sending moves the sender's read watermark.
+                            reads.insert(sender, last_seq);
+                            first_acks.insert((sender, cmid), ack);
+                        }
+                        (None, ShardResponse::Rejected(Rejection::Forbidden(_))) => {
+                            prop_assert!(!members.contains(&sender), "member's send refused");
+                        }
+                        (None, other) => prop_assert!(false, "unexpected {:?}", other),
+                    }
+                }
+                Op::Add { target } => {
+                    let resp = apply(&store, &ShardOp::AddMembers {
+                        conversation_id: CONV.into(),
+                        actor: "u0".into(),
+                        actor_device: "d".into(),
+                        members: vec![USERS[target].into()],
+                        msg_id,
+                        ts: msg_counter,
+                    });
+                    let ShardResponse::Membership { conversation, pushed } = resp else {
+                        prop_assert!(false, "add refused");
+                        unreachable!();
+                    };
+                    if members.insert(target) {
+                        prop_assert_eq!(pushed.map(|p| p.message.seq), Some(last_seq + 1));
+                        last_seq += 1;
+                    } else {
+                        prop_assert!(pushed.is_none(), "re-adding a member is a no-op");
+                    }
+                    prop_assert_eq!(conversation.last_seq, last_seq);
+                }
+                Op::Remove { target } => {
+                    let resp = apply(&store, &ShardOp::RemoveMember {
+                        conversation_id: CONV.into(),
+                        actor: "u0".into(),
+                        actor_device: "d".into(),
+                        user_id: USERS[target].into(),
+                        msg_id,
+                        ts: msg_counter,
+                    });
+                    if members.remove(&target) {
+                        let ShardResponse::Membership { pushed, .. } = resp else {
+                            prop_assert!(false, "remove refused");
+                            unreachable!();
+                        };
+                        prop_assert_eq!(pushed.map(|p| p.message.seq), Some(last_seq + 1));
+                        last_seq += 1;
+                    } else {
+                        prop_assert!(matches!(resp, ShardResponse::Rejected(Rejection::BadRequest(_))));
+                    }
+                }
+                Op::Read { user, seq_offset } => {
+                    let seq = (last_seq as i64 + i64::from(seq_offset)).max(1) as u64;
+                    let resp = apply(&store, &ShardOp::Receipt {
+                        conversation_id: CONV.into(),
+                        user_id: USERS[user].into(),
+                        delivered_seq: None,
+                        read_seq: Some(seq),
+                    });
+                    match resp {
+                        ShardResponse::Receipt(r) => {
+                            prop_assert!(members.contains(&user));
+                            prop_assert!(seq <= last_seq);
+                            let before = reads.get(&user).copied().unwrap_or(0);
+                            prop_assert_eq!(r.read_seq, before.max(seq), "read watermark is monotonic");
+                            prop_assert!(r.delivered_seq >= r.read_seq, "read implies delivered");
+                            reads.insert(user, r.read_seq);
+                        }
+                        ShardResponse::Rejected(Rejection::Forbidden(_)) => prop_assert!(!members.contains(&user)),
+                        ShardResponse::Rejected(Rejection::BadRequest(_)) => prop_assert!(seq > last_seq),
+                        other => prop_assert!(false, "unexpected {:?}", other),
+                    }
+                }
+            }
+        }
+        // Every seq 1..=last_seq is stored once; every client_msg_id once.
+        let rows = store
+            .sm_scan(GROUP, &keys::message_prefix(CONV), &keys::prefix_end(&keys::message_prefix(CONV)), false, usize::MAX)
+            .expect("scan");
+        let stored: Vec<Message> = rows.iter().map(|(_, v)| decode(v).expect("decode")).collect();
+        let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
+        prop_assert_eq!(seqs, (1..=last_seq).collect::<Vec<_>>(), "seq gapless from 1");
+        let mut by_cmid: BTreeMap<(String, String), u32> = BTreeMap::new();
+        for m in stored.iter().filter(|m| m.kind == MsgKind::Text) {
+            *by_cmid.entry((m.sender_id.clone(), m.client_msg_id.clone())).or_default() += 1;
+        }
+        prop_assert!(by_cmid.values().all(|n| *n == 1), "a client_msg_id stored twice");
+        prop_assert_eq!(by_cmid.len(), first_acks.len());
+    }
+}
+
+#[test]
+fn owner_leaving_hands_ownership_to_oldest_admin() {
+    let (_dir, store) = open_store();
+    create(&store);
+    let set_role = |user: &str, role| ShardOp::SetRole {
+        conversation_id: CONV.into(),
+        actor: "u0".into(),
+        actor_device: "d".into(),
+        user_id: user.into(),
+        role,
+        msg_id: format!("r-{user}"),
+        ts: 2,
+    };
+    apply(&store, &set_role("u3", Role::Admin));
+    apply(&store, &set_role("u2", Role::Admin));
+    let resp = apply(
+        &store,
+        &ShardOp::RemoveMember {
+            conversation_id: CONV.into(),
+            actor: "u0".into(),
+            actor_device: "d".into(),
+            user_id: "u0".into(),
+            msg_id: "leave".into(),
+            ts: 3,
+        },
+    );
+    let ShardResponse::Membership { conversation, .. } = resp else {
+        panic!("{resp:?}")
+    };
+    let owner: Vec<&str> = conversation
+        .members
+        .iter()
+        .filter(|m| m.role == Role::Owner)
+        .map(|m| m.user_id.as_str())
+        .collect();
+    // u2 and u3 joined in that order at creation (u1, u2, u3), so u2 is the oldest admin.
+    assert_eq!(owner, vec!["u2"]);
+    // A plain member cannot remove anyone.
+    let resp = apply(
+        &store,
+        &ShardOp::RemoveMember {
+            conversation_id: CONV.into(),
+            actor: "u1".into(),
+            actor_device: "d".into(),
+            user_id: "u3".into(),
+            msg_id: "x".into(),
+            ts: 4,
+        },
+    );
+    assert!(matches!(
+        resp,
+        ShardResponse::Rejected(Rejection::Forbidden(_))
+    ));
+}
+
+#[test]
+fn edit_and_delete_rules() {
+    let (_dir, store) = open_store();
+    create(&store);
+    let send = |sender: &str, cmid: &str, kind, ref_seq| ShardOp::Send {
+        conversation_id: CONV.into(),
+        sender: sender.into(),
+        sender_device: "d".into(),
+        client_msg_id: cmid.into(),
+        kind,
+        body: "b".into(),
+        ref_seq,
+        msg_id: cmid.into(),
+        ts: 5,
+    };
+    assert!(matches!(
+        apply(&store, &send("u1", "a", MsgKind::Text, None)),
+        ShardResponse::Ack { .. }
+    ));
+    // Only the sender edits.
+    assert!(matches!(
+        apply(&store, &send("u2", "e1", MsgKind::Edit, Some(1))),
+        ShardResponse::Rejected(Rejection::Forbidden(_))
+    ));
+    let ShardResponse::Ack { ack, .. } = apply(&store, &send("u1", "e2", MsgKind::Edit, Some(1)))
+    else {
+        panic!()
+    };
+    assert_eq!(ack.seq, 2);
+    // The owner may delete anyone's message; a missing seq is not_found.
+    assert!(matches!(
+        apply(&store, &send("u0", "d1", MsgKind::Delete, Some(1))),
+        ShardResponse::Ack { .. }
+    ));
+    assert!(matches!(
+        apply(&store, &send("u0", "d2", MsgKind::Delete, Some(99))),
+        ShardResponse::Rejected(Rejection::NotFound(_))
+    ));
+}

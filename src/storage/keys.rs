@@ -1,0 +1,280 @@
+//! Big-endian key encoding.
+//!
+//! Every key is a tuple encoded so that byte order equals tuple order:
+//! - integers are fixed-width big-endian (`u8`, `u32`, `u64`), so they sort numerically;
+//! - strings are a `u16` big-endian length followed by the UTF-8 bytes. This makes the encoding
+//!   prefix-free (all keys that start with a given string form one contiguous range, and
+//!   `"ab"` never interleaves with `"a"`), and orders strings by `(length, bytes)`, not
+//!   lexicographically. Use strings for identities, integers for ordered things (seq, index).
+//!
+//! Column-family key layouts (see `storage/mod.rs`):
+//! - `log`: `(group u32, index u64)`
+//! - `raft`: `(group u32, tag u8)`
+//! - `sm`: `(group u32, user key …)`; user keys never start with `0x00` (reserved).
+
+use super::StorageError;
+use crate::shard::command::GroupId;
+
+/// The longest string `push_str` can encode.
+pub const MAX_KEY_STR: usize = u16::MAX as usize;
+
+/// First byte of the reserved part of a group's `sm` range (applied log id, membership…).
+pub const SM_RESERVED_PREFIX: u8 = 0x00;
+
+pub fn push_u8(buf: &mut Vec<u8>, v: u8) {
+    buf.push(v);
+}
+
+pub fn push_u32(buf: &mut Vec<u8>, v: u32) {
+    buf.extend_from_slice(&v.to_be_bytes());
+}
+
+pub fn push_u64(buf: &mut Vec<u8>, v: u64) {
+    buf.extend_from_slice(&v.to_be_bytes());
+}
+
+/// Appends a length-prefixed string.
+///
+/// # Panics
+/// If `s` is longer than [`MAX_KEY_STR`] bytes: callers must validate lengths first (ids are
+/// bounded by the gateway), or use [`try_push_str`].
+pub fn push_str(buf: &mut Vec<u8>, s: &str) {
+    if let Err(e) = try_push_str(buf, s) {
+        panic!("{e}");
+    }
+}
+
+/// Appends a length-prefixed string, failing if it is longer than [`MAX_KEY_STR`] bytes.
+pub fn try_push_str(buf: &mut Vec<u8>, s: &str) -> Result<(), StorageError> {
+    let len = u16::try_from(s.len()).map_err(|_| StorageError::KeyTooLong(s.len()))?;
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// Decodes keys written with the `push_*` functions, in the same order.
+#[derive(Debug, Clone)]
+pub struct KeyReader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> KeyReader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StorageError> {
+        if self.buf.len() < n {
+            return Err(StorageError::Corrupt(format!(
+                "key too short: need {n} bytes, have {}",
+                self.buf.len()
+            )));
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    pub fn u8(&mut self) -> Result<u8, StorageError> {
+        Ok(self.take(1)?[0])
+    }
+
+    pub fn u32(&mut self) -> Result<u32, StorageError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub fn u64(&mut self) -> Result<u64, StorageError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+
+    pub fn str(&mut self) -> Result<&'a str, StorageError> {
+        let b = self.take(2)?;
+        let len = u16::from_be_bytes([b[0], b[1]]) as usize;
+        let s = self.take(len)?;
+        std::str::from_utf8(s).map_err(|e| StorageError::Corrupt(format!("key string: {e}")))
+    }
+
+    /// The bytes not read yet.
+    pub fn rest(&self) -> &'a [u8] {
+        self.buf
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`, or `None` if there is
+/// none (the prefix is empty or all `0xff`).
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut v = prefix.to_vec();
+    while let Some(last) = v.pop() {
+        if last < 0xff {
+            v.push(last + 1);
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// `(group)`: the prefix of all of a group's keys in every column family.
+pub fn group_prefix(group: GroupId) -> [u8; 4] {
+    group.to_be_bytes()
+}
+
+/// `log` CF key: `(group, index)`.
+pub fn log_key(group: GroupId, index: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&group.to_be_bytes());
+    k[4..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Decodes a `log` CF key.
+pub fn parse_log_key(key: &[u8]) -> Result<(GroupId, u64), StorageError> {
+    if key.len() != 12 {
+        return Err(StorageError::Corrupt(format!(
+            "log key of {} bytes",
+            key.len()
+        )));
+    }
+    let mut r = KeyReader::new(key);
+    Ok((r.u32()?, r.u64()?))
+}
+
+/// `raft` CF key: `(group, tag)`.
+pub fn raft_key(group: GroupId, tag: u8) -> [u8; 5] {
+    let mut k = [0u8; 5];
+    k[..4].copy_from_slice(&group.to_be_bytes());
+    k[4] = tag;
+    k
+}
+
+/// `sm` CF key: `(group, user key)`.
+pub fn sm_key(group: GroupId, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&group.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// Bounds `[start, end)` of all of a group's keys in a column family. `end` is `None` for
+/// the last possible group.
+pub fn group_range(group: GroupId) -> (Vec<u8>, Option<Vec<u8>>) {
+    let p = group_prefix(group);
+    (p.to_vec(), prefix_successor(&p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tuple(g: u32, conv: &str, seq: u64) -> Vec<u8> {
+        let mut b = Vec::new();
+        push_u32(&mut b, g);
+        push_str(&mut b, conv);
+        push_u64(&mut b, seq);
+        b
+    }
+
+    #[test]
+    fn integers_preserve_order() {
+        let vals = [
+            0u64,
+            1,
+            2,
+            255,
+            256,
+            65_535,
+            65_536,
+            u32::MAX as u64,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
+        for a in vals {
+            for b in vals {
+                let (mut ka, mut kb) = (Vec::new(), Vec::new());
+                push_u64(&mut ka, a);
+                push_u64(&mut kb, b);
+                assert_eq!(a.cmp(&b), ka.cmp(&kb), "{a} vs {b}");
+            }
+        }
+        let vals32 = [0u32, 1, 255, 256, u32::MAX];
+        for a in vals32 {
+            for b in vals32 {
+                assert_eq!(a.cmp(&b), group_prefix(a).cmp(&group_prefix(b)));
+                assert_eq!(a.cmp(&b), log_key(a, 7).cmp(&log_key(b, 7)));
+            }
+        }
+    }
+
+    #[test]
+    fn tuples_preserve_order() {
+        // (group, conversation, seq): order by group, then (len, bytes) of the id, then seq.
+        let mut keys = Vec::new();
+        for g in [1u32, 2, 300] {
+            for c in ["a", "b", "ab", "zz", "aaa"] {
+                for s in [1u64, 2, 10, 256, 1 << 40] {
+                    keys.push(((g, c.len(), c.to_string(), s), tuple(g, c, s)));
+                }
+            }
+        }
+        let mut by_tuple = keys.clone();
+        by_tuple.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut by_bytes = keys;
+        by_bytes.sort_by(|a, b| a.1.cmp(&b.1));
+        assert_eq!(by_tuple, by_bytes);
+    }
+
+    #[test]
+    fn strings_are_prefix_free() {
+        // All keys of conversation "a" lie strictly before or after all keys of "ab".
+        let a_lo = tuple(1, "a", 0);
+        let a_hi = tuple(1, "a", u64::MAX);
+        let ab_lo = tuple(1, "ab", 0);
+        let ab_hi = tuple(1, "ab", u64::MAX);
+        assert!(a_hi < ab_lo || ab_hi < a_lo);
+        let mut prefix = Vec::new();
+        push_u32(&mut prefix, 1);
+        push_str(&mut prefix, "a");
+        assert!(a_lo.starts_with(&prefix) && !ab_lo.starts_with(&prefix));
+    }
+
+    #[test]
+    fn reader_roundtrip() {
+        let mut b = Vec::new();
+        push_u8(&mut b, 9);
+        push_u32(&mut b, 77);
+        push_str(&mut b, "héllo");
+        push_u64(&mut b, 1 << 50);
+        b.extend_from_slice(b"tail");
+        let mut r = KeyReader::new(&b);
+        assert_eq!(r.u8().unwrap(), 9);
+        assert_eq!(r.u32().unwrap(), 77);
+        assert_eq!(r.str().unwrap(), "héllo");
+        assert_eq!(r.u64().unwrap(), 1 << 50);
+        assert_eq!(r.rest(), b"tail");
+        assert!(r.u64().is_err());
+        assert_eq!(parse_log_key(&log_key(3, 42)).unwrap(), (3, 42));
+    }
+
+    #[test]
+    fn too_long_string_is_an_error() {
+        let s = "x".repeat(MAX_KEY_STR + 1);
+        assert!(try_push_str(&mut Vec::new(), &s).is_err());
+        assert!(try_push_str(&mut Vec::new(), &s[1..]).is_ok());
+    }
+
+    #[test]
+    fn successor() {
+        assert_eq!(prefix_successor(&[0, 1]), Some(vec![0, 2]));
+        assert_eq!(prefix_successor(&[0, 0xff]), Some(vec![1]));
+        assert_eq!(prefix_successor(&[0xff, 0xff]), None);
+        assert_eq!(group_range(u32::MAX).1, None);
+        assert_eq!(group_range(1).1, Some(group_prefix(2).to_vec()));
+    }
+}

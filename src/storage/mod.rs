@@ -1,0 +1,541 @@
+//! The only module that touches RocksDB.
+//!
+//! One RocksDB instance per node, column families by purpose:
+//! - `log`:   (group u32 BE, index u64 BE) -> encoded log entry (opaque bytes here)
+//! - `raft`:  (group u32 BE, tag u8)        -> vote / last purged log id (opaque bytes here)
+//! - `sm`:    (group u32 BE, user key…)     -> state-machine data; user keys start with a
+//!   byte >= 0x01, the reserved prefix (group, 0x00, …) holds the applied log id and the last
+//!   membership, written in the same batch as the data.
+//!
+//! Log appends, votes, truncations and purges go through one log-writer thread that merges
+//! everything queued into one synced `WriteBatch` (group commit), see [`log_writer`].
+//! State-machine writes are not synced: the synced log replays them after a crash (and every
+//! later synced write fsyncs the shared WAL, which holds them too).
+//!
+//! Every method that reads or writes RocksDB directly is blocking: call it from
+//! `spawn_blocking` (the `async` methods only wait on the log writer and never block).
+
+pub mod keys;
+mod log_writer;
+mod txn;
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
+    WriteBatch, WriteOptions, DB,
+};
+use tokio::sync::oneshot;
+
+pub use log_writer::{Completion, LOG_BATCH_OPS_MAX, LOG_WRITE_QUEUE_MAX};
+pub use txn::SmTxn;
+
+use crate::shard::command::GroupId;
+use keys::{group_prefix, log_key, parse_log_key, raft_key, sm_key};
+use log_writer::{LogOp, LogWriteReq, PendingLog, Writer};
+
+pub const CF_LOG: &str = "log";
+pub const CF_RAFT: &str = "raft";
+pub const CF_SM: &str = "sm";
+
+/// Errors of the storage layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    Rocks(String),
+    #[error("corrupt value: {0}")]
+    Corrupt(String),
+    #[error("storage is shut down")]
+    Closed,
+    #[error("state-machine key is empty or in the reserved 0x00 range: {0:?}")]
+    ReservedKey(Vec<u8>),
+    #[error("key string too long: {0} bytes")]
+    KeyTooLong(usize),
+    #[error("encode: {0}")]
+    Encode(String),
+    #[error("blocking task failed: {0}")]
+    Task(String),
+}
+
+/// Encodes a value with bincode 2 (serde, standard config): the format of every stored value.
+pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| StorageError::Encode(e.to_string()))
+}
+
+/// Decodes a value written by [`encode`]; trailing bytes are an error.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
+    let (v, n) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    if n != bytes.len() {
+        return Err(StorageError::Corrupt(format!(
+            "{} trailing bytes",
+            bytes.len() - n
+        )));
+    }
+    Ok(v)
+}
+
+impl From<rocksdb::Error> for StorageError {
+    fn from(e: rocksdb::Error) -> Self {
+        StorageError::Rocks(e.into_string())
+    }
+}
+
+/// State shared by the [`Store`] handle and its log-writer thread.
+pub(crate) struct Shared {
+    pub(crate) db: DB,
+    pub(crate) pending: Mutex<PendingLog>,
+    pub(crate) synced_writes: AtomicU64,
+    next_seq: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn cf(&self, name: &str) -> Result<&ColumnFamily, StorageError> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StorageError::Rocks(format!("missing column family {name}")))
+    }
+}
+
+/// The node's storage: one RocksDB instance and its log-writer thread. Share it as
+/// `Arc<Store>`; dropping the last handle stops the writer (after it wrote everything
+/// queued) and closes the DB.
+pub struct Store {
+    shared: Arc<Shared>,
+    writer: Option<Writer>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.shared.db.path())
+            .finish()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Some(mut w) = self.writer.take() {
+            let thread = w.thread.take();
+            drop(w);
+            if let Some(t) = thread {
+                // A completion run by the writer may hold the last handle: never self-join.
+                if t.thread().id() != std::thread::current().id() {
+                    let _ = t.join();
+                }
+            }
+        }
+    }
+}
+
+/// Bounds of `[start, end)` inside a group's `sm` range; empty `end` means the group's end.
+fn sm_bounds(group: GroupId, start: &[u8], end: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
+    let lo = sm_key(group, start);
+    let hi = if end.is_empty() {
+        keys::prefix_successor(&group_prefix(group))
+    } else {
+        Some(sm_key(group, end))
+    };
+    (lo, hi)
+}
+
+impl Store {
+    /// Opens (creating if needed) the RocksDB instance in `dir` and starts the log writer.
+    pub fn open(dir: &Path) -> Result<Arc<Store>, StorageError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = [CF_LOG, CF_RAFT, CF_SM]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        let shared = Arc::new(Shared {
+            db,
+            pending: Mutex::new(PendingLog::new()),
+            synced_writes: AtomicU64::new(0),
+            next_seq: AtomicU64::new(1),
+        });
+        let writer = log_writer::spawn(shared.clone())?;
+        Ok(Arc::new(Store {
+            shared,
+            writer: Some(writer),
+        }))
+    }
+
+    /// Number of synced log-writer writes so far (metrics; one per merged batch).
+    pub fn synced_writes(&self) -> u64 {
+        self.shared.synced_writes.load(Ordering::Relaxed)
+    }
+
+    // ---------------------------------------------------------------- state machine (sm CF)
+
+    /// Point read of a state-machine key of `group` (blocking: call from spawn_blocking).
+    pub fn sm_get(&self, group: GroupId, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let cf = self.shared.cf(CF_SM)?;
+        Ok(self.shared.db.get_cf(cf, sm_key(group, key))?)
+    }
+
+    /// Range read `[start, end)` of a group's state-machine keys (without the group prefix;
+    /// an empty `end` means "to the end of the group"), ascending or descending, at most
+    /// `limit` pairs (blocking). Keys are returned without the group prefix.
+    pub fn sm_scan(
+        &self,
+        group: GroupId,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let (lo, hi) = sm_bounds(group, start, end);
+        self.scan_cf(CF_SM, &group_prefix(group), lo, hi, reverse, limit)
+    }
+
+    /// All keys of a group starting with `prefix` (without the group prefix), see
+    /// [`Store::sm_scan`]. An empty `prefix` scans the whole group (reserved keys included).
+    pub fn sm_scan_prefix(
+        &self,
+        group: GroupId,
+        prefix: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let lo = sm_key(group, prefix);
+        let hi = keys::prefix_successor(&lo);
+        self.scan_cf(CF_SM, &lo.clone(), lo, hi, reverse, limit)
+    }
+
+    /// Scans `[lo, hi)` of a column family keeping keys that start with `prefix`, and strips
+    /// the 4-byte group prefix.
+    fn scan_cf(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        lo: Vec<u8>,
+        hi: Option<Vec<u8>>,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let mut out = Vec::new();
+        if limit == 0 || hi.as_ref().is_some_and(|h| *h <= lo) {
+            return Ok(out);
+        }
+        let cf = self.shared.cf(cf)?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(lo);
+        if let Some(h) = hi {
+            ro.set_iterate_upper_bound(h);
+        }
+        let mode = if reverse {
+            IteratorMode::End
+        } else {
+            IteratorMode::Start
+        };
+        for item in self.shared.db.iterator_cf_opt(cf, ro, mode) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k[4..].to_vec(), v.into_vec()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts a state-machine transaction over `group`.
+    pub fn txn(&self, group: GroupId) -> SmTxn<'_> {
+        SmTxn::new(self, group)
+    }
+
+    /// Writes a transaction's effects plus `reserved` pairs (keys starting with 0x00: the
+    /// applied log id, membership…) in one non-synced batch (blocking).
+    pub fn sm_commit(
+        &self,
+        txn: SmTxn<'_>,
+        reserved: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), StorageError> {
+        let (group, writes) = txn.into_parts()?;
+        let cf = self.shared.cf(CF_SM)?;
+        let mut wb = WriteBatch::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => wb.put_cf(cf, sm_key(group, &k), v),
+                None => wb.delete_cf(cf, sm_key(group, &k)),
+            }
+        }
+        for (k, v) in reserved {
+            if txn::is_user_key(&k) || k.is_empty() {
+                return Err(StorageError::ReservedKey(k));
+            }
+            wb.put_cf(cf, sm_key(group, &k), v);
+        }
+        self.shared.db.write_opt(wb, &WriteOptions::default())?;
+        Ok(())
+    }
+
+    /// Every `sm` pair of a group (reserved keys included, keys without the group prefix),
+    /// from one consistent view: the content of a snapshot (blocking).
+    pub fn sm_dump(&self, group: GroupId) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        self.sm_scan(group, &[], &[], false, usize::MAX)
+    }
+
+    /// Replaces a group's whole `sm` range with `pairs` atomically (one synced batch: a
+    /// range delete then the puts): snapshot installation (blocking).
+    pub fn sm_replace(
+        &self,
+        group: GroupId,
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), StorageError> {
+        let cf = self.shared.cf(CF_SM)?;
+        let mut wb = WriteBatch::default();
+        let (lo, hi) = sm_bounds(group, &[], &[]);
+        match hi {
+            Some(hi) => wb.delete_range_cf(cf, lo, hi),
+            None => {
+                // The last group: no exclusive end key exists, delete key by key.
+                for (k, _) in self.sm_dump(group)? {
+                    wb.delete_cf(cf, sm_key(group, &k));
+                }
+            }
+        }
+        for (k, v) in pairs {
+            if k.is_empty() {
+                return Err(StorageError::ReservedKey(k));
+            }
+            wb.put_cf(cf, sm_key(group, &k), v);
+        }
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.shared.db.write_opt(wb, &sync)?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- raft state (raft CF)
+
+    /// Reads a `raft` CF value of a group (blocking).
+    pub fn raft_get(&self, group: GroupId, tag: u8) -> Result<Option<Vec<u8>>, StorageError> {
+        let cf = self.shared.cf(CF_RAFT)?;
+        Ok(self.shared.db.get_cf(cf, raft_key(group, tag))?)
+    }
+
+    /// Writes a `raft` CF value through the log writer (synced, ordered with log IO) and
+    /// waits for it.
+    pub async fn raft_put(
+        &self,
+        group: GroupId,
+        tag: u8,
+        value: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        self.submit_and_wait(LogOp::PutRaft { group, tag, value })
+            .await
+    }
+
+    // ---------------------------------------------------------------- raft log (log CF)
+
+    /// Hands encoded entries `(index, bytes)` of one group to the log writer and returns as
+    /// soon as they are queued (waiting only if the queue is full). They are readable at once;
+    /// `done` runs on the log-writer thread after the synced write returned (or failed).
+    pub async fn log_append(
+        &self,
+        group: GroupId,
+        entries: Vec<(u64, Vec<u8>)>,
+        done: Completion,
+    ) -> Result<(), StorageError> {
+        let seq = self.shared.next_seq.fetch_add(1, Ordering::Relaxed);
+        let entries: Vec<(u64, Arc<[u8]>)> = entries
+            .into_iter()
+            .map(|(i, b)| (i, Arc::<[u8]>::from(b)))
+            .collect();
+        {
+            let mut p = self.shared.pending.lock();
+            for (i, b) in &entries {
+                p.insert((group, *i), (seq, b.clone()));
+            }
+        }
+        let indexes: Vec<u64> = entries.iter().map(|(i, _)| *i).collect();
+        let req = LogWriteReq {
+            seq,
+            op: LogOp::Append { group, entries },
+            done,
+        };
+        if let Err(e) = self.send(req).await {
+            let mut p = self.shared.pending.lock();
+            for i in indexes {
+                if p.get(&(group, i)).map(|(s, _)| *s) == Some(seq) {
+                    p.remove(&(group, i));
+                }
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Deletes the group's entries with index >= `since` (synced, ordered with appends) and
+    /// waits for it.
+    pub async fn log_truncate(&self, group: GroupId, since: u64) -> Result<(), StorageError> {
+        self.remove_pending(group, since, u64::MAX);
+        self.submit_and_wait(LogOp::Truncate { group, since }).await
+    }
+
+    /// Deletes the group's entries with index <= `upto` and stores `(tag, value)` in the
+    /// `raft` CF in the same synced batch (the last purged log id); waits for it.
+    pub async fn log_purge(
+        &self,
+        group: GroupId,
+        upto: u64,
+        tag: u8,
+        value: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        self.remove_pending(group, 0, upto);
+        self.submit_and_wait(LogOp::Purge {
+            group,
+            upto,
+            tag,
+            value,
+        })
+        .await
+    }
+
+    /// Decodes the group's entries with index in `[start, end)`, pending (not yet durable)
+    /// entries included, in index order (blocking).
+    pub fn log_range<T>(
+        &self,
+        group: GroupId,
+        start: u64,
+        end: u64,
+        mut decode: impl FnMut(u64, &[u8]) -> Result<T, StorageError>,
+    ) -> Result<Vec<T>, StorageError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        // Pending first, then the DB: an entry leaves the pending map only after it was
+        // written, so reading in this order cannot miss it.
+        let pending: Vec<(u64, Arc<[u8]>)> = {
+            let p = self.shared.pending.lock();
+            p.range((group, start)..(group, end))
+                .map(|((_, i), (_, b))| (*i, b.clone()))
+                .collect()
+        };
+        let covered = pending.first().is_some_and(|(i, _)| *i == start)
+            && pending.windows(2).all(|w| w[1].0 == w[0].0 + 1)
+            && pending
+                .last()
+                .is_some_and(|(i, _)| i.saturating_add(1) >= end);
+        let mut out: Vec<(u64, T)> = Vec::new();
+        if !covered {
+            let cf = self.shared.cf(CF_LOG)?;
+            let mut ro = ReadOptions::default();
+            ro.set_iterate_upper_bound(log_key(group, end).to_vec());
+            let from = log_key(group, start);
+            let iter = self.shared.db.iterator_cf_opt(
+                cf,
+                ro,
+                IteratorMode::From(&from, Direction::Forward),
+            );
+            let mut pi = pending.iter().peekable();
+            for item in iter {
+                let (k, v) = item?;
+                let (g, index) = parse_log_key(&k)?;
+                if g != group {
+                    break;
+                }
+                // Pending entries win over (older) durable ones at the same index.
+                while let Some((pidx, pb)) = pi.peek() {
+                    if *pidx > index {
+                        break;
+                    }
+                    out.push((*pidx, decode(*pidx, pb)?));
+                    pi.next();
+                }
+                if out.last().is_some_and(|(i, _)| *i == index) {
+                    continue;
+                }
+                out.push((index, decode(index, &v)?));
+            }
+            for (pidx, pb) in pi {
+                out.push((*pidx, decode(*pidx, pb)?));
+            }
+        } else {
+            for (i, b) in &pending {
+                out.push((*i, decode(*i, b)?));
+            }
+        }
+        Ok(out.into_iter().map(|(_, t)| t).collect())
+    }
+
+    /// The group's last entry (pending ones included): `(index, bytes)` (blocking).
+    pub fn log_last(&self, group: GroupId) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        let pending = {
+            let p = self.shared.pending.lock();
+            p.range((
+                Bound::Included((group, 0)),
+                Bound::Included((group, u64::MAX)),
+            ))
+            .next_back()
+            .map(|((_, i), (_, b))| (*i, b.to_vec()))
+        };
+        let cf = self.shared.cf(CF_LOG)?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(log_key(group, 0).to_vec());
+        let from = log_key(group, u64::MAX);
+        let mut iter =
+            self.shared
+                .db
+                .iterator_cf_opt(cf, ro, IteratorMode::From(&from, Direction::Reverse));
+        let durable = match iter.next() {
+            Some(item) => {
+                let (k, v) = item?;
+                let (g, index) = parse_log_key(&k)?;
+                (g == group).then(|| (index, v.into_vec()))
+            }
+            None => None,
+        };
+        Ok(match (pending, durable) {
+            (Some(p), Some(d)) => Some(if p.0 >= d.0 { p } else { d }),
+            (p, d) => p.or(d),
+        })
+    }
+
+    // ---------------------------------------------------------------- internals
+
+    fn remove_pending(&self, group: GroupId, from: u64, to_inclusive: u64) {
+        let mut p = self.shared.pending.lock();
+        let keys: Vec<(GroupId, u64)> = p
+            .range((
+                Bound::Included((group, from)),
+                Bound::Included((group, to_inclusive)),
+            ))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            p.remove(&k);
+        }
+    }
+
+    async fn send(&self, req: LogWriteReq) -> Result<(), StorageError> {
+        let w = self.writer.as_ref().ok_or(StorageError::Closed)?;
+        w.tx.send(req).await.map_err(|_| StorageError::Closed)
+    }
+
+    async fn submit_and_wait(&self, op: LogOp) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        let req = LogWriteReq {
+            seq: self.shared.next_seq.fetch_add(1, Ordering::Relaxed),
+            op,
+            done: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        };
+        self.send(req).await?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+}
+
+#[cfg(test)]
+mod tests;

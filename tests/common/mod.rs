@@ -1,0 +1,234 @@
+//! Test helpers: an in-process node on 127.0.0.1:0, a tiny HTTP client and a WebSocket
+//! client that matches replies by id and keeps pushes aside.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use chatnode::config::Config;
+use chatnode::node::Node;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub _dir: tempfile::TempDir,
+    pub node: std::sync::Arc<Node>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Limits raised so that tests are not rate limited (except the tests of limits).
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.data_dir = dir.to_path_buf();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.shards = 4;
+    c.limits.user_messages_per_minute = 100_000;
+    c.limits.conversation_messages_per_minute = 100_000;
+    c
+}
+
+pub async fn start_node_with(config: impl FnOnce(&mut Config)) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(dir.path());
+    config(&mut c);
+    let node = std::sync::Arc::new(Node::start(&c).await.expect("node starts"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let n = node.clone();
+    tokio::spawn(async move {
+        let _ = n
+            .serve(listener, async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    TestNode {
+        addr,
+        _dir: dir,
+        node,
+        stop: Some(tx),
+    }
+}
+
+pub async fn start_node() -> TestNode {
+    start_node_with(|_| {}).await
+}
+
+/// One HTTP/1.1 request; returns (status, body).
+pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Registers and logs in; returns (user_id, token).
+pub async fn register(addr: SocketAddr, name: &str) -> (String, String) {
+    let creds = json!({"username": name, "password": "password123"}).to_string();
+    let (status, body) = http(addr, "POST", "/v1/register", &creds).await;
+    assert_eq!(status, 201, "register {name}: {body}");
+    let (status, body) = http(addr, "POST", "/v1/login", &creds).await;
+    assert_eq!(status, 200, "login {name}: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    (
+        v["user_id"].as_str().unwrap().to_string(),
+        v["token"].as_str().unwrap().to_string(),
+    )
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+pub struct Client {
+    pub ws: Ws,
+    next_id: u64,
+    pub pushes: VecDeque<Value>,
+    pub user_id: String,
+}
+
+impl Client {
+    pub async fn connect_raw(addr: SocketAddr) -> Ws {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
+            .await
+            .expect("ws connect");
+        ws
+    }
+
+    pub async fn connect(addr: SocketAddr, token: &str, device: &str) -> Client {
+        let ws = Self::connect_raw(addr).await;
+        let mut c = Client {
+            ws,
+            next_id: 1,
+            pushes: VecDeque::new(),
+            user_id: String::new(),
+        };
+        let r = c
+            .request(json!({"type":"auth","token":token,"device_id":device}))
+            .await;
+        assert_eq!(r["type"], "auth_ok", "{r}");
+        c.user_id = r["user_id"].as_str().unwrap().to_string();
+        c
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        self.ws.send(Message::Text(text.into())).await.unwrap();
+    }
+
+    /// Next frame from the socket, or None on timeout/close.
+    pub async fn recv(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            let msg = tokio::time::timeout(wait, self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            match msg {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).ok(),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Sends `frame` with a fresh id and waits for the reply carrying it.
+    pub async fn request(&mut self, mut frame: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        frame["id"] = json!(id);
+        self.send_text(frame.to_string()).await;
+        self.reply_to(json!(id)).await
+    }
+
+    pub async fn reply_to(&mut self, id: Value) -> Value {
+        loop {
+            let v = self
+                .recv(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("no reply to {id}"));
+            if v.get("id") == Some(&id) {
+                return v;
+            }
+            self.pushes.push_back(v);
+        }
+    }
+
+    /// The next pushed frame of type `ty` (others are kept).
+    pub async fn push_of(&mut self, ty: &str, wait: Duration) -> Option<Value> {
+        if let Some(pos) = self.pushes.iter().position(|p| p["type"] == ty) {
+            return self.pushes.remove(pos);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self.recv(left).await?;
+            if v["type"] == ty {
+                return Some(v);
+            }
+            self.pushes.push_back(v);
+        }
+    }
+
+    /// Drains pushes for `wait` and returns those of type `ty`.
+    pub async fn collect(&mut self, ty: &str, wait: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.recv(left).await {
+                Some(v) => self.pushes.push_back(v),
+                None => break,
+            }
+        }
+        let (matching, rest): (Vec<Value>, Vec<Value>) =
+            self.pushes.drain(..).partition(|p| p["type"] == ty);
+        self.pushes = rest.into();
+        matching
+    }
+
+    pub async fn send_msg(&mut self, conv: &str, cmid: &str, body: &str) -> Value {
+        self.request(json!({"type":"send","conversation_id":conv,"client_msg_id":cmid,"body":body}))
+            .await
+    }
+}
