@@ -150,6 +150,7 @@ impl Store {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        opts.set_keep_log_file_num(5);
         let cfs = [CF_LOG, CF_RAFT, CF_SM]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
