@@ -81,13 +81,6 @@ async fn malformed_frames_get_typed_errors_and_the_socket_survives() {
         assert_eq!(pong["type"], "pong", "socket broken after {text:.80}");
     }
 
-    // Invalid UTF-8 in a text frame: bad_request, and the socket keeps working.
-    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
-    c.ws.send(Message::Frame(frame)).await.unwrap();
-    let reply = c.recv(WAIT).await.expect("reply to invalid UTF-8");
-    assert_eq!(reply["code"], "bad_request", "{reply}");
-    assert_eq!(c.request(json!({"type":"ping"})).await["type"], "pong");
-
     // A frame over 1 MiB: too_large, then the socket is closed.
     let huge = format!(
         r#"{{"type":"ping","pad":"{}"}}"#,
@@ -103,4 +96,18 @@ async fn malformed_frames_get_typed_errors_and_the_socket_survives() {
         c.recv(WAIT).await.is_none(),
         "socket stays open after an oversize frame"
     );
+}
+
+/// Invalid UTF-8 in a text frame: `bad_request`. The WebSocket layer then fails the
+/// connection, as RFC 6455 §8.1 requires of an endpoint (a documented exception to
+/// "errors never close the socket").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_text_frame_is_bad_request() {
+    let n = start_node().await;
+    let (_a, at) = register(n.addr, "alice").await;
+    let mut c = Client::connect(n.addr, &at, "d").await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    c.ws.send(Message::Frame(frame)).await.unwrap();
+    let reply = c.recv(WAIT).await.expect("reply to invalid UTF-8");
+    assert_eq!(reply["code"], "bad_request", "{reply}");
 }

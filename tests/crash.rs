@@ -18,8 +18,18 @@ fn free_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-fn spawn(dir: &Path, config: &Path, addr: SocketAddr) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_chatnode"))
+/// Kills the process when dropped, so a failing test leaves no server behind.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(dir: &Path, config: &Path, addr: SocketAddr) -> Server {
+    Server(Command::new(env!("CARGO_BIN_EXE_chatnode"))
         .arg("--data-dir")
         .arg(dir)
         .arg("--listen")
@@ -28,9 +38,9 @@ fn spawn(dir: &Path, config: &Path, addr: SocketAddr) -> Child {
         .arg(config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::null())
         .spawn()
-        .expect("spawn chatnode")
+        .expect("spawn chatnode"))
 }
 
 async fn wait_ready(addr: SocketAddr) {
@@ -82,8 +92,8 @@ async fn acked_messages_survive_sigkill() {
             assert_eq!(ack["type"], "ack", "{ack}");
             acks.push(ack);
         }
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
+        child.0.kill().expect("SIGKILL");
+        child.0.wait().unwrap();
 
         child = spawn(&data, &config, addr);
         wait_ready(addr).await;
@@ -136,6 +146,5 @@ async fn acked_messages_survive_sigkill() {
     // The next send continues the seq with no gap.
     let next = a.send_msg(&conv, "after", "the end").await;
     assert_eq!(next["seq"].as_u64(), Some(acks.len() as u64 + 1));
-    child.kill().ok();
-    child.wait().ok();
+    drop(child);
 }

@@ -124,7 +124,9 @@ async fn two_users_two_devices_direct_and_group() {
     assert_eq!(r["conversation"]["last_seq"], 2, "{r}");
     let ev = a1.push_of("message", WAIT).await.unwrap();
     assert_eq!(ev["kind"], "member_added");
-    // The added user gets later messages on the connection already open.
+    // The added user sees the event, then later messages, on the connection already open.
+    let ev = d1.push_of("message", WAIT).await.expect("member_added push to the new member");
+    assert_eq!(ev["kind"], "member_added");
     c1.send_msg(&group, "g2", "welcome dave").await;
     let p = d1.push_of("message", WAIT).await.expect("new member push");
     assert_eq!(p["body"], "welcome dave");

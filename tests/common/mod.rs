@@ -180,6 +180,12 @@ impl Client {
     }
 
     pub async fn reply_to(&mut self, id: Value) -> Value {
+        // Pipelined replies come in any order: one may already be buffered.
+        if let Some(pos) = self.pushes.iter().position(|p| p.get("id") == Some(&id)) {
+            if let Some(v) = self.pushes.remove(pos) {
+                return v;
+            }
+        }
         loop {
             let v = self
                 .recv(WAIT)
