@@ -29,18 +29,20 @@ impl Drop for Server {
 }
 
 fn spawn(dir: &Path, config: &Path, addr: SocketAddr) -> Server {
-    Server(Command::new(env!("CARGO_BIN_EXE_chatnode"))
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--listen")
-        .arg(addr.to_string())
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn chatnode"))
+    Server(
+        Command::new(env!("CARGO_BIN_EXE_chatnode"))
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn chatnode"),
+    )
 }
 
 async fn wait_ready(addr: SocketAddr) {

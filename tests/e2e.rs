@@ -125,7 +125,10 @@ async fn two_users_two_devices_direct_and_group() {
     let ev = a1.push_of("message", WAIT).await.unwrap();
     assert_eq!(ev["kind"], "member_added");
     // The added user sees the event, then later messages, on the connection already open.
-    let ev = d1.push_of("message", WAIT).await.expect("member_added push to the new member");
+    let ev = d1
+        .push_of("message", WAIT)
+        .await
+        .expect("member_added push to the new member");
     assert_eq!(ev["kind"], "member_added");
     c1.send_msg(&group, "g2", "welcome dave").await;
     let p = d1.push_of("message", WAIT).await.expect("new member push");

@@ -83,7 +83,7 @@ impl Default for RaftTimings {
             election_min_ms: 300,
             election_max_ms: 600,
             install_snapshot_timeout_ms: 2_000,
-            snapshot_every_logs: 10_000,
+            snapshot_every_logs: 100_000,
             keep_logs_behind_snapshot: 1_000,
             max_payload_entries: 300,
             purge_batch_size: 256,

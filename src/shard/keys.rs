@@ -4,7 +4,8 @@
 //! log id); strings are length-prefixed and numbers big-endian, so that range scans follow
 //! `(conversation, seq)` order.
 
-use crate::storage::keys::{push_str, push_u64};
+use crate::storage::keys::{push_str, push_u64, KeyReader};
+use crate::storage::StorageError;
 
 const TAG_CONVERSATION: u8 = 0x10;
 const TAG_MESSAGE: u8 = 0x11;
@@ -95,29 +96,17 @@ pub fn outbox_next() -> Vec<u8> {
     tagged(TAG_OUTBOX_NEXT)
 }
 
-/// The exclusive end of a prefix range: the prefix with 0xFF appended is not enough for
-/// arbitrary suffixes, so increment the last byte that is not 0xFF.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xFF {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0xFF; prefix.len() + 1]
-}
-
 /// The conversation id in a user-conversation index key.
-pub fn conversation_of_user_index(key: &[u8], prefix_len: usize) -> Option<String> {
-    let rest = key.get(prefix_len..)?;
-    let len = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize;
-    let bytes = rest.get(2..2 + len)?;
-    String::from_utf8(bytes.to_vec()).ok()
+pub fn conversation_of_user_index(key: &[u8]) -> Result<String, StorageError> {
+    let mut r = KeyReader::new(key);
+    r.u8()?;
+    r.str()?;
+    Ok(r.str()?.to_string())
 }
 
 /// The id in an outbox key.
-pub fn outbox_id(key: &[u8]) -> Option<u64> {
-    let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
-    Some(u64::from_be_bytes(bytes))
+pub fn outbox_id(key: &[u8]) -> Result<u64, StorageError> {
+    let mut r = KeyReader::new(key);
+    r.u8()?;
+    r.u64()
 }

@@ -188,12 +188,11 @@ impl ShardReader {
         let store = self.store.clone();
         let prefix = keys::user_conversation_prefix(user_id);
         blocking(move || {
-            let end = keys::prefix_end(&prefix);
-            let rows = store.sm_scan(group, &prefix, &end, false, USER_CONVERSATIONS_MAX)?;
-            Ok(rows
+            store
+                .sm_scan_prefix(group, &prefix, false, USER_CONVERSATIONS_MAX)?
                 .iter()
-                .filter_map(|(k, _)| keys::conversation_of_user_index(k, prefix.len()))
-                .collect())
+                .map(|(k, _)| keys::conversation_of_user_index(k))
+                .collect()
         })
         .await
     }
@@ -207,8 +206,7 @@ impl ShardReader {
                 .sm_scan(group, &start, &end, false, OUTBOX_BATCH_MAX)?
                 .iter()
                 .map(|(k, v)| {
-                    let id = keys::outbox_id(k)
-                        .ok_or_else(|| StorageError::Corrupt("outbox key".into()))?;
+                    let id = keys::outbox_id(k)?;
                     Ok((id, decode(v)?))
                 })
                 .collect()

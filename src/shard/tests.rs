@@ -176,7 +176,7 @@ proptest! {
         }
         // Every seq 1..=last_seq is stored once; every client_msg_id once.
         let rows = store
-            .sm_scan(GROUP, &keys::message_prefix(CONV), &keys::prefix_end(&keys::message_prefix(CONV)), false, usize::MAX)
+            .sm_scan_prefix(GROUP, &keys::message_prefix(CONV), false, usize::MAX)
             .expect("scan");
         let stored: Vec<Message> = rows.iter().map(|(_, v)| decode(v).expect("decode")).collect();
         let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
