@@ -403,18 +403,27 @@ async fn presence_online_for_users_sharing_a_conversation_only() {
     let (bob, bt) = register(n.addr, "bob").await;
     let (carol, _ct) = register(n.addr, "carol").await;
     let mut a = Client::connect(n.addr, &at, "a").await;
-    a.request(json!({"type":"create_conversation","kind":"direct","members":[bob]})).await;
+    a.request(json!({"type":"create_conversation","kind":"direct","members":[bob]}))
+        .await;
 
     // Bob shares a conversation with alice: reported (offline for now); carol does not: skipped.
-    let r = a.request(json!({"type":"subscribe_presence","user_ids":[bob, carol]})).await;
+    let r = a
+        .request(json!({"type":"subscribe_presence","user_ids":[bob, carol]}))
+        .await;
     assert_eq!(r["type"], "presence", "{r}");
     assert_eq!(r["user_id"], bob.as_str());
     assert_eq!(r["status"], "offline");
-    assert!(a.collect("presence", SHORT).await.is_empty(), "carol's presence was reported");
+    assert!(
+        a.collect("presence", SHORT).await.is_empty(),
+        "carol's presence was reported"
+    );
 
     // Bob connects: alice is told he is online.
     let _b = Client::connect(n.addr, &bt, "b").await;
     let p = a.push_of("presence", WAIT).await.expect("online push");
-    assert_eq!((p["user_id"].as_str(), p["status"].as_str()), (Some(bob.as_str()), Some("online")));
+    assert_eq!(
+        (p["user_id"].as_str(), p["status"].as_str()),
+        (Some(bob.as_str()), Some("online"))
+    );
     assert!(p["last_seen"].as_u64().unwrap() > 0);
 }

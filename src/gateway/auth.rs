@@ -166,7 +166,11 @@ fn external_verifier(ext: &ExternalAuth) -> Result<Option<ExternalVerifier>, Aut
     let mut validation = Validation::new(alg);
     validation.leeway = 5;
     match &ext.issuer {
-        Some(iss) => validation.set_issuer(&[iss]),
+        Some(iss) => {
+            validation.set_issuer(&[iss]);
+            // A configured issuer is required, not only checked when present.
+            validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+        }
         None => validation.iss = None,
     }
     Ok(Some(ExternalVerifier { key, validation }))
@@ -199,6 +203,32 @@ mod tests {
         let theirs = TokenAuthority::new(b"ext", 60, &ExternalAuth::default()).unwrap();
         let (t, _) = theirs.issue("alice", crate::gateway::now_ms()).unwrap();
         assert_eq!(ours.verify(&t).unwrap(), ("alice".to_string(), true));
+    }
+
+    #[test]
+    fn a_configured_external_issuer_is_required() {
+        let ext = ExternalAuth {
+            hmac_secret: Some("ext".into()),
+            issuer: Some("login.example".into()),
+            ..Default::default()
+        };
+        let ours = TokenAuthority::new(b"ours", 60, &ext).unwrap();
+        let sign = |iss: Option<&str>| {
+            let claims = Claims {
+                sub: "alice".into(),
+                exp: crate::gateway::now_ms() / 1000 + 60,
+                iat: 0,
+                iss: iss.map(str::to_string),
+            };
+            let key = EncodingKey::from_secret(b"ext");
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        };
+        assert!(ours.verify(&sign(Some("login.example"))).is_ok());
+        assert!(ours.verify(&sign(Some("elsewhere"))).is_err());
+        assert!(
+            ours.verify(&sign(None)).is_err(),
+            "token without iss accepted"
+        );
     }
 
     #[test]
