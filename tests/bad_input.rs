@@ -15,13 +15,7 @@ async fn malformed_frames_get_typed_errors_and_the_socket_survives() {
     let (_a, at) = register(n.addr, "alice").await;
     let (bob, _) = register(n.addr, "bob").await;
     let mut c = Client::connect(n.addr, &at, "d").await;
-    let conv = c
-        .request(json!({"type":"create_conversation","kind":"direct","members":[bob]}))
-        .await;
-    let conv = conv["conversation"]["conversation_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conv = c.create_direct(&bob).await;
     c.send_msg(&conv, "first", "hello").await;
 
     let long = "x".repeat(4001);

@@ -74,13 +74,7 @@ async fn acked_messages_survive_sigkill() {
     let (_alice, at) = register(addr, "alice").await;
     let (bob, bt) = register(addr, "bob").await;
     let mut a = Client::connect(addr, &at, "a").await;
-    let conv = a
-        .request(json!({"type":"create_conversation","kind":"direct","members":[bob]}))
-        .await;
-    let conv = conv["conversation"]["conversation_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conv = a.create_direct(&bob).await;
 
     let mut acks: Vec<Value> = Vec::new();
     for round in 0..ROUNDS {

@@ -156,13 +156,7 @@ async fn history_paging_sync_receipts_unread() {
     let (_alice, at) = register(n.addr, "alice").await;
     let (bob, bt) = register(n.addr, "bob").await;
     let mut a = Client::connect(n.addr, &at, "a").await;
-    let conv = a
-        .request(json!({"type":"create_conversation","kind":"direct","members":[bob]}))
-        .await;
-    let conv = conv["conversation"]["conversation_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conv = a.create_direct(&bob).await;
 
     // Bob is offline while 250 messages are sent.
     for i in 1..=250 {
@@ -287,13 +281,7 @@ async fn rate_and_device_limits() {
     let (_a, at) = register(n.addr, "alice").await;
     let (bob, _bt) = register(n.addr, "bob").await;
     let mut a = Client::connect(n.addr, &at, "d1").await;
-    let conv = a
-        .request(json!({"type":"create_conversation","kind":"direct","members":[bob]}))
-        .await;
-    let conv = conv["conversation"]["conversation_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conv = a.create_direct(&bob).await;
     for i in 0..5 {
         assert_eq!(
             a.send_msg(&conv, &format!("m{i}"), "x").await["type"],

@@ -412,31 +412,46 @@ fn append_event(
     Ok(message)
 }
 
-/// Appends a membership event (server-generated: its client_msg_id is its msg_id).
+/// Who made a membership change, and the id and time the proposer chose for its event.
+struct Actor<'a> {
+    user: &'a str,
+    device: &'a str,
+    msg_id: &'a str,
+    ts: u64,
+}
+
+/// Appends a membership event (server-generated: its client_msg_id is its msg_id), saves the
+/// conversation and answers with the event to push to `recipients`.
 fn membership_event(
     txn: &mut SmTxn<'_>,
-    conv: &mut ConversationState,
-    actor: &str,
-    actor_device: &str,
+    mut conv: ConversationState,
+    actor: &Actor<'_>,
     kind: MsgKind,
     body: &str,
-    msg_id: &str,
-    ts: u64,
-) -> Result<Message, StorageError> {
-    append_event(
+    recipients: Vec<UserId>,
+) -> ApplyResult {
+    let message = append_event(
         txn,
-        conv,
+        &mut conv,
         EventArgs {
-            sender: actor,
-            sender_device: actor_device,
-            client_msg_id: msg_id,
+            sender: actor.user,
+            sender_device: actor.device,
+            client_msg_id: actor.msg_id,
             kind,
             body,
             ref_seq: None,
-            msg_id,
-            ts,
+            msg_id: actor.msg_id,
+            ts: actor.ts,
         },
-    )
+    )?;
+    save_conversation(txn, &conv)?;
+    Ok(ShardResponse::Membership {
+        pushed: Some(Pushed {
+            message,
+            recipients,
+        }),
+        conversation: conv,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -494,24 +509,14 @@ fn add_members(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let message = membership_event(
-        txn,
-        &mut conv,
-        actor,
-        actor_device,
-        MsgKind::MemberAdded,
-        &body,
+    let actor = Actor {
+        user: actor,
+        device: actor_device,
         msg_id,
         ts,
-    )?;
-    save_conversation(txn, &conv)?;
-    Ok(ShardResponse::Membership {
-        pushed: Some(Pushed {
-            message,
-            recipients: recipients(&conv),
-        }),
-        conversation: conv,
-    })
+    };
+    let recipients = recipients(&conv);
+    membership_event(txn, conv, &actor, MsgKind::MemberAdded, &body, recipients)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -558,24 +563,14 @@ fn remove_member(
     } else {
         format!("{actor} removed {user_id}")
     };
-    let message = membership_event(
-        txn,
-        &mut conv,
-        actor,
-        actor_device,
-        MsgKind::MemberRemoved,
-        &body,
+    let actor = Actor {
+        user: actor,
+        device: actor_device,
         msg_id,
         ts,
-    )?;
-    save_conversation(txn, &conv)?;
-    Ok(ShardResponse::Membership {
-        pushed: Some(Pushed {
-            message,
-            recipients: before,
-        }),
-        conversation: conv,
-    })
+    };
+    let recipients = before;
+    membership_event(txn, conv, &actor, MsgKind::MemberRemoved, &body, recipients)
 }
 
 /// When the owner leaves, the oldest admin (else the oldest member) becomes owner.
@@ -639,24 +634,14 @@ fn set_role(
         }
     }
     let body = format!("{actor} made {user_id} {}", crate::protocol::role_str(role));
-    let message = membership_event(
-        txn,
-        &mut conv,
-        actor,
-        actor_device,
-        MsgKind::RoleChanged,
-        &body,
+    let actor = Actor {
+        user: actor,
+        device: actor_device,
         msg_id,
         ts,
-    )?;
-    save_conversation(txn, &conv)?;
-    Ok(ShardResponse::Membership {
-        pushed: Some(Pushed {
-            message,
-            recipients: recipients(&conv),
-        }),
-        conversation: conv,
-    })
+    };
+    let recipients = recipients(&conv);
+    membership_event(txn, conv, &actor, MsgKind::RoleChanged, &body, recipients)
 }
 
 fn receipt(

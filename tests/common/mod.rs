@@ -233,6 +233,17 @@ impl Client {
         matching
     }
 
+    /// Creates (or finds) the direct conversation with `other`; returns its id.
+    pub async fn create_direct(&mut self, other: &str) -> String {
+        let r = self
+            .request(json!({"type":"create_conversation","kind":"direct","members":[other]}))
+            .await;
+        r["conversation"]["conversation_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no conversation in {r}"))
+            .to_string()
+    }
+
     pub async fn send_msg(&mut self, conv: &str, cmid: &str, body: &str) -> Value {
         self.request(json!({"type":"send","conversation_id":conv,"client_msg_id":cmid,"body":body}))
             .await
