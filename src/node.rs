@@ -53,8 +53,20 @@ impl Applier for NodeApplier {
             match r {
                 Response::Shard(ShardResponse::Ack {
                     pushed: Some(p), ..
-                })
-                | Response::Shard(ShardResponse::Membership {
+                }) => {
+                    self.hub.push_message(p);
+                    // Sending moved the sender's own read watermark to the message.
+                    let m = &p.message;
+                    self.hub.push_receipt(&ReceiptState {
+                        conversation_id: m.conversation_id.clone(),
+                        user_id: m.sender_id.clone(),
+                        delivered_seq: m.seq,
+                        read_seq: m.seq,
+                        changed: true,
+                        recipients: p.recipients.clone(),
+                    });
+                }
+                Response::Shard(ShardResponse::Membership {
                     pushed: Some(p), ..
                 }) => self.hub.push_message(p),
                 Response::Shard(ShardResponse::Receipt(rs)) => self.hub.push_receipt(rs),
@@ -183,15 +195,15 @@ impl Node {
             },
             user_rate: RateLimiter::per_minute(limits.user_messages_per_minute),
             conversation_rate: RateLimiter::per_minute(limits.conversation_messages_per_minute),
-            connect_rate: RateLimiter::per_minute(
-                limits.new_connections_per_second.saturating_mul(60),
-            ),
+            connect_rate: RateLimiter::per_second(limits.new_connections_per_second),
             connections: Arc::new(tokio::sync::Semaphore::new(limits.connections_max)),
             limits,
             metrics,
             relay,
+            receipts: Default::default(),
             synced_writes: Box::new(move || synced_store.synced_writes()),
         });
+        gateway::receipts::ReceiptBatcher::spawn_flusher(&gateway);
         Ok(Node {
             gateway,
             settings,

@@ -9,8 +9,8 @@ use super::hub::{presence_status, ConnId, OutFrame};
 use super::{now_ms, Gateway};
 use crate::protocol::client::{WireConvKind, WireRole, HISTORY_LIMIT_DEFAULT};
 use crate::protocol::{
-    ClientFrame, ConversationSummary, ConversationView, MessageView, ProtocolError, RequestId,
-    ServerFrame, SyncEntry,
+    ClientFrame, ConversationSummary, ConversationView, ErrorCode, MessageView, ProtocolError,
+    RequestId, ServerFrame, SyncEntry,
 };
 use crate::shard::command::*;
 
@@ -33,10 +33,11 @@ fn one(frame: ServerFrame) -> Reply {
     Ok(vec![frame])
 }
 
-/// A direct conversation's id is derived from its two members, so it exists once.
+/// A direct conversation's id is derived from its two members, so it exists once. The first
+/// id's length is spelled out, so ids that contain `-` cannot make two pairs collide.
 pub fn direct_conversation_id(a: &str, b: &str) -> String {
     let (x, y) = if a <= b { (a, b) } else { (b, a) };
-    format!("d-{x}-{y}")
+    format!("d{}-{x}-{y}", x.len())
 }
 
 fn new_msg_id() -> String {
@@ -114,6 +115,13 @@ impl Gateway {
             }
         }
         Ok(out)
+    }
+
+    /// Gives back the tokens of a send that was refused (not a member…): refused sends must
+    /// not spend a conversation's budget.
+    fn refund_send_rate(&self, user: &str, conversation_id: &str) {
+        self.user_rate.refund(&user.to_string());
+        self.conversation_rate.refund(&conversation_id.to_string());
     }
 
     fn check_send_rate(&self, user: &str, conversation_id: &str) -> Result<(), ProtocolError> {
@@ -369,7 +377,7 @@ impl Gateway {
             };
         }
         let op = ShardOp::Send {
-            conversation_id,
+            conversation_id: conversation_id.clone(),
             sender: s.user_id.clone(),
             sender_device: s.device_id.clone(),
             client_msg_id,
@@ -379,7 +387,11 @@ impl Gateway {
             msg_id: new_msg_id(),
             ts: now_ms(),
         };
-        match self.write_shard(group, op).await? {
+        let written = self.write_shard(group, op).await;
+        if matches!(&written, Err(e) if e.code == ErrorCode::Forbidden) {
+            self.refund_send_rate(&s.user_id, &conversation_id);
+        }
+        match written? {
             ShardResponse::Ack { ack, .. } => {
                 self.metrics.acks.inc();
                 self.metrics
@@ -482,14 +494,24 @@ impl Gateway {
         delivered_seq: Option<u64>,
         read_seq: Option<u64>,
     ) -> Reply {
-        let group = self.shard_map.shard_for_conversation(&conversation_id);
-        let op = ShardOp::Receipt {
-            conversation_id,
-            user_id: s.user_id.clone(),
-            delivered_seq,
-            read_seq,
-        };
-        self.write_shard(group, op).await?;
+        // Checked before coalescing, so that one bad watermark cannot fail the good ones it
+        // would be merged with; apply checks again.
+        let seq = delivered_seq.max(read_seq).unwrap_or(0);
+        let (_, conv) = self
+            .member_conversation(&s.user_id, &conversation_id)
+            .await?;
+        if seq > conv.last_seq {
+            return Err(ProtocolError::bad_request(format!(
+                "seq {seq} is above last_seq {}",
+                conv.last_seq
+            )));
+        }
+        let applied =
+            self.receipts
+                .submit(&conversation_id, &s.user_id, delivered_seq, read_seq)?;
+        applied
+            .await
+            .map_err(|_| ProtocolError::unavailable("receipt was not written"))??;
         Ok(match id {
             Some(id) => vec![ServerFrame::Ok { id: Some(id) }],
             None => Vec::new(),
@@ -502,7 +524,18 @@ impl Gateway {
         id: Option<RequestId>,
         asked: BTreeMap<String, u64>,
     ) -> Reply {
-        let mine = self.user_conversations(&s.user_id).await?;
+        let mut mine = self.user_conversations(&s.user_id).await?;
+        // A named conversation missing from the user's index (its outbox entry not yet
+        // delivered) is checked on its own shard: membership there is the truth.
+        let indexed: HashSet<String> = mine
+            .iter()
+            .map(|(_, c)| c.conversation_id.clone())
+            .collect();
+        for conversation_id in asked.keys().filter(|c| !indexed.contains(*c)) {
+            if let Ok(found) = self.member_conversation(&s.user_id, conversation_id).await {
+                mine.push(found);
+            }
+        }
         let mut out = Vec::with_capacity(mine.len());
         let mut seen = HashSet::new();
         for (group, conv) in &mine {

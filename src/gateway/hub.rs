@@ -138,12 +138,14 @@ impl Hub {
         }
     }
 
-    /// Registers a connection of `user`; a connection with the same device id is replaced.
+    /// Registers a connection of `user` and queues `first` (the `auth_ok`) before any push;
+    /// a connection with the same device id is replaced.
     pub fn register(
         &self,
         user: &str,
         device: &str,
         tx: mpsc::Sender<OutFrame>,
+        first: &ServerFrame,
         now_ms: u64,
     ) -> Result<ConnHandle, TooManyDevices> {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -160,6 +162,8 @@ impl Hub {
             }
             return Err(TooManyDevices(self.devices_per_user));
         }
+        // Queued under the lock, so no push can overtake it.
+        let _ = tx.try_send(text(first));
         conns.push(Conn {
             id,
             device: device.to_string(),
@@ -266,6 +270,7 @@ impl Hub {
             st.receipt_last_push
                 .retain(|_, t| now.duration_since(*t) < Duration::from_millis(RECEIPT_COALESCE_MS));
         }
+        st.receipt_pending.remove(&key);
         st.receipt_last_push.insert(key, now);
         self.send_receipt(&st, r);
     }
@@ -322,6 +327,11 @@ impl Hub {
     ) -> Vec<(UserId, bool, u64)> {
         let mut st = self.state.lock();
         let mut out = Vec::with_capacity(users.len());
+        // The connection may have closed while the request was being authorized.
+        let live = st.users.values().flatten().any(|c| c.id == conn);
+        if !live {
+            return out;
+        }
         for u in users {
             let already = st.watching.get(&conn).map_or(0, |w| w.len());
             if already >= PRESENCE_SUBSCRIPTIONS_PER_CONN_MAX {

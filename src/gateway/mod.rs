@@ -14,6 +14,7 @@ pub mod handlers;
 pub mod http;
 pub mod hub;
 pub mod ratelimit;
+pub mod receipts;
 pub mod session;
 
 use std::sync::Arc;
@@ -52,6 +53,7 @@ pub struct Gateway {
     pub connect_rate: ratelimit::RateLimiter<()>,
     pub connections: Arc<tokio::sync::Semaphore>,
     pub relay: Arc<crate::cluster::OutboxRelay>,
+    pub receipts: receipts::ReceiptBatcher,
     /// Synced writes so far (for `/metrics`).
     pub synced_writes: Box<dyn Fn() -> u64 + Send + Sync>,
 }

@@ -24,10 +24,23 @@ pub struct RateLimiter<K> {
 }
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
+    /// Up to `per_minute` at once, refilled evenly over a minute.
     pub fn per_minute(per_minute: u32) -> Self {
+        Self::new(
+            f64::from(per_minute.max(1)),
+            f64::from(per_minute.max(1)) / 60.0,
+        )
+    }
+
+    /// Up to `per_second` at once, refilled evenly over a second.
+    pub fn per_second(per_second: u32) -> Self {
+        Self::new(f64::from(per_second.max(1)), f64::from(per_second.max(1)))
+    }
+
+    fn new(capacity: f64, refill_per_sec: f64) -> Self {
         RateLimiter {
-            capacity: f64::from(per_minute.max(1)),
-            refill_per_sec: f64::from(per_minute.max(1)) / 60.0,
+            capacity,
+            refill_per_sec,
             buckets: Mutex::new(HashMap::new()),
         }
     }

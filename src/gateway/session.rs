@@ -32,10 +32,22 @@ fn queue(tx: &mpsc::Sender<OutFrame>, frame: &ServerFrame) -> bool {
         .is_ok()
 }
 
-async fn queue_wait(tx: &mpsc::Sender<OutFrame>, frame: &ServerFrame) -> bool {
-    tx.send(OutFrame::Text(Arc::from(frame.to_json())))
-        .await
-        .is_ok()
+/// How long a reply may wait for room in a full outbound queue before the client counts as
+/// too slow and is disconnected (it reconnects and syncs).
+pub const REPLY_QUEUE_WAIT_MS: u64 = 5_000;
+
+/// Queues a reply, waiting a bounded time for room; a client that does not read is killed.
+async fn queue_reply(session: &Session, frame: &ServerFrame) -> bool {
+    let item = OutFrame::Text(Arc::from(frame.to_json()));
+    let wait = Duration::from_millis(REPLY_QUEUE_WAIT_MS);
+    match tokio::time::timeout(wait, session.tx.send(item)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            session.kill.notify_one();
+            false
+        }
+    }
 }
 
 /// Drains the outbound queue into the socket, flushing once per batch.
@@ -88,7 +100,14 @@ pub async fn run(gw: Arc<Gateway>, socket: WebSocket, _permit: OwnedSemaphorePer
     gw.metrics.connections.dec();
     let _ = tx.try_send(OutFrame::Close);
     drop(tx);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+    let mut writer_task = writer_task;
+    if tokio::time::timeout(Duration::from_millis(REPLY_QUEUE_WAIT_MS), &mut writer_task)
+        .await
+        .is_err()
+    {
+        // A peer that does not read must not keep the socket (and its frames) alive.
+        writer_task.abort();
+    }
 }
 
 /// Reads the next text frame; `Err` carries the error to answer (and whether to close).
@@ -182,16 +201,16 @@ async fn authenticate(
                 return None;
             }
         };
-        match gw.hub.register(&user_id, &device_id, tx.clone(), now_ms()) {
+        let auth_ok = ServerFrame::AuthOk {
+            id: id.clone(),
+            user_id: user_id.clone(),
+            device_id: device_id.clone(),
+        };
+        match gw
+            .hub
+            .register(&user_id, &device_id, tx.clone(), &auth_ok, now_ms())
+        {
             Ok(handle) => {
-                queue(
-                    tx,
-                    &ServerFrame::AuthOk {
-                        id,
-                        user_id: user_id.clone(),
-                        device_id: device_id.clone(),
-                    },
-                );
                 return Some(Session {
                     user_id,
                     device_id,
@@ -263,7 +282,7 @@ async fn serve(
             None => return,
             Some(Err((e, close))) => {
                 gw.metrics.error(e.code);
-                if !queue_wait(&session.tx, &ServerFrame::error(None, e)).await || close {
+                if !queue_reply(&session, &ServerFrame::error(None, e)).await || close {
                     return;
                 }
                 continue;
@@ -278,7 +297,7 @@ async fn serve(
                 gw.metrics.error(e.code);
                 let close =
                     e.code == ErrorCode::TooLarge && text.len() > gw.text_limits.max_frame_bytes;
-                if !queue_wait(&session.tx, &ServerFrame::error(id, e)).await || close {
+                if !queue_reply(&session, &ServerFrame::error(id, e)).await || close {
                     return;
                 }
                 continue;
@@ -290,8 +309,12 @@ async fn serve(
                 r#type: frame_type(&frame),
             })
             .inc();
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
+        let permit = tokio::select! {
+            permit = in_flight.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = session.kill.notified() => return,
         };
         let gw = gw.clone();
         let session = session.clone();
@@ -311,7 +334,7 @@ async fn serve(
                     }
                 };
                 for f in &frames {
-                    if !queue_wait(&session.tx, f).await {
+                    if !queue_reply(&session, f).await {
                         return;
                     }
                 }

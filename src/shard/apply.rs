@@ -541,7 +541,12 @@ fn remove_member(
         ));
     }
     let Some(target_role) = member_role(&conv, user_id) else {
-        return rejected(Rejection::BadRequest(format!("{user_id} is not a member")));
+        // Already gone (e.g. a retried removal that committed before its timeout): nothing
+        // to do, so that the retry succeeds.
+        return Ok(ShardResponse::Membership {
+            conversation: conv,
+            pushed: None,
+        });
     };
     let leaving = actor == user_id;
     let allowed = leaving

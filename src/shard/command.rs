@@ -226,7 +226,8 @@ pub struct ConversationState {
     pub title: Option<String>,
     pub members: Vec<Member>,
     pub last_seq: u64,
-    /// Distinct users ever added (limit: 200).
+    /// Members added over the conversation's life, creator included; a re-added user counts
+    /// again (limit: 200, "in all, ever").
     pub members_ever: u32,
     pub next_join: u64,
     pub created_ts: u64,
