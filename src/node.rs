@@ -201,6 +201,7 @@ impl Node {
             metrics,
             relay,
             receipts: Default::default(),
+            password_hashing: tokio::sync::Semaphore::new(gateway::PASSWORD_HASHES_IN_FLIGHT_MAX),
             synced_writes: Box::new(move || synced_store.synced_writes()),
         });
         gateway::receipts::ReceiptBatcher::spawn_flusher(&gateway);

@@ -11,6 +11,11 @@ use tracing_subscriber::EnvFilter;
 use chatnode::config::Config;
 use chatnode::node::Node;
 
+// mimalloc: less time in malloc than glibc's, and freed memory goes back instead of staying
+// in per-thread arenas (argon2's 19 MiB blocks on blocking threads kept RSS over 1 GiB).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long clients are told to wait before reconnecting when the node drains.
 const DRAIN_RETRY_AFTER_MS: u64 = 1_000;
 /// How long shutdown waits for connections to close.
@@ -80,7 +85,8 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
         )
         .init();
     let args = Args::parse();

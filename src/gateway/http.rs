@@ -89,6 +89,10 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ProtocolError::internal(format!("worker failed: {e}")))
 }
 
+fn shutting_down() -> ProtocolError {
+    ProtocolError::unavailable("node is shutting down")
+}
+
 async fn register(State(gw): State<Arc<Gateway>>, body: axum::body::Bytes) -> Response {
     match do_register(&gw, &body).await {
         Ok(user_id) => (StatusCode::CREATED, Json(json!({ "user_id": user_id }))).into_response(),
@@ -108,6 +112,11 @@ async fn do_register(gw: &Gateway, body: &[u8]) -> Result<String, ProtocolError>
         return Err(ProtocolError::bad_request("username is taken"));
     }
     let password = c.password.clone();
+    let _permit = gw
+        .password_hashing
+        .acquire()
+        .await
+        .map_err(|_| shutting_down())?;
     let hash = blocking(move || hash_password(&password))
         .await?
         .map_err(|e| ProtocolError::internal(e.to_string()))?;
@@ -161,6 +170,11 @@ async fn do_login(gw: &Gateway, body: &[u8]) -> Result<serde_json::Value, Protoc
         .await?
         .ok_or_else(denied)?;
     let password = c.password;
+    let _permit = gw
+        .password_hashing
+        .acquire()
+        .await
+        .map_err(|_| shutting_down())?;
     let ok = blocking(move || verify_password(&password, &record.password_hash)).await?;
     if !ok {
         return Err(denied());

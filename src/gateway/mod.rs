@@ -30,6 +30,9 @@ use crate::storage::StorageError;
 
 pub use hub::Hub;
 
+/// argon2id hashes (register, login) running at once on a node.
+pub const PASSWORD_HASHES_IN_FLIGHT_MAX: usize = 2;
+
 /// Milliseconds since the Unix epoch (server time for `ts`).
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -54,6 +57,9 @@ pub struct Gateway {
     pub connections: Arc<tokio::sync::Semaphore>,
     pub relay: Arc<crate::cluster::OutboxRelay>,
     pub receipts: receipts::ReceiptBatcher,
+    /// argon2id hashes running at once (each takes ~19 MiB and a core for tens of ms):
+    /// bounds CPU and memory under a burst of registrations or logins.
+    pub password_hashing: tokio::sync::Semaphore,
     /// Synced writes so far (for `/metrics`).
     pub synced_writes: Box<dyn Fn() -> u64 + Send + Sync>,
 }

@@ -178,15 +178,28 @@ pub fn apply_shard(txn: &mut SmTxn<'_>, op: &ShardOp) -> ApplyResult {
     }
 }
 
+/// The conversation's state; its `last_seq` lives under its own key (see `keys::last_seq`).
 fn load_conversation(
     txn: &SmTxn<'_>,
     conversation_id: &str,
 ) -> Result<Option<ConversationState>, StorageError> {
-    get(txn, &keys::conversation(conversation_id))
+    let Some(mut conv) = get::<ConversationState>(txn, &keys::conversation(conversation_id))?
+    else {
+        return Ok(None);
+    };
+    conv.last_seq = get(txn, &keys::last_seq(conversation_id))?.unwrap_or(0);
+    Ok(Some(conv))
 }
 
+/// Saves the whole state (membership changed) and its `last_seq`.
 fn save_conversation(txn: &mut SmTxn<'_>, conv: &ConversationState) -> Result<(), StorageError> {
-    put(txn, keys::conversation(&conv.conversation_id), conv)
+    put(txn, keys::conversation(&conv.conversation_id), conv)?;
+    save_last_seq(txn, conv)
+}
+
+/// Saves only `last_seq` (a message was appended; members did not change).
+fn save_last_seq(txn: &mut SmTxn<'_>, conv: &ConversationState) -> Result<(), StorageError> {
+    put(txn, keys::last_seq(&conv.conversation_id), &conv.last_seq)
 }
 
 /// Queues "user is in conversation" for the user's shard (delivered by the outbox relay).
@@ -367,7 +380,7 @@ fn send(txn: &mut SmTxn<'_>, a: SendArgs<'_>) -> ApplyResult {
     // Sending moves the sender's own read watermark to the message.
     let rkey = keys::receipt(a.conversation_id, a.sender);
     put(txn, rkey, &(message.seq, message.seq))?;
-    save_conversation(txn, &conv)?;
+    save_last_seq(txn, &conv)?;
     Ok(ShardResponse::Ack {
         ack,
         pushed: Some(Pushed {

@@ -11,6 +11,7 @@ const TAG_CONVERSATION: u8 = 0x10;
 const TAG_MESSAGE: u8 = 0x11;
 const TAG_DEDUP: u8 = 0x12;
 const TAG_RECEIPT: u8 = 0x13;
+const TAG_LAST_SEQ: u8 = 0x14;
 const TAG_USER: u8 = 0x20;
 const TAG_USERNAME: u8 = 0x21;
 const TAG_USER_CONVERSATION: u8 = 0x22;
@@ -25,6 +26,14 @@ fn tagged(tag: u8) -> Vec<u8> {
 
 pub fn conversation(conv: &str) -> Vec<u8> {
     let mut k = tagged(TAG_CONVERSATION);
+    push_str(&mut k, conv);
+    k
+}
+
+/// A conversation's `last_seq`, kept apart from its state so that a send writes 8 bytes,
+/// not the member list.
+pub fn last_seq(conv: &str) -> Vec<u8> {
+    let mut k = tagged(TAG_LAST_SEQ);
     push_str(&mut k, conv);
     k
 }

@@ -54,7 +54,15 @@ impl ShardReader {
     ) -> Result<Option<ConversationState>, StorageError> {
         let store = self.store.clone();
         let key = keys::conversation(conversation_id);
-        blocking(move || Self::get_value(&store, group, &key)).await
+        let seq_key = keys::last_seq(conversation_id);
+        blocking(move || {
+            let Some(mut conv) = Self::get_value::<ConversationState>(&store, group, &key)? else {
+                return Ok(None);
+            };
+            conv.last_seq = Self::get_value(&store, group, &seq_key)?.unwrap_or(0);
+            Ok(Some(conv))
+        })
+        .await
     }
 
     pub async fn receipt(

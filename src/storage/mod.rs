@@ -9,8 +9,10 @@
 //!
 //! Log appends, votes, truncations and purges go through one log-writer thread that merges
 //! everything queued into one synced `WriteBatch` (group commit), see [`log_writer`].
-//! State-machine writes are not synced: the synced log replays them after a crash (and every
-//! later synced write fsyncs the shared WAL, which holds them too).
+//! State-machine writes skip the WAL: after a crash the `sm` column family comes back as of
+//! its last memtable flush, a consistent prefix (data and applied log id travel in one
+//! batch), and openraft re-applies the rest from the synced log. So the log is purged only
+//! after the `sm` column family was flushed (see [`Store::log_purge`]).
 //!
 //! Every method that reads or writes RocksDB directly is blocking: call it from
 //! `spawn_blocking` (the `async` methods only wait on the log writer and never block).
@@ -26,8 +28,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
-    WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, FlushOptions,
+    IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 use tokio::sync::oneshot;
 
@@ -41,6 +43,8 @@ use log_writer::{LogOp, LogWriteReq, PendingLog, Writer};
 pub const CF_LOG: &str = "log";
 pub const CF_RAFT: &str = "raft";
 pub const CF_SM: &str = "sm";
+/// The block cache shared by the column families.
+pub const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Errors of the storage layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,6 +99,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Flushes the `sm` memtable to disk and waits (blocking).
+    fn flush_sm(&self) -> Result<(), StorageError> {
+        let mut fo = FlushOptions::default();
+        fo.set_wait(true);
+        self.db.flush_cf_opt(self.cf(CF_SM)?, &fo)?;
+        Ok(())
+    }
+
     pub(crate) fn cf(&self, name: &str) -> Result<&ColumnFamily, StorageError> {
         self.db
             .cf_handle(name)
@@ -151,9 +163,17 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(5);
-        let cfs = [CF_LOG, CF_RAFT, CF_SM]
-            .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        // Point reads of missing keys (the dedup check of every new message) are answered by
+        // bloom filters instead of reading every SST file.
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let cfs = [CF_LOG, CF_RAFT, CF_SM].into_iter().map(|name| {
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            table.set_bloom_filter(10.0, false);
+            let mut cf_opts = Options::default();
+            cf_opts.set_block_based_table_factory(&table);
+            ColumnFamilyDescriptor::new(name, cf_opts)
+        });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let shared = Arc::new(Shared {
             db,
@@ -276,7 +296,10 @@ impl Store {
             }
             wb.put_cf(cf, sm_key(group, &k), v);
         }
-        self.shared.db.write_opt(wb, &WriteOptions::default())?;
+        // No WAL: see the module comment (the synced log is the durable copy).
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.shared.db.write_opt(wb, &wo)?;
         Ok(())
     }
 
@@ -393,6 +416,12 @@ impl Store {
         tag: u8,
         value: Vec<u8>,
     ) -> Result<(), StorageError> {
+        // The state machine was written without WAL: make it durable before the log entries
+        // that could rebuild it go away.
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.flush_sm())
+            .await
+            .map_err(|e| StorageError::Task(e.to_string()))??;
         self.remove_pending(group, 0, upto);
         self.submit_and_wait(LogOp::Purge {
             group,
