@@ -163,6 +163,10 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(5);
+        // Many groups apply at once on few cores: writers queue without spinning, and the WAL
+        // write of one batch overlaps the memtable insert of the previous one.
+        opts.set_enable_write_thread_adaptive_yield(false);
+        opts.set_enable_pipelined_write(true);
         // Point reads of missing keys (the dedup check of every new message) are answered by
         // bloom filters instead of reading every SST file.
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
@@ -172,6 +176,10 @@ impl Store {
             table.set_bloom_filter(10.0, false);
             let mut cf_opts = Options::default();
             cf_opts.set_block_based_table_factory(&table);
+            // A missing key (the dedup check of a new message) is answered without a
+            // memtable search.
+            cf_opts.set_memtable_whole_key_filtering(true);
+            cf_opts.set_memtable_prefix_bloom_ratio(0.05);
             ColumnFamilyDescriptor::new(name, cf_opts)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
