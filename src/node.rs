@@ -45,15 +45,25 @@ impl Applier for NodeApplier {
         match req {
             Request::Meta(op) => meta::apply_meta(txn, op),
             Request::Shard(op) => Ok(Response::Shard(crate::shard::apply_shard(txn, op)?)),
+            Request::ShardBatch(ops) => ops
+                .iter()
+                .map(|op| crate::shard::apply_shard(txn, op))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Response::ShardBatch),
         }
     }
 
     fn after_write(&self, _group: GroupId, responses: &[Response]) {
-        for r in responses {
+        let shard_responses = responses.iter().flat_map(|r| match r {
+            Response::Shard(one) => std::slice::from_ref(one),
+            Response::ShardBatch(many) => many.as_slice(),
+            _ => &[],
+        });
+        for r in shard_responses {
             match r {
-                Response::Shard(ShardResponse::Ack {
+                ShardResponse::Ack {
                     pushed: Some(p), ..
-                }) => {
+                } => {
                     self.hub.push_message(p);
                     // Sending moved the sender's own read watermark to the message.
                     let m = &p.message;
@@ -66,10 +76,10 @@ impl Applier for NodeApplier {
                         recipients: p.recipients.clone(),
                     });
                 }
-                Response::Shard(ShardResponse::Membership {
+                ShardResponse::Membership {
                     pushed: Some(p), ..
-                }) => self.hub.push_message(p),
-                Response::Shard(ShardResponse::Receipt(rs)) => self.hub.push_receipt(rs),
+                } => self.hub.push_message(p),
+                ShardResponse::Receipt(rs) => self.hub.push_receipt(rs),
                 _ => {}
             }
         }
@@ -174,6 +184,7 @@ impl Node {
         }
         let router = Arc::new(Router::new(groups));
         let reader = ShardReader::new(store.clone());
+        let proposals = crate::cluster::ProposalBatcher::start(router.clone(), shard_map.groups());
         let relay = OutboxRelay::new(router.clone(), shard_map.clone(), reader.clone());
         relay.spawn_background();
         let tokens = TokenAuthority::new(
@@ -185,6 +196,7 @@ impl Node {
         let synced_store = store.clone();
         let gateway = Arc::new(Gateway {
             router,
+            proposals,
             shard_map,
             reader,
             hub,

@@ -51,12 +51,9 @@ impl Gateway {
         group: GroupId,
         op: ShardOp,
     ) -> Result<ShardResponse, ProtocolError> {
-        match self.router.write(group, Request::Shard(op)).await? {
-            Response::Shard(ShardResponse::Rejected(r)) => Err(r.into()),
-            Response::Shard(r) => Ok(r),
-            other => Err(ProtocolError::internal(format!(
-                "unexpected response {other:?}"
-            ))),
+        match self.proposals.write(group, op).await? {
+            ShardResponse::Rejected(r) => Err(r.into()),
+            r => Ok(r),
         }
     }
 

@@ -44,6 +44,8 @@ pub fn now_ms() -> u64 {
 /// Everything a request handler needs; shared by all connections of a node.
 pub struct Gateway {
     pub router: Arc<Router>,
+    /// Shard writes go through here: batched into few Raft entries per group.
+    pub proposals: Arc<crate::cluster::ProposalBatcher>,
     pub shard_map: Arc<ShardMap>,
     pub reader: ShardReader,
     pub hub: Arc<Hub>,

@@ -32,6 +32,7 @@ impl Applier for CountingApplier {
         Ok(match req {
             Request::Meta(MetaOp::InitCluster(s)) => Response::Meta(s.clone()),
             Request::Shard(_) => Response::Shard(ShardResponse::Done),
+            Request::ShardBatch(ops) => Response::ShardBatch(vec![ShardResponse::Done; ops.len()]),
         })
     }
 

@@ -45,6 +45,9 @@ pub enum MsgKind {
 pub enum Request {
     Meta(MetaOp),
     Shard(ShardOp),
+    /// Several shard commands proposed as one entry (proposal batching): applied in order,
+    /// each with its own response, in one state-machine batch.
+    ShardBatch(Vec<ShardOp>),
 }
 
 /// Commands of the meta group (cluster-wide settings).
@@ -146,6 +149,8 @@ pub enum Response {
     None,
     Meta(ClusterSettings),
     Shard(ShardResponse),
+    /// The responses of a `Request::ShardBatch`, in its order.
+    ShardBatch(Vec<ShardResponse>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

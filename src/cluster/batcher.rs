@@ -1,0 +1,114 @@
+//! Proposal batching: shard commands bound for the same group that arrive together are
+//! proposed as one Raft entry (`Request::ShardBatch`). One entry costs one trip through
+//! openraft, one log append and one state-machine batch however many sends it carries, so
+//! under load this is where throughput comes from (on top of group commit, which merges the
+//! appends of different groups into one fsync).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::{RouteError, Router};
+use crate::shard::command::{GroupId, Request, Response, ShardOp, ShardResponse};
+
+/// Commands waiting to be proposed, per group; past it, callers wait (backpressure).
+pub const PROPOSAL_QUEUE_MAX: usize = 4096;
+/// Most commands in one proposed entry.
+pub const PROPOSAL_BATCH_MAX: usize = 256;
+/// Entries of one group being proposed at once (pipelining while a batch commits).
+pub const PROPOSALS_IN_FLIGHT_PER_GROUP_MAX: usize = 4;
+
+type Reply = oneshot::Sender<Result<ShardResponse, RouteError>>;
+
+/// Per-group queues feeding one proposer task each.
+pub struct ProposalBatcher {
+    queues: HashMap<GroupId, mpsc::Sender<(ShardOp, Reply)>>,
+}
+
+impl ProposalBatcher {
+    /// Starts a proposer for each of `groups`.
+    pub fn start(router: Arc<Router>, groups: impl IntoIterator<Item = GroupId>) -> Arc<Self> {
+        let mut queues = HashMap::new();
+        for group in groups {
+            let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
+            tokio::spawn(run(router.clone(), group, rx));
+            queues.insert(group, tx);
+        }
+        Arc::new(ProposalBatcher { queues })
+    }
+
+    /// Proposes `op` to `group` (batched with whatever else is queued) and waits for its
+    /// applied response.
+    pub async fn write(&self, group: GroupId, op: ShardOp) -> Result<ShardResponse, RouteError> {
+        let queue = self
+            .queues
+            .get(&group)
+            .ok_or(RouteError::NoSuchGroup(group))?;
+        let (tx, rx) = oneshot::channel();
+        let closed = || RouteError::Unavailable {
+            group,
+            reason: "proposer stopped".into(),
+        };
+        queue.send((op, tx)).await.map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+}
+
+async fn run(router: Arc<Router>, group: GroupId, mut rx: mpsc::Receiver<(ShardOp, Reply)>) {
+    let in_flight = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_PER_GROUP_MAX));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        // Everything queued while the previous entries were in flight goes into this one.
+        let mut batch = vec![first];
+        while batch.len() < PROPOSAL_BATCH_MAX {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let router = router.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            propose(&router, group, batch).await;
+        });
+    }
+}
+
+async fn propose(router: &Router, group: GroupId, batch: Vec<(ShardOp, Reply)>) {
+    let (ops, replies): (Vec<ShardOp>, Vec<Reply>) = batch.into_iter().unzip();
+    let request = if ops.len() == 1 {
+        Request::Shard(ops.into_iter().next().expect("one op")) // invariant: len == 1
+    } else {
+        Request::ShardBatch(ops)
+    };
+    let expected = replies.len();
+    match router.write(group, request).await {
+        Ok(Response::Shard(r)) if expected == 1 => {
+            for reply in replies {
+                let _ = reply.send(Ok(r.clone()));
+            }
+        }
+        Ok(Response::ShardBatch(rs)) if rs.len() == expected => {
+            for (reply, r) in replies.into_iter().zip(rs) {
+                let _ = reply.send(Ok(r));
+            }
+        }
+        Ok(other) => {
+            let e = RouteError::Unavailable {
+                group,
+                reason: format!("unexpected response {other:?}"),
+            };
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
