@@ -20,6 +20,10 @@ use crate::shard::command::{Rejection, ShardOp};
 
 /// Largest HTTP request body (register/login are tiny).
 pub const HTTP_BODY_BYTES_MAX: usize = 16 * 1024;
+/// WebSocket read buffer per connection (grows for a large frame, up to the frame limit).
+pub const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Bytes the WebSocket writer gathers before writing to the socket.
+pub const WS_WRITE_BUFFER_BYTES: usize = 4 * 1024;
 /// Suggested wait for a client refused by admission control.
 pub const ADMISSION_RETRY_AFTER_MS: u64 = 1_000;
 
@@ -214,7 +218,13 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
 /// limit or new-connection rate, the socket is opened only to say `overloaded` and close.
 async fn ws(State(gw): State<Arc<Gateway>>, upgrade: WebSocketUpgrade) -> Response {
     let limit = gw.limits.max_frame_bytes;
-    let upgrade = upgrade.max_message_size(limit).max_frame_size(limit);
+    // Small socket buffers: most connections are idle most of the time, and the library's
+    // defaults (128 KiB each way) would cost a quarter MiB per connection.
+    let upgrade = upgrade
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES);
     let admitted = gw
         .connect_rate
         .check(&(), Instant::now())
