@@ -17,7 +17,7 @@ pub const PROPOSAL_QUEUE_MAX: usize = 4096;
 /// Most commands in one proposed entry.
 pub const PROPOSAL_BATCH_MAX: usize = 256;
 /// Entries of one group being proposed at once (pipelining while a batch commits).
-pub const PROPOSALS_IN_FLIGHT_PER_GROUP_MAX: usize = 4;
+pub const PROPOSALS_IN_FLIGHT_PER_GROUP_MAX: usize = 1;
 
 type Reply = oneshot::Sender<Result<ShardResponse, RouteError>>;
 
