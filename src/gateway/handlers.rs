@@ -446,18 +446,7 @@ impl Gateway {
             members: others,
             ts: now_ms(),
         };
-        match self.write_shard(group, op).await? {
-            ShardResponse::Conversation(c) => {
-                self.deliver_outbox(group).await;
-                one(ServerFrame::Conversation {
-                    id,
-                    conversation: ConversationView::from(&c),
-                })
-            }
-            other => Err(ProtocolError::internal(format!(
-                "unexpected response {other:?}"
-            ))),
-        }
+        self.membership_change(id, group, op).await
     }
 
     /// Delivers the shard's outbox (user -> conversation index) before answering, so the
@@ -468,9 +457,11 @@ impl Gateway {
         }
     }
 
+    /// Writes a creation or membership change, delivers its outbox, answers `conversation`.
     async fn membership_change(&self, id: Option<RequestId>, group: GroupId, op: ShardOp) -> Reply {
         match self.write_shard(group, op).await? {
-            ShardResponse::Membership { conversation, .. } => {
+            ShardResponse::Conversation(conversation)
+            | ShardResponse::Membership { conversation, .. } => {
                 self.deliver_outbox(group).await;
                 one(ServerFrame::Conversation {
                     id,

@@ -58,8 +58,8 @@ pub fn apply_shard(txn: &mut SmTxn<'_>, op: &ShardOp) -> ApplyResult {
             ts,
         } => send(
             txn,
-            SendArgs {
-                conversation_id,
+            conversation_id,
+            EventArgs {
                 sender,
                 sender_device,
                 client_msg_id,
@@ -307,31 +307,19 @@ fn join(conv: &mut ConversationState, user: &str, role: Role) {
     conv.members_ever += 1;
 }
 
-struct SendArgs<'a> {
-    conversation_id: &'a str,
-    sender: &'a str,
-    sender_device: &'a str,
-    client_msg_id: &'a str,
-    kind: MsgKind,
-    body: &'a str,
-    ref_seq: Option<u64>,
-    msg_id: &'a str,
-    ts: u64,
-}
-
-fn send(txn: &mut SmTxn<'_>, a: SendArgs<'_>) -> ApplyResult {
-    let dedup_key = keys::dedup(a.conversation_id, a.sender, a.client_msg_id);
+fn send(txn: &mut SmTxn<'_>, conversation_id: &str, a: EventArgs<'_>) -> ApplyResult {
+    let dedup_key = keys::dedup(conversation_id, a.sender, a.client_msg_id);
     if let Some(ack) = get::<Ack>(txn, &dedup_key)? {
         return Ok(ShardResponse::Ack { ack, pushed: None });
     }
-    let Some(mut conv) = load_conversation(txn, a.conversation_id)? else {
+    let Some(mut conv) = load_conversation(txn, conversation_id)? else {
         return rejected(Rejection::Forbidden("not a member".into()));
     };
     let Some(role) = member_role(&conv, a.sender) else {
         return rejected(Rejection::Forbidden("not a member".into()));
     };
     if let Some(target_seq) = a.ref_seq {
-        let target: Option<Message> = get(txn, &keys::message(a.conversation_id, target_seq))?;
+        let target: Option<Message> = get(txn, &keys::message(conversation_id, target_seq))?;
         let Some(target) = target else {
             return rejected(Rejection::NotFound(format!(
                 "no message at seq {target_seq}"
@@ -355,30 +343,18 @@ fn send(txn: &mut SmTxn<'_>, a: SendArgs<'_>) -> ApplyResult {
             ));
         }
     }
-    let message = append_event(
-        txn,
-        &mut conv,
-        EventArgs {
-            sender: a.sender,
-            sender_device: a.sender_device,
-            client_msg_id: a.client_msg_id,
-            kind: a.kind,
-            body: a.body,
-            ref_seq: a.ref_seq,
-            msg_id: a.msg_id,
-            ts: a.ts,
-        },
-    )?;
+    let (sender, client_msg_id) = (a.sender, a.client_msg_id);
+    let message = append_event(txn, &mut conv, a)?;
     let ack = Ack {
-        conversation_id: a.conversation_id.to_string(),
-        client_msg_id: a.client_msg_id.to_string(),
+        conversation_id: conversation_id.to_string(),
+        client_msg_id: client_msg_id.to_string(),
         seq: message.seq,
         msg_id: message.msg_id.clone(),
         ts: message.ts,
     };
     put(txn, dedup_key, &ack)?;
     // Sending moves the sender's own read watermark to the message.
-    let rkey = keys::receipt(a.conversation_id, a.sender);
+    let rkey = keys::receipt(conversation_id, sender);
     put(txn, rkey, &(message.seq, message.seq))?;
     save_last_seq(txn, &conv)?;
     Ok(ShardResponse::Ack {

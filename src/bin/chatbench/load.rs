@@ -12,7 +12,9 @@ use serde::Deserialize;
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -171,7 +173,7 @@ async fn writer(
             drain_until = Some(tokio::time::Instant::now() + DRAIN);
         }
         let (ks, wake_at) = {
-            let mut st = shared.state.lock().unwrap();
+            let mut st = shared.state.lock();
             if st.dead || (drain_until.is_some() && st.pending.is_empty()) {
                 break;
             }
@@ -241,7 +243,7 @@ fn handle_frame(text: &str, cfg: &SenderConfig, shared: &Shared, stats: &Stats) 
     let now = Instant::now();
     match (f.kind.as_ref(), f.id) {
         ("ack", Some(k)) => {
-            let scheduled = shared.state.lock().unwrap().pending.remove(&k);
+            let scheduled = shared.state.lock().pending.remove(&k);
             if let Some(scheduled) = scheduled {
                 stats.on_ack(cfg.index, scheduled, now);
                 shared.wake.notify_one();
@@ -250,7 +252,7 @@ fn handle_frame(text: &str, cfg: &SenderConfig, shared: &Shared, stats: &Stats) 
         ("error", id) => {
             stats.on_error(f.code.as_deref().unwrap_or("unknown"));
             let Some(k) = id else { return };
-            let mut st = shared.state.lock().unwrap();
+            let mut st = shared.state.lock();
             if !st.pending.contains_key(&k) {
                 return;
             }
@@ -284,7 +286,7 @@ async fn reader(
     stats: Arc<Stats>,
     mut stop: watch::Receiver<bool>,
 ) -> u64 {
-    let pending = |shared: &Shared| shared.state.lock().unwrap().pending.len() as u64;
+    let pending = |shared: &Shared| shared.state.lock().pending.len() as u64;
     let mut drain_until: Option<tokio::time::Instant> = None;
     loop {
         if drain_until.is_none() && *stop.borrow() {
@@ -312,7 +314,7 @@ async fn reader(
             Some(Ok(Message::Text(text))) => handle_frame(text.as_str(), &cfg, &shared, &stats),
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                 stats.on_error("client:disconnected");
-                shared.state.lock().unwrap().dead = true;
+                shared.state.lock().dead = true;
                 shared.wake.notify_one();
                 break;
             }

@@ -2,7 +2,9 @@
 
 use crate::net::{http, Endpoint};
 use anyhow::{anyhow, bail, Context, Result};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
@@ -82,7 +84,7 @@ impl RssWatch {
                     .iter()
                     .map(|&p| sample(p).ok().map(|s| s.rss_bytes))
                     .collect();
-                let mut max = shared.lock().unwrap();
+                let mut max = shared.lock();
                 for (m, r) in max.iter_mut().zip(rss) {
                     *m = (*m).max(r);
                 }
@@ -94,7 +96,7 @@ impl RssWatch {
     /// Stops sampling; the maximum RSS seen per pid, in the order given to `start`.
     pub fn stop(self) -> Vec<Option<u64>> {
         self.task.abort();
-        let max = self.max.lock().unwrap().clone();
+        let max = self.max.lock().clone();
         max
     }
 }

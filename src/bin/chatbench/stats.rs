@@ -1,10 +1,10 @@
 //! Shared counters and histograms, the per-second progress line, and the final report.
 
 use hdrhistogram::Histogram;
+use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Histogram shards: senders record into shard (index mod SHARDS) so a thousand tasks do not
@@ -17,6 +17,7 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("static histogram bounds")
+    // invariant: constant bounds
 }
 
 struct Hists {
@@ -106,7 +107,7 @@ impl Stats {
         if !self.is_measuring() {
             return;
         }
-        let mut errors = self.errors.lock().unwrap();
+        let mut errors = self.errors.lock();
         let key = if errors.len() < MAX_ERROR_CODES || errors.contains_key(code) {
             code
         } else {
@@ -115,23 +116,23 @@ impl Stats {
         *errors.entry(key.to_string()).or_default() += 1;
     }
 
-    fn shard(&self, i: usize) -> std::sync::MutexGuard<'_, Hists> {
-        self.shards[i % SHARDS].lock().unwrap()
+    fn shard(&self, i: usize) -> parking_lot::MutexGuard<'_, Hists> {
+        self.shards[i % SHARDS].lock()
     }
 
     /// (ack, delivery) histograms merged over all shards.
     pub fn merged(&self) -> (Histogram<u64>, Histogram<u64>) {
         let (mut ack, mut delivery) = (new_histogram(), new_histogram());
         for shard in &self.shards {
-            let h = shard.lock().unwrap();
-            ack.add(&h.ack).expect("same bounds");
-            delivery.add(&h.delivery).expect("same bounds");
+            let h = shard.lock();
+            ack.add(&h.ack).expect("same bounds"); // invariant: one constructor
+            delivery.add(&h.delivery).expect("same bounds"); // invariant: one constructor
         }
         (ack, delivery)
     }
 
     pub fn errors(&self) -> BTreeMap<String, u64> {
-        self.errors.lock().unwrap().clone()
+        self.errors.lock().clone()
     }
 }
 
