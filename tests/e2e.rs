@@ -422,3 +422,46 @@ async fn presence_online_for_users_sharing_a_conversation_only() {
     );
     assert!(p["last_seen"].as_u64().unwrap() > 0);
 }
+
+/// A connection that does not read is disconnected once its bounded outbound queue is full;
+/// the sender is not slowed down by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_cannot_keep_up_is_disconnected() {
+    let n = start_node_with(|c| c.limits.connection_send_queue_max = 8).await;
+    let (_alice, at) = register(n.addr, "alice").await;
+    let (bob, bt) = register(n.addr, "bob").await;
+    let mut a = Client::connect(n.addr, &at, "a").await;
+    let mut b = Client::connect(n.addr, &bt, "b").await;
+    let conv = a.create_direct(&bob).await;
+    // Bob reads nothing while alice sends far more than socket buffers and his queue hold.
+    let body = "x".repeat(4000);
+    const SENDS: usize = 1500;
+    for i in 0..SENDS {
+        a.send_text(
+            json!({"type":"send","id":format!("s{i}"),"conversation_id":conv,"client_msg_id":format!("m{i}"),"body":body})
+                .to_string(),
+        )
+        .await;
+    }
+    for i in 0..SENDS {
+        let r = a.reply_to(json!(format!("s{i}"))).await;
+        assert_eq!(r["type"], "ack", "{r}");
+    }
+    let (_, metrics) = http(n.addr, "GET", "/metrics", "").await;
+    let kills: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("chatnode_slow_consumer_disconnects_total"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(kills >= 1, "no slow consumer was disconnected");
+    // Bob's socket ends after what was already buffered: he must reconnect and sync.
+    let mut received = 0;
+    while b.recv(WAIT).await.is_some() {
+        received += 1;
+    }
+    assert!(
+        received < SENDS,
+        "bob got all {received} pushes; he was never cut off"
+    );
+}
