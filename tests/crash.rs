@@ -106,21 +106,7 @@ async fn acked_messages_survive_sigkill() {
             Some(expected),
             "round {round}: {entry}"
         );
-        let mut stored = Vec::new();
-        let mut before: Option<u64> = None;
-        loop {
-            let mut req = json!({"type":"history","conversation_id":conv,"limit":100});
-            if let Some(bs) = before {
-                req["before_seq"] = json!(bs);
-            }
-            let h = b.request(req).await;
-            let msgs = h["messages"].as_array().unwrap().clone();
-            before = msgs.last().and_then(|m| m["seq"].as_u64());
-            stored.extend(msgs);
-            if h["has_more"] != true {
-                break;
-            }
-        }
+        let stored = b.history_all(&conv).await;
         assert_eq!(stored.len() as u64, expected);
         for ack in &acks {
             let m = stored

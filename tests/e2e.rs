@@ -168,26 +168,12 @@ async fn history_paging_sync_receipts_unread() {
 
     // History: newest first, paged by before_seq until has_more is false.
     let mut b = Client::connect(n.addr, &bt, "b").await;
-    let mut seen = Vec::new();
-    let mut before: Option<u64> = None;
-    loop {
-        let mut req = json!({"type":"history","conversation_id":conv,"limit":100});
-        if let Some(bs) = before {
-            req["before_seq"] = json!(bs);
-        }
-        let h = b.request(req).await;
-        let msgs = h["messages"].as_array().unwrap();
-        let seqs: Vec<u64> = msgs.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
-        assert!(
-            seqs.windows(2).all(|w| w[0] == w[1] + 1),
-            "not newest-first: {seqs:?}"
-        );
-        seen.extend(seqs.iter().copied());
-        if !h["has_more"].as_bool().unwrap() {
-            break;
-        }
-        before = seqs.last().copied();
-    }
+    let seen: Vec<u64> = b
+        .history_all(&conv)
+        .await
+        .iter()
+        .filter_map(|m| m["seq"].as_u64())
+        .collect();
     assert_eq!(seen, (1..=250).rev().collect::<Vec<u64>>());
     let h = b
         .request(json!({"type":"history","conversation_id":conv,"limit":101}))

@@ -221,6 +221,21 @@ fn outbox_push(
     put(txn, next_key, &(id + 1))
 }
 
+/// The conversation and `user`'s role in it; `None` when it does not exist or `user` is not a
+/// member (both are `forbidden`: no existence leak).
+fn load_as_member(
+    txn: &SmTxn<'_>,
+    conversation_id: &str,
+    user: &str,
+) -> Result<Option<(ConversationState, Role)>, StorageError> {
+    Ok(load_conversation(txn, conversation_id)?
+        .and_then(|conv| member_role(&conv, user).map(|role| (conv, role))))
+}
+
+fn not_a_member() -> ApplyResult {
+    rejected(Rejection::Forbidden("not a member".into()))
+}
+
 fn member_role(conv: &ConversationState, user: &str) -> Option<Role> {
     conv.members
         .iter()
@@ -312,11 +327,8 @@ fn send(txn: &mut SmTxn<'_>, conversation_id: &str, a: EventArgs<'_>) -> ApplyRe
     if let Some(ack) = get::<Ack>(txn, &dedup_key)? {
         return Ok(ShardResponse::Ack { ack, pushed: None });
     }
-    let Some(mut conv) = load_conversation(txn, conversation_id)? else {
-        return rejected(Rejection::Forbidden("not a member".into()));
-    };
-    let Some(role) = member_role(&conv, a.sender) else {
-        return rejected(Rejection::Forbidden("not a member".into()));
+    let Some((mut conv, role)) = load_as_member(txn, conversation_id, a.sender)? else {
+        return not_a_member();
     };
     if let Some(target_seq) = a.ref_seq {
         let target: Option<Message> = get(txn, &keys::message(conversation_id, target_seq))?;
@@ -453,17 +465,13 @@ fn add_members(
     msg_id: &str,
     ts: u64,
 ) -> ApplyResult {
-    let Some(mut conv) = load_conversation(txn, conversation_id)? else {
-        return rejected(Rejection::Forbidden("not a member".into()));
+    let Some((mut conv, actor_role)) = load_as_member(txn, conversation_id, actor)? else {
+        return not_a_member();
     };
-    match member_role(&conv, actor) {
-        None => return rejected(Rejection::Forbidden("not a member".into())),
-        Some(Role::Member) => {
-            return rejected(Rejection::Forbidden(
-                "only an owner or admin adds members".into(),
-            ))
-        }
-        Some(_) => {}
+    if actor_role == Role::Member {
+        return rejected(Rejection::Forbidden(
+            "only an owner or admin adds members".into(),
+        ));
     }
     if conv.kind == ConvKind::Direct {
         return rejected(Rejection::BadRequest(
@@ -518,11 +526,8 @@ fn remove_member(
     msg_id: &str,
     ts: u64,
 ) -> ApplyResult {
-    let Some(mut conv) = load_conversation(txn, conversation_id)? else {
-        return rejected(Rejection::Forbidden("not a member".into()));
-    };
-    let Some(actor_role) = member_role(&conv, actor) else {
-        return rejected(Rejection::Forbidden("not a member".into()));
+    let Some((mut conv, actor_role)) = load_as_member(txn, conversation_id, actor)? else {
+        return not_a_member();
     };
     if conv.kind == ConvKind::Direct {
         return rejected(Rejection::BadRequest(
@@ -597,13 +602,11 @@ fn set_role(
     msg_id: &str,
     ts: u64,
 ) -> ApplyResult {
-    let Some(mut conv) = load_conversation(txn, conversation_id)? else {
-        return rejected(Rejection::Forbidden("not a member".into()));
+    let Some((mut conv, actor_role)) = load_as_member(txn, conversation_id, actor)? else {
+        return not_a_member();
     };
-    match member_role(&conv, actor) {
-        None => return rejected(Rejection::Forbidden("not a member".into())),
-        Some(Role::Owner) => {}
-        Some(_) => return rejected(Rejection::Forbidden("only the owner sets roles".into())),
+    if actor_role != Role::Owner {
+        return rejected(Rejection::Forbidden("only the owner sets roles".into()));
     }
     let Some(current) = member_role(&conv, user_id) else {
         return rejected(Rejection::BadRequest(format!("{user_id} is not a member")));
@@ -645,12 +648,9 @@ fn receipt(
     delivered: Option<u64>,
     read: Option<u64>,
 ) -> ApplyResult {
-    let Some(conv) = load_conversation(txn, conversation_id)? else {
-        return rejected(Rejection::Forbidden("not a member".into()));
+    let Some((conv, _)) = load_as_member(txn, conversation_id, user_id)? else {
+        return not_a_member();
     };
-    if member_role(&conv, user_id).is_none() {
-        return rejected(Rejection::Forbidden("not a member".into()));
-    }
     let highest = delivered.unwrap_or(0).max(read.unwrap_or(0));
     if highest > conv.last_seq {
         return rejected(Rejection::BadRequest(format!(

@@ -244,6 +244,31 @@ impl Client {
             .to_string()
     }
 
+    /// Every message of a conversation via `history`, newest first, paging by `before_seq`
+    /// until `has_more` is false; checks each page is newest-first and gapless.
+    pub async fn history_all(&mut self, conv: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut before: Option<u64> = None;
+        loop {
+            let mut req = json!({"type":"history","conversation_id":conv,"limit":100});
+            if let Some(bs) = before {
+                req["before_seq"] = json!(bs);
+            }
+            let h = self.request(req).await;
+            let msgs = h["messages"].as_array().cloned().unwrap_or_default();
+            let seqs: Vec<u64> = msgs.iter().filter_map(|m| m["seq"].as_u64()).collect();
+            assert!(
+                seqs.windows(2).all(|w| w[0] == w[1] + 1),
+                "not newest-first: {seqs:?}"
+            );
+            before = seqs.last().copied();
+            all.extend(msgs);
+            if h["has_more"] != true {
+                return all;
+            }
+        }
+    }
+
     pub async fn send_msg(&mut self, conv: &str, cmid: &str, body: &str) -> Value {
         self.request(json!({"type":"send","conversation_id":conv,"client_msg_id":cmid,"body":body}))
             .await
