@@ -94,10 +94,29 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Shard groups of a new cluster; fixed once the cluster exists.
     pub shards: u32,
-    /// This node's id in the cluster (1 for the creating node).
-    pub node_id: u64,
+    /// QUIC listen address for other nodes (Raft, forwarded requests, fan-out).
+    pub peer_listen: SocketAddr,
+    /// The client address other nodes and clients are told (default: the bound `listen`
+    /// address; set it when listening on 0.0.0.0).
+    pub advertise_client: Option<String>,
+    /// The peer address other nodes dial (default: the bound `peer_listen` address).
+    pub advertise_peer: Option<String>,
+    /// A member's peer address to join on first start (with `token`); ignored once this
+    /// data dir belongs to a cluster.
+    pub join: Option<String>,
+    /// The join token printed by (and written to `<data-dir>/join-token` of) the creating node.
+    pub token: Option<String>,
     pub limits: Limits,
     pub auth: Auth,
+    pub testing: Testing,
+}
+
+/// Switches for test harnesses; never needed in production.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Testing {
+    /// Enables `POST /admin/faults` (block/delay peer links; needs the join token).
+    pub fault_injection: bool,
 }
 
 impl Default for Config {
@@ -106,9 +125,14 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             shards: 16,
-            node_id: 1,
+            peer_listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            advertise_client: None,
+            advertise_peer: None,
+            join: None,
+            token: None,
             limits: Limits::default(),
             auth: Auth::default(),
+            testing: Testing::default(),
         }
     }
 }
@@ -135,8 +159,10 @@ impl Config {
                 "shards must be 1..={SHARDS_MAX}"
             )));
         }
-        if self.node_id == 0 {
-            return Err(ConfigError::Invalid("node_id must be >= 1".into()));
+        if self.join.is_some() != self.token.is_some() {
+            return Err(ConfigError::Invalid(
+                "join and token go together (--join <addr> --token <token>)".into(),
+            ));
         }
         let l = &self.limits;
         if l.user_messages_per_minute == 0

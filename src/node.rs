@@ -1,21 +1,35 @@
 //! A node: opens storage, starts the meta group and the shard groups, creates the cluster
 //! settings on first start, and serves the gateway until shutdown.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::cluster::{meta, OutboxRelay, Router, ShardMap};
+use crate::cluster::fanout::{Fanout, PushItem};
+use crate::cluster::identity::{write_private, Identity, JoinWelcome, JOIN_TOKEN_FILE};
+use crate::cluster::peer::{PeerService, PeerTransport, RaftNet};
+use crate::cluster::{meta, Cluster, Controller, OutboxRelay, Router, ShardMap};
 use crate::config::Config;
 use crate::gateway::{self, auth::TokenAuthority, ratelimit::RateLimiter, Gateway, Hub};
 use crate::metrics::Metrics;
 use crate::protocol::TextLimits;
-use crate::raft::{self, Applier, GroupHandle, NoPeers, RaftTimings};
+use crate::raft::{self, Applier, GroupHandle, RaftTimings};
 use crate::shard::command::*;
 use crate::shard::ShardReader;
 use crate::storage::{SmTxn, StorageError, Store};
+use crate::transport::{
+    ClusterCa, JoinAdmitter, JoinConfig, JoinGrant, JoinRequest, JoinToken, TransportConfig,
+    TransportError,
+};
 
 /// How long start-up waits for a group to elect its leader.
 pub const LEADER_WAIT_MS: u64 = 10_000;
+/// How long a joiner keeps trying to reach its seed.
+pub const JOIN_WAIT_MS: u64 = 60_000;
+/// One join attempt.
+pub const JOIN_ATTEMPT_TIMEOUT_MS: u64 = 10_000;
+/// The node that creates a cluster.
+pub const CREATOR_NODE_ID: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -31,13 +45,20 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
     #[error("cluster settings missing after initialization")]
     NoSettings,
+    #[error("join: {0}")]
+    Join(String),
+    #[error("cluster identity: {0}")]
+    Identity(#[from] crate::cluster::identity::IdentityError),
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
 }
 
 /// The chat and meta logic plugged into every group's state machine; after a batch is
-/// written, committed messages and receipts go to the hub (G4: only applied entries are
-/// pushed).
+/// written, committed messages and receipts go to the gateways (G4: only applied entries are
+/// pushed): to this node's connections always, to the other nodes' when this node leads
+/// the group.
 struct NodeApplier {
-    hub: Arc<Hub>,
+    cluster: Arc<OnceLock<Arc<Cluster>>>,
 }
 
 impl Applier for NodeApplier {
@@ -53,36 +74,94 @@ impl Applier for NodeApplier {
         }
     }
 
-    fn after_write(&self, _group: GroupId, responses: &[Response]) {
-        let shard_responses = responses.iter().flat_map(|r| match r {
-            Response::Shard(one) => std::slice::from_ref(one),
-            Response::ShardBatch(many) => many.as_slice(),
-            _ => &[],
-        });
-        for r in shard_responses {
+    fn after_write(&self, group: GroupId, responses: &[Response]) {
+        // During start-up replay nobody is connected yet.
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        let mut items = Vec::new();
+        for r in responses {
             match r {
-                ShardResponse::Ack {
-                    pushed: Some(p), ..
-                } => {
-                    self.hub.push_message(p);
-                    // Sending moved the sender's own read watermark to the message.
-                    let m = &p.message;
-                    self.hub.push_receipt(&ReceiptState {
-                        conversation_id: m.conversation_id.clone(),
-                        user_id: m.sender_id.clone(),
-                        delivered_seq: m.seq,
-                        read_seq: m.seq,
-                        changed: true,
-                        recipients: p.recipients.clone(),
-                    });
-                }
-                ShardResponse::Membership {
-                    pushed: Some(p), ..
-                } => self.hub.push_message(p),
-                ShardResponse::Receipt(rs) => self.hub.push_receipt(rs),
+                Response::MetaState { state, .. } => cluster.set_meta(state.clone()),
+                Response::Shard(one) => push_items(one, &mut items),
+                Response::ShardBatch(many) => many.iter().for_each(|r| push_items(r, &mut items)),
                 _ => {}
             }
         }
+        if items.is_empty() {
+            return;
+        }
+        if cluster.is_local_leader(group) {
+            cluster.fanout.broadcast(cluster, &items);
+        }
+        cluster.fanout.receive(cluster, items);
+    }
+}
+
+/// What a committed shard response pushes to clients.
+fn push_items(r: &ShardResponse, items: &mut Vec<PushItem>) {
+    match r {
+        ShardResponse::Ack {
+            pushed: Some(p), ..
+        } => {
+            // Sending moved the sender's own read watermark to the message.
+            let m = &p.message;
+            let receipt = ReceiptState {
+                conversation_id: m.conversation_id.clone(),
+                user_id: m.sender_id.clone(),
+                delivered_seq: m.seq,
+                read_seq: m.seq,
+                changed: true,
+                recipients: p.recipients.clone(),
+            };
+            items.push(PushItem::Message(p.clone()));
+            items.push(PushItem::Receipt(receipt));
+        }
+        ShardResponse::Membership {
+            pushed: Some(p), ..
+        } => items.push(PushItem::Message(p.clone())),
+        ShardResponse::Receipt(rs) => items.push(PushItem::Receipt(rs.clone())),
+        _ => {}
+    }
+}
+
+/// Admits joiners: a node id from the meta group, and the settings and meta state as the
+/// welcome.
+struct Admitter {
+    cluster: Arc<Cluster>,
+    settings: ClusterSettings,
+}
+
+impl JoinAdmitter for Admitter {
+    fn admit(
+        &self,
+        req: JoinRequest,
+    ) -> futures_util::future::BoxFuture<'static, Result<(u64, Vec<u8>), String>> {
+        let cluster = self.cluster.clone();
+        let settings = self.settings.clone();
+        Box::pin(async move {
+            let resp = cluster
+                .meta_write(MetaOp::AddNode {
+                    peer_addr: req.peer_addr.clone(),
+                    client_addr: req.client_addr.clone(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let Response::MetaState {
+                state,
+                node_id: Some(id),
+            } = resp
+            else {
+                return Err("the cluster is full".into());
+            };
+            tracing::info!(node = id, peer = %req.peer_addr, "admitted a node");
+            let welcome = JoinWelcome {
+                settings,
+                meta: state,
+            };
+            let app = crate::shard::codec::encode(&welcome).map_err(|e| e.to_string())?;
+            Ok((id, app))
+        })
     }
 }
 
@@ -91,6 +170,11 @@ pub struct Node {
     pub gateway: Arc<Gateway>,
     pub settings: ClusterSettings,
     pub store: Arc<Store>,
+    pub cluster: Arc<Cluster>,
+    pub controller: Arc<Controller>,
+    pub identity: Identity,
+    /// The address other nodes dial (QUIC).
+    pub peer_addr: String,
 }
 
 async fn wait_for_leader(g: &GroupHandle) -> Result<(), NodeError> {
@@ -114,64 +198,189 @@ fn random_secret() -> Vec<u8> {
     (0..32).map(|_| rand::random::<u8>()).collect()
 }
 
+/// The address to announce for a bound `addr`: an unspecified IP becomes loopback.
+fn announce(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        tracing::warn!(%addr, "listening on all interfaces: announcing 127.0.0.1; set advertise_* for other hosts");
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port()).to_string()
+    } else {
+        addr.to_string()
+    }
+}
+
+/// `peer_listen` with a concrete port (port 0 picks a free one now, so that it can be
+/// announced before the transport binds it).
+fn concrete_peer_listen(addr: SocketAddr) -> Result<SocketAddr, NodeError> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    let probe = std::net::UdpSocket::bind(addr)?;
+    Ok(probe.local_addr()?)
+}
+
+fn raft_err(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Raft(e.to_string())
+}
+
+/// Joins the cluster at `seed` with `token`, retrying while the seed is not up yet.
+async fn join_cluster(
+    seed: &str,
+    token: &str,
+    peer_addr: &str,
+    client_addr: &str,
+) -> Result<JoinGrant, NodeError> {
+    let token: JoinToken = token
+        .trim()
+        .parse()
+        .map_err(|e| NodeError::Join(format!("bad token: {e}")))?;
+    let deadline = std::time::Instant::now() + Duration::from_millis(JOIN_WAIT_MS);
+    loop {
+        let attempt = crate::transport::join(
+            seed,
+            &token,
+            peer_addr.to_string(),
+            client_addr.to_string(),
+            Duration::from_millis(JOIN_ATTEMPT_TIMEOUT_MS),
+        )
+        .await;
+        match attempt {
+            Ok(grant) => return Ok(grant),
+            Err(e @ (TransportError::Unreachable(_) | TransportError::Timeout))
+                if std::time::Instant::now() < deadline =>
+            {
+                tracing::info!(seed, error = %e, "seed not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(NodeError::Join(e.to_string())),
+        }
+    }
+}
+
 impl Node {
-    /// Starts every group of this node and builds the gateway (not yet listening).
+    /// Starts every group of this node, joins or creates the cluster on first start, binds
+    /// the peer transport and builds the gateway (not yet listening for clients).
     pub async fn start(config: &Config) -> Result<Node, NodeError> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)?;
+        let peer_listen = concrete_peer_listen(config.peer_listen)?;
+        let peer_addr = config
+            .advertise_peer
+            .clone()
+            .unwrap_or_else(|| announce(peer_listen));
+        let client_addr = config
+            .advertise_client
+            .clone()
+            .unwrap_or_else(|| announce(config.listen));
+
+        // Who we are: from the data dir, or by joining, or (below) by creating.
+        let mut identity = Identity::load(&config.data_dir)?;
+        let mut meta_seed = MetaState::default();
+        if identity.is_none() {
+            if let (Some(seed), Some(token)) = (&config.join, &config.token) {
+                let grant = join_cluster(seed, token, &peer_addr, &client_addr).await?;
+                let (id, meta) = Identity::from_grant(&grant)?;
+                id.save(&config.data_dir)?;
+                write_private(
+                    &config.data_dir.join(JOIN_TOKEN_FILE),
+                    token.trim().as_bytes(),
+                )?;
+                tracing::info!(node_id = id.node_id, cluster_id = %id.cluster_id, "joined the cluster");
+                identity = Some(id);
+                meta_seed = meta;
+            }
+        } else if config.join.is_some() {
+            tracing::info!("this data dir already belongs to a cluster; --join ignored");
+        }
+
         let store = Store::open(&config.data_dir.join("db"))?;
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(config.limits.devices_per_user as usize, metrics.clone());
         hub.spawn_sweeper();
-        let applier: Arc<dyn Applier> = Arc::new(NodeApplier { hub: hub.clone() });
-        let network = Arc::new(NoPeers);
+        let cluster_cell: Arc<OnceLock<Arc<Cluster>>> = Arc::new(OnceLock::new());
+        let applier: Arc<dyn Applier> = Arc::new(NodeApplier {
+            cluster: cluster_cell.clone(),
+        });
+        let transport_cell: Arc<OnceLock<PeerTransport>> = Arc::new(OnceLock::new());
+        let addr_cell = cluster_cell.clone();
+        let network = Arc::new(RaftNet {
+            transport: transport_cell.clone(),
+            address_of: Box::new(move |n| addr_cell.get().and_then(|c| c.address_of(n))),
+        });
         let timings = RaftTimings::default();
-        let node_id = config.node_id;
-        let addr = config.listen.to_string();
+        let node_id = identity.as_ref().map_or(CREATOR_NODE_ID, |i| i.node_id);
+        let initialize = identity.as_ref().is_none_or(|i| i.creator);
 
         let start_group = |group: GroupId| {
             let (store, applier, network, timings) = (
                 store.clone(),
                 applier.clone(),
-                network.clone(),
+                network.clone() as Arc<dyn crate::raft::PeerNetwork>,
                 timings.clone(),
             );
-            let addr = addr.clone();
+            let peer_addr = peer_addr.clone();
             async move {
                 let g = raft::start_group(node_id, group, store, applier, network, &timings)
                     .await
-                    .map_err(|e| NodeError::Raft(e.to_string()))?;
-                raft::initialize_single(&g, node_id, addr)
-                    .await
-                    .map_err(|e| NodeError::Raft(e.to_string()))?;
-                wait_for_leader(&g).await?;
+                    .map_err(raft_err)?;
+                // Only the creating node ever initializes a group; joiners receive theirs.
+                if initialize {
+                    raft::initialize_single(&g, node_id, peer_addr)
+                        .await
+                        .map_err(raft_err)?;
+                }
                 Ok::<_, NodeError>(g)
             }
         };
 
         let meta_group = start_group(META_GROUP).await?;
-        let settings = match meta::read_settings(&store)? {
-            Some(s) => s,
+        let identity = match identity {
+            Some(i) => i,
             None => {
-                let proposed = ClusterSettings {
-                    cluster_id: ulid::Ulid::new().to_string(),
-                    shards: config.shards,
-                    jwt_secret: random_secret(),
-                    created_ts: gateway::now_ms(),
+                // Creating a cluster (or adopting a data dir from before clustering).
+                wait_for_leader(&meta_group).await?;
+                let settings = match meta::read_settings(&store)? {
+                    Some(s) => s,
+                    None => {
+                        let proposed = ClusterSettings {
+                            cluster_id: ulid::Ulid::new().to_string(),
+                            shards: config.shards,
+                            jwt_secret: random_secret(),
+                            created_ts: gateway::now_ms(),
+                        };
+                        let resp = meta_group
+                            .raft
+                            .client_write(Request::Meta(MetaOp::InitCluster(proposed)))
+                            .await
+                            .map_err(raft_err)?;
+                        match resp.data {
+                            Response::Meta(s) => s,
+                            _ => return Err(NodeError::NoSettings),
+                        }
+                    }
                 };
-                let resp = meta_group
-                    .raft
-                    .client_write(Request::Meta(MetaOp::InitCluster(proposed)))
-                    .await
-                    .map_err(|e| NodeError::Raft(e.to_string()))?;
-                match resp.data {
-                    Response::Meta(s) => s,
-                    _ => return Err(NodeError::NoSettings),
-                }
+                let ca = ClusterCa::generate(&settings.cluster_id)?;
+                let credentials = ca.issue_node(CREATOR_NODE_ID)?;
+                let token = JoinToken::generate(&ca);
+                let id = Identity {
+                    cluster_id: settings.cluster_id.clone(),
+                    node_id: CREATOR_NODE_ID,
+                    creator: true,
+                    credentials,
+                    ca_key_pem: ca.key_pem().to_string(),
+                    join_secret: token.secret.to_vec(),
+                    settings,
+                };
+                id.save(&config.data_dir)?;
+                write_private(
+                    &config.data_dir.join(JOIN_TOKEN_FILE),
+                    token.to_string().as_bytes(),
+                )?;
+                id
             }
         };
+        let settings = identity.settings.clone();
         if settings.shards != config.shards {
-            tracing::warn!(
+            tracing::debug!(
                 stored = settings.shards,
                 configured = config.shards,
                 "shard count is fixed at cluster creation; using the stored value"
@@ -185,8 +394,76 @@ impl Node {
         let router = Arc::new(Router::new(groups));
         let reader = ShardReader::new(store.clone());
         let proposals = crate::cluster::ProposalBatcher::start(router.clone(), shard_map.groups());
-        let relay = OutboxRelay::new(router.clone(), shard_map.clone(), reader.clone());
+        let fanout = Fanout::new(node_id, hub.clone(), shard_map.clone());
+        if identity.creator {
+            meta_seed = meta::read_state(&store)?;
+        }
+        let cluster = Cluster::new(
+            node_id,
+            identity.cluster_id.clone(),
+            router.clone(),
+            proposals.clone(),
+            reader.clone(),
+            transport_cell.clone(),
+            fanout,
+            meta_seed,
+        );
+        let _ = cluster_cell.set(cluster.clone());
+
+        // The peer transport: mutual TLS with the cluster's CA; any member admits joiners.
+        let ca = Arc::new(ClusterCa::from_pem(
+            &identity.cluster_id,
+            &identity.credentials.ca_cert_pem,
+            &identity.ca_key_pem,
+        )?);
+        let secret: [u8; 32] = identity
+            .join_secret
+            .as_slice()
+            .try_into()
+            .map_err(|_| NodeError::Join("stored join secret is malformed".into()))?;
+        let mut tcfg = TransportConfig::new(
+            peer_listen,
+            identity.cluster_id.clone(),
+            node_id,
+            identity.credentials.clone(),
+        );
+        tcfg.join = Some(JoinConfig {
+            admitter: Arc::new(Admitter {
+                cluster: cluster.clone(),
+                settings: settings.clone(),
+            }),
+            ca,
+            secret,
+        });
+        let transport = PeerTransport::bind(
+            tcfg,
+            Arc::new(PeerService {
+                cluster: cluster.clone(),
+            }),
+        )?;
+        let _ = transport_cell.set(transport);
+
+        if identity.creator {
+            // The creating node admits itself (id 1) once.
+            let meta_now = meta::read_state(&store)?;
+            if !meta_now.nodes.contains_key(&node_id) {
+                wait_for_leader(&router.group(META_GROUP).map_err(raft_err)?.clone()).await?;
+                cluster
+                    .meta_write(MetaOp::AddNode {
+                        peer_addr: peer_addr.clone(),
+                        client_addr: client_addr.clone(),
+                    })
+                    .await
+                    .map_err(raft_err)?;
+                cluster.set_meta(meta::read_state(&store)?);
+            }
+        }
+        let controller = Controller::new(cluster.clone(), peer_addr.clone(), client_addr);
+        controller.spawn();
+
+        let relay = OutboxRelay::new(cluster.clone(), shard_map.clone(), reader.clone());
         relay.spawn_background();
+        let _ = cluster.relay.set(relay.clone());
         let tokens = TokenAuthority::new(
             &settings.jwt_secret,
             config.auth.token_ttl_secs,
@@ -196,9 +473,8 @@ impl Node {
         let synced_store = store.clone();
         let gateway = Arc::new(Gateway {
             router,
-            proposals,
+            cluster: cluster.clone(),
             shard_map,
-            reader,
             hub,
             tokens,
             text_limits: TextLimits {
@@ -215,13 +491,30 @@ impl Node {
             receipts: Default::default(),
             password_hashing: tokio::sync::Semaphore::new(gateway::PASSWORD_HASHES_IN_FLIGHT_MAX),
             synced_writes: Box::new(move || synced_store.synced_writes()),
+            controller: controller.clone(),
+            join_token: std::fs::read_to_string(config.data_dir.join(JOIN_TOKEN_FILE))
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            fault_injection: config.testing.fault_injection,
+            stop: Arc::new(tokio::sync::Notify::new()),
+            store: store.clone(),
         });
         gateway::receipts::ReceiptBatcher::spawn_flusher(&gateway);
         Ok(Node {
             gateway,
             settings,
             store,
+            cluster,
+            controller,
+            identity,
+            peer_addr,
         })
+    }
+
+    /// The join token of this cluster (also in `<data-dir>/join-token`).
+    pub fn join_token(&self) -> &str {
+        &self.gateway.join_token
     }
 
     /// Serves HTTP + WebSocket on `listener` until `shutdown` resolves.
@@ -237,10 +530,13 @@ impl Node {
         Ok(())
     }
 
-    /// Stops every Raft group (flushes nothing extra: acknowledged writes are already synced).
+    /// Stops every Raft group and the transport (acknowledged writes are already synced).
     pub async fn shutdown(&self) {
         for g in self.gateway.router.groups() {
             let _ = g.raft.shutdown().await;
+        }
+        if let Some(t) = self.cluster.transport() {
+            t.shutdown().await;
         }
     }
 }

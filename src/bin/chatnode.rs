@@ -11,6 +11,9 @@ use tracing_subscriber::EnvFilter;
 use chatnode::config::Config;
 use chatnode::node::Node;
 
+#[path = "chatnode/admin.rs"]
+mod admin;
+
 // mimalloc: less time in malloc than glibc's, and freed memory goes back instead of staying
 // in per-thread arenas (argon2's 19 MiB blocks on blocking threads kept RSS over 1 GiB).
 #[global_allocator]
@@ -28,6 +31,8 @@ const DRAIN_TIMEOUT_MS: u64 = 5_000;
     about = "A self-hosted chat server that is its own database"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Data directory (RocksDB, cluster settings). Default ./data
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -40,6 +45,45 @@ struct Args {
     /// Shard groups of a new cluster (fixed at creation). Default 16
     #[arg(long)]
     shards: Option<u32>,
+    /// QUIC address for other nodes. Default 127.0.0.1:7071
+    #[arg(long)]
+    peer_listen: Option<SocketAddr>,
+    /// Client address announced to the cluster (when listening on 0.0.0.0).
+    #[arg(long)]
+    advertise_client: Option<String>,
+    /// Peer address announced to the cluster (when listening on 0.0.0.0).
+    #[arg(long)]
+    advertise_peer: Option<String>,
+    /// Join the cluster of the node whose peer address this is (first start only).
+    #[arg(long, requires = "token")]
+    join: Option<String>,
+    /// The join token (the creating node prints it and writes <data-dir>/join-token).
+    #[arg(long)]
+    token: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Shows the cluster: nodes, shard replicas, leaders, log/applied indexes and lag.
+    Status {
+        /// Client (HTTP) address of any node.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        addr: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drains a node (its replicas move away first), then stops it.
+    Leave {
+        /// Client (HTTP) address of the node that leaves.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        addr: String,
+        /// The join token (default: read from --data-dir's join-token file).
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+    },
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
@@ -55,6 +99,21 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(s) = args.shards {
         config.shards = s;
+    }
+    if let Some(p) = args.peer_listen {
+        config.peer_listen = p;
+    }
+    if let Some(a) = &args.advertise_client {
+        config.advertise_client = Some(a.clone());
+    }
+    if let Some(a) = &args.advertise_peer {
+        config.advertise_peer = Some(a.clone());
+    }
+    if let Some(j) = &args.join {
+        config.join = Some(j.clone());
+    }
+    if let Some(t) = &args.token {
+        config.token = Some(t.clone());
     }
     config.validate()?;
     Ok(config)
@@ -90,20 +149,42 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    match &args.command {
+        Some(Command::Status { addr, json }) => return admin::status(addr, *json).await,
+        Some(Command::Leave {
+            addr,
+            token,
+            data_dir,
+        }) => return admin::leave(addr, token.as_deref(), data_dir).await,
+        None => {}
+    }
     let config = load_config(&args)?;
     let node = Node::start(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(
         listen = %listener.local_addr()?,
+        peer_listen = %node.peer_addr,
+        node_id = node.identity.node_id,
         data_dir = %config.data_dir.display(),
         cluster_id = %node.settings.cluster_id,
         shards = node.settings.shards,
         "chatnode ready"
     );
+    if node.identity.creator {
+        println!(
+            "join this cluster with: chatnode --join {} --token {}",
+            node.peer_addr,
+            node.join_token()
+        );
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let hub = node.gateway.hub.clone();
+    let left = node.gateway.stop.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        tokio::select! {
+            _ = shutdown_signal() => {},
+            _ = left.notified() => {},
+        }
         tracing::info!("draining: asking clients to reconnect");
         hub.drain_all(DRAIN_RETRY_AFTER_MS);
         let _ = stop_tx.send(());

@@ -1,31 +1,117 @@
-//! The meta group (group 0): cluster-wide settings. Later also node membership and the
-//! replica map.
+//! The meta group (group 0): cluster-wide settings, node membership and the desired
+//! placement of every group's replicas.
+//!
+//! Apply is deterministic like a shard's: node ids are assigned at apply (`next_node_id`),
+//! placements are compare-and-set on `placement_version`.
 
 use crate::shard::codec::{decode, encode};
-use crate::shard::command::{ClusterSettings, MetaOp, Response};
+use crate::shard::command::{
+    ClusterSettings, MetaOp, MetaState, NodeInfo, NodeState, Response, META_GROUP,
+};
 use crate::storage::{SmTxn, StorageError, Store};
 
 /// The meta state machine's key of the cluster settings.
 const KEY_SETTINGS: &[u8] = &[0x01];
+/// The key of [`MetaState`] (small: nodes and one replica list per group).
+const KEY_STATE: &[u8] = &[0x02];
+
+/// Most nodes a cluster admits (a bound on the meta state and on fan-out).
+pub const NODES_MAX: usize = 64;
+
+fn load_state(txn: &mut SmTxn<'_>) -> Result<MetaState, StorageError> {
+    Ok(match txn.get(KEY_STATE)? {
+        Some(v) => decode(&v)?,
+        None => MetaState::default(),
+    })
+}
+
+fn meta_response(state: MetaState, node_id: Option<u64>) -> Response {
+    Response::MetaState { state, node_id }
+}
 
 /// Applies a meta command. `InitCluster` is first-wins: a later one returns the stored
 /// settings unchanged.
 pub fn apply_meta(txn: &mut SmTxn<'_>, op: &MetaOp) -> Result<Response, StorageError> {
+    if let MetaOp::InitCluster(settings) = op {
+        if let Some(existing) = txn.get(KEY_SETTINGS)? {
+            return Ok(Response::Meta(decode(&existing)?));
+        }
+        txn.put(KEY_SETTINGS.to_vec(), encode(settings)?);
+        return Ok(Response::Meta(settings.clone()));
+    }
+    let mut state = load_state(txn)?;
+    let mut admitted = None;
     match op {
-        MetaOp::InitCluster(settings) => {
-            if let Some(existing) = txn.get(KEY_SETTINGS)? {
-                return Ok(Response::Meta(decode(&existing)?));
+        MetaOp::InitCluster(_) => {}
+        MetaOp::AddNode {
+            peer_addr,
+            client_addr,
+        } => {
+            let existing = state
+                .nodes
+                .values()
+                .find(|n| n.peer_addr == *peer_addr && n.state != NodeState::Left)
+                .map(|n| n.node_id);
+            match existing {
+                Some(id) => admitted = Some(id),
+                None if state.nodes.len() >= NODES_MAX => {}
+                None => {
+                    let id = state.next_node_id.max(1);
+                    state.next_node_id = id + 1;
+                    state.nodes.insert(
+                        id,
+                        NodeInfo {
+                            node_id: id,
+                            peer_addr: peer_addr.clone(),
+                            client_addr: client_addr.clone(),
+                            state: NodeState::Active,
+                        },
+                    );
+                    admitted = Some(id);
+                }
             }
-            txn.put(KEY_SETTINGS.to_vec(), encode(settings)?);
-            Ok(Response::Meta(settings.clone()))
+        }
+        MetaOp::UpdateNode {
+            node_id,
+            peer_addr,
+            client_addr,
+        } => {
+            if let Some(n) = state.nodes.get_mut(node_id) {
+                n.peer_addr = peer_addr.clone();
+                n.client_addr = client_addr.clone();
+            }
+        }
+        MetaOp::SetNodeState { node_id, state: s } => {
+            if let Some(n) = state.nodes.get_mut(node_id) {
+                // Left is final: a node that left never comes back under the same id.
+                if n.state != NodeState::Left {
+                    n.state = *s;
+                }
+            }
+        }
+        MetaOp::SetPlacement { version, replicas } => {
+            if *version == state.placement_version {
+                state.replicas = replicas.clone();
+                state.placement_version += 1;
+            }
         }
     }
+    txn.put(KEY_STATE.to_vec(), encode(&state)?);
+    Ok(meta_response(state, admitted))
 }
 
 /// Reads the stored settings (blocking).
 pub fn read_settings(store: &Store) -> Result<Option<ClusterSettings>, StorageError> {
     store
-        .sm_get(crate::shard::command::META_GROUP, KEY_SETTINGS)?
+        .sm_get(META_GROUP, KEY_SETTINGS)?
         .map(|v| decode(&v))
         .transpose()
+}
+
+/// Reads this node's copy of the meta state (blocking; possibly behind the leader's).
+pub fn read_state(store: &Store) -> Result<MetaState, StorageError> {
+    Ok(match store.sm_get(META_GROUP, KEY_STATE)? {
+        Some(v) => decode(&v)?,
+        None => MetaState::default(),
+    })
 }

@@ -1,12 +1,31 @@
-//! Cluster: placement (which shard holds a key), the meta group's settings, routing to
-//! group leaders. Membership, join and the replica controller arrive with clustering.
+//! Cluster: membership, join, placement, routing to group leaders, fan-out across nodes.
+//!
+//! - `placement::ShardMap`: which shard holds a conversation / user (consistent hashing).
+//! - `balance`: which nodes hold each group's replicas (and which should lead it).
+//! - `meta`: the meta group's state machine (settings, nodes, desired placement).
+//! - `identity`: what a node remembers of its cluster (`<data-dir>/cluster.json`).
+//! - `client::Cluster`: writes and reads routed to group leaders, local or over QUIC.
+//! - `peer`: the node-to-node request/reply types and the serving side.
+//! - `controller`: the control loop (placement, membership steps, leader balance, leave).
+//! - `fanout`: committed messages to every gateway, in order, with gap filling.
+//! - `router`, `batcher`, `outbox`: the local groups, proposal batching, cross-shard updates.
+pub mod balance;
 pub mod batcher;
+pub mod client;
+pub mod controller;
+pub mod fanout;
+pub mod identity;
 pub mod meta;
 pub mod outbox;
+pub mod peer;
 pub mod placement;
 pub mod router;
+pub mod status;
+pub mod trace;
 
 pub use batcher::ProposalBatcher;
+pub use client::Cluster;
+pub use controller::Controller;
 pub use outbox::OutboxRelay;
 pub use placement::ShardMap;
 pub use router::{RouteError, Router};

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use super::{RouteError, Router, ShardMap};
-use crate::shard::command::{GroupId, Request, ShardOp};
+use super::client::Cluster;
+use super::{RouteError, ShardMap};
+use crate::shard::command::{GroupId, ShardOp};
 use crate::shard::ShardReader;
 
 /// How often the background loop looks for undelivered entries.
@@ -28,7 +29,7 @@ pub enum OutboxError {
 }
 
 pub struct OutboxRelay {
-    router: Arc<Router>,
+    cluster: Arc<Cluster>,
     shard_map: Arc<ShardMap>,
     reader: ShardReader,
     /// One drain at a time per shard, so entries are not delivered twice concurrently.
@@ -36,18 +37,27 @@ pub struct OutboxRelay {
 }
 
 impl OutboxRelay {
-    pub fn new(router: Arc<Router>, shard_map: Arc<ShardMap>, reader: ShardReader) -> Arc<Self> {
+    pub fn new(cluster: Arc<Cluster>, shard_map: Arc<ShardMap>, reader: ShardReader) -> Arc<Self> {
         let locks = shard_map.groups().map(|g| (g, Mutex::new(()))).collect();
         Arc::new(OutboxRelay {
-            router,
+            cluster,
             shard_map,
             reader,
             locks,
         })
     }
 
-    /// Delivers every pending outbox entry of `group`.
+    /// Delivers every pending outbox entry of `group`: here if this node leads it,
+    /// otherwise by asking its leader.
     pub async fn drain(&self, group: GroupId) -> Result<(), OutboxError> {
+        if !self.cluster.is_local_leader(group) {
+            return Ok(self.cluster.drain_outbox_at_leader(group).await?);
+        }
+        self.drain_here(group).await
+    }
+
+    /// Delivers every pending outbox entry of `group` from this node (its leader).
+    pub async fn drain_here(&self, group: GroupId) -> Result<(), OutboxError> {
         let Some(lock) = self.locks.get(&group) else {
             return Ok(());
         };
@@ -63,11 +73,11 @@ impl OutboxRelay {
                     user_id: e.user_id.clone(),
                     conversation_id: e.conversation_id.clone(),
                 };
-                self.router.write(user_shard, Request::Shard(op)).await?;
+                self.cluster.write(user_shard, op).await?;
             }
             let ids = entries.iter().map(|(id, _)| *id).collect();
-            self.router
-                .write(group, Request::Shard(ShardOp::OutboxDone { ids }))
+            self.cluster
+                .serve_write(group, ShardOp::OutboxDone { ids })
                 .await?;
         }
     }
@@ -80,7 +90,10 @@ impl OutboxRelay {
             loop {
                 tick.tick().await;
                 for group in relay.shard_map.groups() {
-                    if let Err(e) = relay.drain(group).await {
+                    if !relay.cluster.is_local_leader(group) {
+                        continue;
+                    }
+                    if let Err(e) = relay.drain_here(group).await {
                         tracing::debug!(group, error = %e, "outbox drain deferred");
                     }
                 }

@@ -13,7 +13,7 @@ use crate::shard::command::{GroupId, Request, Response};
 pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
 
 /// Why a request could not be served by its group.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum RouteError {
     #[error("not the leader of group {group}; leader hint: {leader_hint:?}")]
     NotLeader {

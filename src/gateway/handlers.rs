@@ -51,7 +51,7 @@ impl Gateway {
         group: GroupId,
         op: ShardOp,
     ) -> Result<ShardResponse, ProtocolError> {
-        match self.proposals.write(group, op).await? {
+        match self.cluster.write(group, op).await? {
             ShardResponse::Rejected(r) => Err(r.into()),
             r => Ok(r),
         }
@@ -65,8 +65,7 @@ impl Gateway {
         conversation_id: &str,
     ) -> Result<(GroupId, ConversationState), ProtocolError> {
         let group = self.shard_map.shard_for_conversation(conversation_id);
-        self.router.read_barrier(group).await?;
-        match self.reader.conversation(group, conversation_id).await? {
+        match self.read_conversation(group, conversation_id).await? {
             Some(c) if c.members.iter().any(|m| m.user_id == user) => Ok((group, c)),
             _ => Err(ProtocolError::forbidden(
                 "not a member of this conversation",
@@ -75,9 +74,7 @@ impl Gateway {
     }
 
     async fn user_exists(&self, user_id: &str) -> Result<bool, ProtocolError> {
-        let group = self.shard_map.shard_for_user(user_id);
-        self.router.read_barrier(group).await?;
-        Ok(self.reader.user(group, user_id).await?.is_some())
+        Ok(self.read_user(user_id).await?.is_some())
     }
 
     async fn check_users_exist(&self, users: &[String]) -> Result<(), ProtocolError> {
@@ -89,25 +86,33 @@ impl Gateway {
         Ok(())
     }
 
-    /// The conversations `user` belongs to (linearizable): the user's index, filtered by
-    /// actual membership in each conversation's shard.
+    /// The conversations `user` belongs to (linearizable), with the user's receipt
+    /// watermarks: the user's index, filtered by actual membership in each conversation's
+    /// shard (one read per shard).
     async fn user_conversations(
         &self,
         user: &str,
-    ) -> Result<Vec<(GroupId, ConversationState)>, ProtocolError> {
-        let ugroup = self.shard_map.shard_for_user(user);
-        self.router.read_barrier(ugroup).await?;
-        let ids = self.reader.user_conversations(ugroup, user).await?;
-        let mut barriers = HashSet::new();
-        let mut out = Vec::with_capacity(ids.len());
+    ) -> Result<Vec<(GroupId, ConversationState, (u64, u64))>, ProtocolError> {
+        let ids = self.read_user_conversations(user).await?;
+        let mut by_group: BTreeMap<GroupId, Vec<ConversationId>> = BTreeMap::new();
         for id in ids {
-            let group = self.shard_map.shard_for_conversation(&id);
-            if barriers.insert(group) {
-                self.router.read_barrier(group).await?;
-            }
-            if let Some(c) = self.reader.conversation(group, &id).await? {
-                if c.members.iter().any(|m| m.user_id == user) {
-                    out.push((group, c));
+            by_group
+                .entry(self.shard_map.shard_for_conversation(&id))
+                .or_default()
+                .push(id);
+        }
+        let mut out = Vec::new();
+        for (group, ids) in by_group {
+            for chunk in ids.chunks(crate::shard::query::CONVERSATIONS_PER_QUERY_MAX) {
+                for (c, receipt) in self
+                    .read_conversations(group, chunk.to_vec(), user)
+                    .await?
+                    .into_iter()
+                    .flatten()
+                {
+                    if c.members.iter().any(|m| m.user_id == user) {
+                        out.push((group, c, receipt));
+                    }
                 }
             }
         }
@@ -276,7 +281,7 @@ impl Gateway {
                     .member_conversation(&s.user_id, &conversation_id)
                     .await?;
                 let limit = u64::from(limit.unwrap_or(HISTORY_LIMIT_DEFAULT));
-                let page = self.reader.history(group, &conv, before_seq, limit).await?;
+                let page = self.read_history(group, &conv, before_seq, limit).await?;
                 one(ServerFrame::History {
                     id,
                     conversation_id,
@@ -298,9 +303,9 @@ impl Gateway {
                 conversation_id,
                 state,
             } => {
-                // Ephemeral: a local read of the members, no read barrier, nothing stored.
+                // Ephemeral: nothing stored; the members come from the shard's leader.
                 let group = self.shard_map.shard_for_conversation(&conversation_id);
-                let conv = self.reader.conversation(group, &conversation_id).await?;
+                let conv = self.read_conversation(group, &conversation_id).await?;
                 let Some(conv) = conv.filter(|c| c.members.iter().any(|m| m.user_id == s.user_id))
                 else {
                     return Err(ProtocolError::forbidden(
@@ -309,19 +314,24 @@ impl Gateway {
                 };
                 let recipients = conv.members.iter().map(|m| m.user_id.clone()).collect();
                 let start = state == crate::protocol::TypingState::Start;
-                self.hub.typing(
-                    &conversation_id,
-                    &s.user_id,
-                    &s.device_id,
+                let item = crate::cluster::fanout::PushItem::Typing {
+                    conversation_id,
+                    user_id: s.user_id.clone(),
+                    device: s.device_id.clone(),
                     start,
                     recipients,
-                );
+                };
+                // Typing crosses nodes without touching Raft (G9).
+                self.cluster
+                    .fanout
+                    .broadcast(&self.cluster, std::slice::from_ref(&item));
+                self.cluster.fanout.receive(&self.cluster, vec![item]);
                 Ok(Vec::new())
             }
             ClientFrame::SubscribePresence { user_ids } => {
                 // Only users who share a conversation with the subscriber; others silently skipped.
                 let mut shared: BTreeSet<String> = BTreeSet::new();
-                for (_, c) in self.user_conversations(&s.user_id).await? {
+                for (_, c, _) in self.user_conversations(&s.user_id).await? {
                     shared.extend(c.members.into_iter().map(|m| m.user_id));
                 }
                 let allowed: Vec<String> = user_ids
@@ -363,10 +373,8 @@ impl Gateway {
         if let Err(limited) = self.check_send_rate(&s.user_id, &conversation_id) {
             // A retry of a stored message gets its ack whatever the rate (idempotency
             // holds at any later time).
-            self.router.read_barrier(group).await?;
             let stored = self
-                .reader
-                .dedup(group, &conversation_id, &s.user_id, &client_msg_id)
+                .read_dedup(group, &conversation_id, &s.user_id, &client_msg_id)
                 .await?;
             return match stored {
                 Some(ack) => one(ServerFrame::ack(id, &ack)),
@@ -517,22 +525,19 @@ impl Gateway {
         // delivered) is checked on its own shard: membership there is the truth.
         let indexed: HashSet<String> = mine
             .iter()
-            .map(|(_, c)| c.conversation_id.clone())
+            .map(|(_, c, _)| c.conversation_id.clone())
             .collect();
         for conversation_id in asked.keys().filter(|c| !indexed.contains(*c)) {
-            if let Ok(found) = self.member_conversation(&s.user_id, conversation_id).await {
-                mine.push(found);
+            if let Ok((group, conv)) = self.member_conversation(&s.user_id, conversation_id).await {
+                mine.push((group, conv, (0, 0)));
             }
         }
         let mut out = Vec::with_capacity(mine.len());
         let mut seen = HashSet::new();
-        for (group, conv) in &mine {
+        for (group, conv, _) in &mine {
             seen.insert(conv.conversation_id.clone());
             let after = asked.get(&conv.conversation_id).copied().unwrap_or(0);
-            let page = self
-                .reader
-                .after(*group, conv, after, SYNC_PAGE_MAX)
-                .await?;
+            let page = self.read_after(*group, conv, after, SYNC_PAGE_MAX).await?;
             out.push(SyncEntry {
                 conversation_id: conv.conversation_id.clone(),
                 last_seq: Some(conv.last_seq),
@@ -559,11 +564,7 @@ impl Gateway {
     async fn list_conversations(&self, s: &Session, id: Option<RequestId>) -> Reply {
         let mine = self.user_conversations(&s.user_id).await?;
         let mut out = Vec::with_capacity(mine.len());
-        for (group, conv) in mine {
-            let (_, read_seq) = self
-                .reader
-                .receipt(group, &conv.conversation_id, &s.user_id)
-                .await?;
+        for (_, conv, (_, read_seq)) in mine {
             let view = ConversationView::from(&conv);
             out.push(ConversationSummary {
                 conversation_id: view.conversation_id,

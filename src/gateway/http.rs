@@ -35,6 +35,10 @@ pub fn routes(gw: Arc<Gateway>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/v1/ws", get(ws))
+        .route("/admin/status", get(super::admin::status))
+        .route("/admin/checksum", get(super::admin::checksum))
+        .route("/admin/leave", post(super::admin::leave))
+        .route("/admin/faults", post(super::admin::faults))
         .layer(DefaultBodyLimit::max(HTTP_BODY_BYTES_MAX))
         .with_state(gw)
 }
@@ -111,8 +115,7 @@ async fn register(State(gw): State<Arc<Gateway>>, body: axum::body::Bytes) -> Re
 async fn do_register(gw: &Gateway, body: &[u8]) -> Result<String, ProtocolError> {
     let c = parse_credentials(body)?;
     let name_group = gw.shard_map.shard_for_username(&c.username);
-    gw.router.read_barrier(name_group).await?;
-    if gw.reader.username(name_group, &c.username).await?.is_some() {
+    if gw.read_username(&c.username).await?.is_some() {
         return Err(ProtocolError::bad_request("username is taken"));
     }
     let password = c.password.clone();
@@ -159,20 +162,8 @@ async fn login(State(gw): State<Arc<Gateway>>, body: axum::body::Bytes) -> Respo
 async fn do_login(gw: &Gateway, body: &[u8]) -> Result<serde_json::Value, ProtocolError> {
     let denied = || ProtocolError::unauthorized("wrong username or password");
     let c = parse_credentials(body).map_err(|_| denied())?;
-    let name_group = gw.shard_map.shard_for_username(&c.username);
-    gw.router.read_barrier(name_group).await?;
-    let user_id = gw
-        .reader
-        .username(name_group, &c.username)
-        .await?
-        .ok_or_else(denied)?;
-    let user_group = gw.shard_map.shard_for_user(&user_id);
-    gw.router.read_barrier(user_group).await?;
-    let record = gw
-        .reader
-        .user(user_group, &user_id)
-        .await?
-        .ok_or_else(denied)?;
+    let user_id = gw.read_username(&c.username).await?.ok_or_else(denied)?;
+    let record = gw.read_user(&user_id).await?.ok_or_else(denied)?;
     let password = c.password;
     let _permit = gw
         .password_hashing
@@ -195,7 +186,7 @@ async fn health() -> StatusCode {
 }
 
 async fn ready(State(gw): State<Arc<Gateway>>) -> StatusCode {
-    if gw.router.all_have_leaders() {
+    if gw.cluster.ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

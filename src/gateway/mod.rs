@@ -9,23 +9,24 @@
 //! - `hub`: connection registry and pushes (messages, receipts, typing, presence).
 //! - `auth`, `ratelimit`: accounts/tokens and token buckets.
 
+pub mod admin;
 pub mod auth;
 pub mod handlers;
 pub mod http;
 pub mod hub;
 pub mod ratelimit;
+pub mod reads;
 pub mod receipts;
 pub mod session;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::cluster::{RouteError, Router, ShardMap};
+use crate::cluster::{Cluster, Controller, RouteError, Router, ShardMap};
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::protocol::{ProtocolError, TextLimits};
 use crate::shard::command::Rejection;
-use crate::shard::ShardReader;
 use crate::storage::StorageError;
 
 pub use hub::Hub;
@@ -43,11 +44,19 @@ pub fn now_ms() -> u64 {
 
 /// Everything a request handler needs; shared by all connections of a node.
 pub struct Gateway {
+    /// This node's groups (status, readiness).
     pub router: Arc<Router>,
-    /// Shard writes go through here: batched into few Raft entries per group.
-    pub proposals: Arc<crate::cluster::ProposalBatcher>,
+    /// Writes and reads, routed to each group's leader (batched into few Raft entries there).
+    pub cluster: Arc<Cluster>,
+    pub controller: Arc<Controller>,
+    /// The cluster's join token (admin requests that change the cluster must present it).
+    pub join_token: String,
+    /// `/admin/faults` works only when the config enables it (tests).
+    pub fault_injection: bool,
+    /// Notified when the node should stop (after `leave`).
+    pub stop: Arc<tokio::sync::Notify>,
+    pub store: Arc<crate::storage::Store>,
     pub shard_map: Arc<ShardMap>,
-    pub reader: ShardReader,
     pub hub: Arc<Hub>,
     pub tokens: auth::TokenAuthority,
     pub limits: Limits,

@@ -231,8 +231,7 @@ async fn authenticate(
 /// Users of an external issuer get a record on first sight, so others can add them.
 async fn ensure_external_user(gw: &Gateway, user_id: &str) -> Result<(), ProtocolError> {
     let group = gw.shard_map.shard_for_user(user_id);
-    gw.router.read_barrier(group).await?;
-    if gw.reader.user(group, user_id).await?.is_some() {
+    if gw.read_user(user_id).await?.is_some() {
         return Ok(());
     }
     let op = ShardOp::CreateUser {

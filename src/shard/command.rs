@@ -55,6 +55,52 @@ pub enum Request {
 pub enum MetaOp {
     /// Written once when a cluster is created; later proposals are ignored (first wins).
     InitCluster(ClusterSettings),
+    /// Admits a node (or returns the one already admitted with this peer address).
+    AddNode {
+        peer_addr: String,
+        client_addr: String,
+    },
+    /// A restarted node's addresses changed.
+    UpdateNode {
+        node_id: u64,
+        peer_addr: String,
+        client_addr: String,
+    },
+    SetNodeState { node_id: u64, state: NodeState },
+    /// The desired replica set of every group; applied only if `version` is the current
+    /// placement version (compare-and-set, so a stale controller cannot undo a newer plan).
+    SetPlacement {
+        version: u64,
+        replicas: std::collections::BTreeMap<GroupId, Vec<u64>>,
+    },
+}
+
+/// A node's place in the cluster's life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    /// Holds (or is receiving) replicas.
+    Active,
+    /// Draining: its replicas move away; then it is `Left`.
+    Leaving,
+    Left,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: u64,
+    pub peer_addr: String,
+    pub client_addr: String,
+    pub state: NodeState,
+}
+
+/// The meta group's view of the cluster: nodes and the desired placement of replicas.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaState {
+    pub nodes: std::collections::BTreeMap<u64, NodeInfo>,
+    pub next_node_id: u64,
+    /// Desired replica set per group (0 = meta, 1..=S shards).
+    pub replicas: std::collections::BTreeMap<GroupId, Vec<u64>>,
+    pub placement_version: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +197,9 @@ pub enum Response {
     Shard(ShardResponse),
     /// The responses of a `Request::ShardBatch`, in its order.
     ShardBatch(Vec<ShardResponse>),
+    /// The meta state after a membership / placement command (and, for `AddNode`, the
+    /// admitted node's id).
+    MetaState { state: MetaState, node_id: Option<u64> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

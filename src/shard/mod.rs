@@ -7,6 +7,7 @@ pub mod apply;
 pub mod codec;
 pub mod command;
 pub mod keys;
+pub mod query;
 pub mod read;
 
 pub use apply::apply_shard;

@@ -14,7 +14,7 @@ pub const USER_CONVERSATIONS_MAX: usize = 10_000;
 pub const OUTBOX_BATCH_MAX: usize = 256;
 
 /// A page of messages and whether more exist beyond it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Page {
     pub messages: Vec<Message>,
     pub has_more: bool,
@@ -37,6 +37,10 @@ async fn blocking<T: Send + 'static>(
 impl ShardReader {
     pub fn new(store: Arc<Store>) -> Self {
         ShardReader { store }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
     fn get_value<T: serde::de::DeserializeOwned>(
@@ -106,14 +110,15 @@ impl ShardReader {
     pub async fn history(
         &self,
         group: GroupId,
-        conv: &ConversationState,
+        conversation_id: &str,
+        last_seq: u64,
         before_seq: Option<u64>,
         limit: u64,
     ) -> Result<Page, StorageError> {
         let top = before_seq
             .map(|b| b.saturating_sub(1))
-            .unwrap_or(conv.last_seq)
-            .min(conv.last_seq);
+            .unwrap_or(last_seq)
+            .min(last_seq);
         if top == 0 {
             return Ok(Page {
                 messages: Vec::new(),
@@ -122,7 +127,7 @@ impl ShardReader {
         }
         let bottom = top.saturating_sub(limit - 1).max(1);
         let messages = self
-            .messages(group, &conv.conversation_id, bottom, top, true)
+            .messages(group, conversation_id, bottom, top, true)
             .await?;
         Ok(Page {
             messages,
@@ -134,23 +139,24 @@ impl ShardReader {
     pub async fn after(
         &self,
         group: GroupId,
-        conv: &ConversationState,
+        conversation_id: &str,
+        last_seq: u64,
         after_seq: u64,
         limit: u64,
     ) -> Result<Page, StorageError> {
-        if after_seq >= conv.last_seq {
+        if after_seq >= last_seq {
             return Ok(Page {
                 messages: Vec::new(),
                 has_more: false,
             });
         }
-        let top = conv.last_seq.min(after_seq + limit);
+        let top = last_seq.min(after_seq + limit);
         let messages = self
-            .messages(group, &conv.conversation_id, after_seq + 1, top, false)
+            .messages(group, conversation_id, after_seq + 1, top, false)
             .await?;
         Ok(Page {
             messages,
-            has_more: top < conv.last_seq,
+            has_more: top < last_seq,
         })
     }
 

@@ -277,6 +277,36 @@ impl Store {
         Ok(out)
     }
 
+    /// A checksum (FNV-1a, 64 bits) and count of a group's state-machine data, reserved keys
+    /// (0x00…: applied log id, membership) excluded: replicas with the same applied index
+    /// must agree (blocking; iterates without holding the data in memory).
+    pub fn sm_checksum(&self, group: GroupId) -> Result<(u64, u64), StorageError> {
+        const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+        let (lo, hi) = sm_bounds(group, &[0x01], &[]);
+        let prefix = group_prefix(group);
+        let cf = self.shared.cf(CF_SM)?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(lo);
+        if let Some(h) = hi {
+            ro.set_iterate_upper_bound(h);
+        }
+        let (mut hash, mut count) = (FNV_OFFSET, 0u64);
+        for item in self.shared.db.iterator_cf_opt(cf, ro, IteratorMode::Start) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            for part in [&k[..], &(v.len() as u64).to_be_bytes()[..], &v[..]] {
+                for b in part {
+                    hash = (hash ^ u64::from(*b)).wrapping_mul(FNV_PRIME);
+                }
+            }
+            count += 1;
+        }
+        Ok((hash, count))
+    }
+
     /// Starts a state-machine transaction over `group`.
     pub fn txn(&self, group: GroupId) -> SmTxn<'_> {
         SmTxn::new(self, group)

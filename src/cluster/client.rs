@@ -1,0 +1,404 @@
+//! `Cluster`: how a gateway reaches any group, wherever its leader is.
+//!
+//! A write, meta write or read goes to the group's leader: this node if it leads the group
+//! (proposal batcher / read barrier here), otherwise over the transport to the node the
+//! leader cache names, refreshed by `NotLeader { leader_hint }` answers and by trying the
+//! group's replicas in turn. Retries stay within the request's deadline; after it the
+//! answer is `unavailable` (retryable). Sends are idempotent by `client_msg_id`, so a
+//! forwarded send that may have been applied is safe to retry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use parking_lot::{Mutex, RwLock};
+
+use super::fanout::{Fanout, PushItem};
+use super::peer::{NodeId, PeerReply, PeerRequest, PeerTransport};
+use super::router::REQUEST_TIMEOUT_MS;
+use super::status::{GroupStatus, NodeStatus};
+use super::{trace, ProposalBatcher, RouteError, Router};
+use crate::shard::command::*;
+use crate::shard::query::{QueryResult, ShardQuery};
+use crate::shard::ShardReader;
+
+/// First pause after a failed attempt; doubles up to [`RETRY_BACKOFF_MAX_MS`].
+pub const RETRY_BACKOFF_MIN_MS: u64 = 20;
+pub const RETRY_BACKOFF_MAX_MS: u64 = 400;
+/// Most hops one request follows (leader hints and retries) before giving up.
+pub const ROUTE_ATTEMPTS_MAX: u32 = 64;
+
+pub struct Cluster {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    router: Arc<Router>,
+    proposals: Arc<ProposalBatcher>,
+    reader: ShardReader,
+    transport: Arc<OnceLock<PeerTransport>>,
+    /// The latest meta state this node saw (node addresses, desired placement).
+    meta: RwLock<Arc<MetaState>>,
+    /// Leader of each group as last learned; at most one entry per group.
+    leaders: Mutex<HashMap<GroupId, NodeId>>,
+    pub fanout: Arc<Fanout>,
+    /// Set once the relay exists (it holds this cluster).
+    pub relay: OnceLock<Arc<super::OutboxRelay>>,
+}
+
+impl Cluster {
+    pub fn new(
+        node_id: NodeId,
+        cluster_id: String,
+        router: Arc<Router>,
+        proposals: Arc<ProposalBatcher>,
+        reader: ShardReader,
+        transport: Arc<OnceLock<PeerTransport>>,
+        fanout: Arc<Fanout>,
+        meta: MetaState,
+    ) -> Arc<Self> {
+        Arc::new(Cluster {
+            node_id,
+            cluster_id,
+            router,
+            proposals,
+            reader,
+            transport,
+            meta: RwLock::new(Arc::new(meta)),
+            leaders: Mutex::new(HashMap::new()),
+            fanout,
+            relay: OnceLock::new(),
+        })
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    pub fn transport(&self) -> Option<&PeerTransport> {
+        self.transport.get()
+    }
+
+    pub fn meta(&self) -> Arc<MetaState> {
+        self.meta.read().clone()
+    }
+
+    pub fn set_meta(&self, m: MetaState) {
+        let mut cur = self.meta.write();
+        if **cur != m {
+            *cur = Arc::new(m);
+        }
+    }
+
+    pub fn address_of(&self, node: NodeId) -> Option<String> {
+        self.meta.read().nodes.get(&node).map(|n| n.peer_addr.clone())
+    }
+
+    /// Ready to serve: this node is in the meta state, and every group it holds a replica of
+    /// knows its leader.
+    pub fn ready(&self) -> bool {
+        if !self.meta.read().nodes.contains_key(&self.node_id) {
+            return false;
+        }
+        self.router.groups().all(|g| {
+            let m = g.raft.metrics();
+            let m = m.borrow();
+            let member = m.membership_config.membership().get_node(&self.node_id).is_some();
+            !member || m.current_leader.is_some()
+        })
+    }
+
+    /// Whether this node's Raft of `group` is its leader right now.
+    pub fn is_local_leader(&self, group: GroupId) -> bool {
+        self.router
+            .group(group)
+            .map(|g| g.raft.metrics().borrow().state == ServerState::Leader)
+            .unwrap_or(false)
+    }
+
+    /// The leader this node's replica of `group` knows of, if this node is a replica.
+    fn local_leader_view(&self, group: GroupId) -> Option<NodeId> {
+        let g = self.router.group(group).ok()?;
+        let m = g.raft.metrics();
+        let m = m.borrow();
+        let member = m
+            .membership_config
+            .membership()
+            .get_node(&self.node_id)
+            .is_some();
+        if member {
+            m.current_leader
+        } else {
+            None
+        }
+    }
+
+    fn pick_target(&self, group: GroupId, attempt: u32) -> NodeId {
+        if let Some(l) = self.leaders.lock().get(&group) {
+            return *l;
+        }
+        if let Some(l) = self.local_leader_view(group) {
+            return l;
+        }
+        let meta = self.meta();
+        let mut candidates: Vec<NodeId> = meta.replicas.get(&group).cloned().unwrap_or_default();
+        if candidates.is_empty() {
+            candidates = meta
+                .nodes
+                .values()
+                .filter(|n| n.state != NodeState::Left)
+                .map(|n| n.node_id)
+                .collect();
+        }
+        if candidates.is_empty() {
+            return self.node_id;
+        }
+        candidates[attempt as usize % candidates.len()]
+    }
+
+    /// Serves `req` for `group` here (this node is, or believes it is, the leader).
+    async fn serve(&self, group: GroupId, req: PeerRequest) -> PeerReply {
+        match req {
+            PeerRequest::Write(op) => PeerReply::Write(self.serve_write(group, op).await),
+            PeerRequest::Meta(op) => PeerReply::Meta(self.serve_meta(op).await),
+            PeerRequest::Query(q) => PeerReply::Query(self.serve_query(group, q).await),
+            PeerRequest::DrainOutbox => PeerReply::Drained(self.serve_drain(group).await),
+            _ => PeerReply::Error("not routable".into()),
+        }
+    }
+
+    /// Sends `req` to the leader of `group`, following hints and retrying within the
+    /// request deadline.
+    ///
+    /// Boxed: serving an outbox drain writes through `route` again (recursion).
+    fn route(
+        &self,
+        group: GroupId,
+        req: PeerRequest,
+    ) -> futures_util::future::BoxFuture<'_, Result<PeerReply, RouteError>> {
+        Box::pin(self.route_inner(group, req))
+    }
+
+    async fn route_inner(&self, group: GroupId, req: PeerRequest) -> Result<PeerReply, RouteError> {
+        let deadline = Instant::now() + Duration::from_millis(REQUEST_TIMEOUT_MS);
+        let trace_id = trace::current();
+        let mut backoff_ms = RETRY_BACKOFF_MIN_MS;
+        let mut last_error = RouteError::Unavailable {
+            group,
+            reason: "no leader reachable".into(),
+        };
+        for attempt in 0..ROUTE_ATTEMPTS_MAX {
+            let target = self.pick_target(group, attempt);
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let reply = if target == self.node_id {
+                Ok(self.serve(group, req.clone()).await)
+            } else {
+                self.call_peer(target, group, &trace_id, req.clone(), deadline - now)
+                    .await
+            };
+            let error = match reply {
+                Ok(r) => match route_error_of(&r) {
+                    None => {
+                        self.leaders.lock().insert(group, target);
+                        return Ok(r);
+                    }
+                    Some(e) => e.clone(),
+                },
+                Err(e) => e,
+            };
+            match &error {
+                RouteError::NotLeader {
+                    leader_hint: Some(h),
+                    ..
+                } if *h != target => {
+                    self.leaders.lock().insert(group, *h);
+                    last_error = error;
+                    continue;
+                }
+                RouteError::Timeout { .. } => return Err(error),
+                RouteError::NoSuchGroup(_) => return Err(error),
+                _ => {}
+            }
+            self.leaders.lock().remove(&group);
+            last_error = error;
+            let pause = Duration::from_millis(backoff_ms);
+            if Instant::now() + pause >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MAX_MS);
+        }
+        Err(match last_error {
+            e @ RouteError::Unavailable { .. } => e,
+            other => RouteError::Unavailable {
+                group,
+                reason: other.to_string(),
+            },
+        })
+    }
+
+    async fn call_peer(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        trace_id: &str,
+        req: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerReply, RouteError> {
+        let unavailable = |reason: String| RouteError::Unavailable { group, reason };
+        let Some(t) = self.transport.get() else {
+            return Err(unavailable("transport not started".into()));
+        };
+        let Some(addr) = self.address_of(target) else {
+            return Err(unavailable(format!("no address for node {target}")));
+        };
+        t.call(target, &addr, group, trace_id, req, timeout)
+            .await
+            .map_err(|e| unavailable(format!("node {target}: {e}")))
+    }
+
+    /// Writes a shard command through the group's leader.
+    pub async fn write(&self, group: GroupId, op: ShardOp) -> Result<ShardResponse, RouteError> {
+        match self.route(group, PeerRequest::Write(op)).await? {
+            PeerReply::Write(r) => r,
+            other => Err(mismatch(group, &other)),
+        }
+    }
+
+    /// Writes a meta command through the meta leader.
+    pub async fn meta_write(&self, op: MetaOp) -> Result<Response, RouteError> {
+        match self.route(META_GROUP, PeerRequest::Meta(op)).await? {
+            PeerReply::Meta(r) => r,
+            other => Err(mismatch(META_GROUP, &other)),
+        }
+    }
+
+    /// A linearizable read of `group`, served by its leader.
+    pub async fn query(&self, group: GroupId, q: ShardQuery) -> Result<QueryResult, RouteError> {
+        match self.route(group, PeerRequest::Query(q)).await? {
+            PeerReply::Query(r) => r,
+            other => Err(mismatch(group, &other)),
+        }
+    }
+
+    /// Proposes `op` here (batched); `NotLeader` with a hint if another node leads.
+    pub async fn serve_write(&self, group: GroupId, op: ShardOp) -> Result<ShardResponse, RouteError> {
+        if !self.is_local_leader(group) {
+            return Err(self.not_leader(group));
+        }
+        self.proposals.write(group, op).await
+    }
+
+    pub async fn serve_meta(&self, op: MetaOp) -> Result<Response, RouteError> {
+        if !self.is_local_leader(META_GROUP) {
+            return Err(self.not_leader(META_GROUP));
+        }
+        self.router.write(META_GROUP, Request::Meta(op)).await
+    }
+
+    /// Reads `q` here after the group's read barrier (G7).
+    pub async fn serve_query(&self, group: GroupId, q: ShardQuery) -> Result<QueryResult, RouteError> {
+        self.router.read_barrier(group).await?;
+        self.reader
+            .query(group, q)
+            .await
+            .map_err(|e| RouteError::Unavailable {
+                group,
+                reason: format!("storage: {e}"),
+            })
+    }
+
+    /// Asks the leader of `group` to deliver its outbox now.
+    pub async fn drain_outbox_at_leader(&self, group: GroupId) -> Result<(), RouteError> {
+        match self.route(group, PeerRequest::DrainOutbox).await? {
+            PeerReply::Drained(r) => r,
+            other => Err(mismatch(group, &other)),
+        }
+    }
+
+    pub async fn serve_drain(&self, group: GroupId) -> Result<(), RouteError> {
+        if !self.is_local_leader(group) {
+            return Err(self.not_leader(group));
+        }
+        let Some(relay) = self.relay.get() else {
+            return Ok(());
+        };
+        relay.drain_here(group).await.map_err(|e| RouteError::Unavailable {
+            group,
+            reason: e.to_string(),
+        })
+    }
+
+    fn not_leader(&self, group: GroupId) -> RouteError {
+        RouteError::NotLeader {
+            group,
+            leader_hint: self
+                .local_leader_view(group)
+                .filter(|l| *l != self.node_id),
+        }
+    }
+
+    /// The meta state as the meta leader has it (linearizable).
+    pub async fn read_meta(&self) -> Result<MetaState, RouteError> {
+        match self.route(META_GROUP, PeerRequest::Query(ShardQuery::Meta)).await? {
+            PeerReply::Query(Ok(QueryResult::Meta(m))) => Ok(m),
+            PeerReply::Query(Err(e)) => Err(e),
+            other => Err(mismatch(META_GROUP, &other)),
+        }
+    }
+
+    /// Every group as this node's replica sees it.
+    pub fn local_status(&self) -> NodeStatus {
+        let groups = self
+            .router
+            .groups()
+            .map(|g| GroupStatus::from_metrics(g.group, &g.raft.metrics().borrow()))
+            .collect();
+        NodeStatus {
+            node_id: self.node_id,
+            cluster_id: self.cluster_id.clone(),
+            groups,
+        }
+    }
+
+    /// Asks `node` for its status.
+    pub async fn peer_status(&self, node: NodeId, timeout: Duration) -> Result<NodeStatus, RouteError> {
+        if node == self.node_id {
+            return Ok(self.local_status());
+        }
+        match self
+            .call_peer(node, META_GROUP, &trace::current(), PeerRequest::Status, timeout)
+            .await?
+        {
+            PeerReply::Status(s) => Ok(s),
+            other => Err(mismatch(META_GROUP, &other)),
+        }
+    }
+
+    /// Pushes received from a peer.
+    pub fn receive_push(self: &Arc<Self>, _from: NodeId, items: Vec<PushItem>) {
+        self.fanout.receive(self, items);
+    }
+}
+
+fn route_error_of(r: &PeerReply) -> Option<&RouteError> {
+    match r {
+        PeerReply::Write(Err(e))
+        | PeerReply::Meta(Err(e))
+        | PeerReply::Query(Err(e))
+        | PeerReply::Drained(Err(e)) => Some(e),
+        _ => None,
+    }
+}
+
+fn mismatch(group: GroupId, r: &PeerReply) -> RouteError {
+    RouteError::Unavailable {
+        group,
+        reason: match r {
+            PeerReply::Error(e) => e.clone(),
+            _ => "reply does not match the request".into(),
+        },
+    }
+}

@@ -1,0 +1,312 @@
+//! The control loop every node runs.
+//!
+//! - Refreshes this node's copy of the meta state (addresses, desired placement).
+//! - On the meta leader: computes the desired placement ([`super::balance`]) from the active
+//!   nodes and stores it (compare-and-set on its version).
+//! - On the leader of each group: moves the group's Raft membership one step towards the
+//!   desired replica set: add a learner → wait until it caught up → replace the voters →
+//!   drop learners that are not wanted. One change at a time per group.
+//! - Spreads leaderships: a node that leads more than its share of groups, and is not the
+//!   preferred leader of one of them, steps down there (voter → learner, re-added as a
+//!   voter by the next leader), at most once per group per cooldown.
+//! - Announces leadership changes to the gateways (fan-out gap filling).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::{BasicNode, ChangeMembers, ServerState};
+
+use super::balance::{balance, Placement};
+use super::client::Cluster;
+use super::fanout::PushItem;
+use super::peer::NodeId;
+use super::RouteError;
+use crate::raft::GroupHandle;
+use crate::shard::command::*;
+
+pub const CONTROLLER_INTERVAL_MS: u64 = 300;
+/// A learner within this many entries of the leader's log counts as caught up.
+pub const CATCHUP_LAG_MAX: u64 = 100;
+/// Time allowed for one membership change.
+pub const MEMBERSHIP_CHANGE_TIMEOUT_MS: u64 = 10_000;
+/// A group's leader steps down for balance at most this often.
+pub const STEP_DOWN_COOLDOWN_MS: u64 = 15_000;
+/// How often `leave` checks whether the node still holds replicas.
+pub const LEAVE_POLL_MS: u64 = 500;
+
+pub struct Controller {
+    cluster: Arc<Cluster>,
+    peer_addr: String,
+    client_addr: String,
+}
+
+impl Controller {
+    pub fn new(cluster: Arc<Cluster>, peer_addr: String, client_addr: String) -> Arc<Self> {
+        Arc::new(Controller {
+            cluster,
+            peer_addr,
+            client_addr,
+        })
+    }
+
+    /// Starts the control loop and one leadership watcher per group.
+    pub fn spawn(self: &Arc<Self>) {
+        for g in self.cluster.router().groups() {
+            tokio::spawn(watch_leadership(self.cluster.clone(), g.clone()));
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut stepped_down: HashMap<GroupId, Instant> = HashMap::new();
+            let mut tick =
+                tokio::time::interval(Duration::from_millis(CONTROLLER_INTERVAL_MS));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                me.round(&mut stepped_down).await;
+            }
+        });
+    }
+
+    async fn round(&self, stepped_down: &mut HashMap<GroupId, Instant>) {
+        let c = &self.cluster;
+        if let Ok(m) = c.read_meta().await {
+            c.set_meta(m);
+        }
+        let meta = c.meta();
+        if let Some(me) = meta.nodes.get(&c.node_id) {
+            if me.peer_addr != self.peer_addr || me.client_addr != self.client_addr {
+                let _ = c
+                    .meta_write(MetaOp::UpdateNode {
+                        node_id: c.node_id,
+                        peer_addr: self.peer_addr.clone(),
+                        client_addr: self.client_addr.clone(),
+                    })
+                    .await;
+            }
+        }
+        if c.is_local_leader(META_GROUP) {
+            self.place(&meta).await;
+        }
+        let groups: Vec<GroupHandle> = c.router().groups().cloned().collect();
+        let led = groups
+            .iter()
+            .filter(|g| c.is_local_leader(g.group))
+            .count();
+        for g in &groups {
+            if !c.is_local_leader(g.group) {
+                continue;
+            }
+            let Some(desired) = meta.replicas.get(&g.group) else {
+                continue;
+            };
+            if let Err(e) = self
+                .reconcile(g, desired, &meta, led, stepped_down)
+                .await
+            {
+                tracing::debug!(group = g.group, error = %e, "reconcile step failed");
+            }
+        }
+    }
+
+    /// Stores a new desired placement if the active nodes changed.
+    async fn place(&self, meta: &MetaState) {
+        let active: Vec<NodeId> = meta
+            .nodes
+            .values()
+            .filter(|n| n.state == NodeState::Active)
+            .map(|n| n.node_id)
+            .collect();
+        let groups: Vec<GroupId> = self.cluster.router().groups().map(|g| g.group).collect();
+        let mut groups = groups;
+        groups.sort_unstable();
+        let current: Placement = meta.replicas.clone();
+        let next = balance(&current, &groups, &active);
+        if next != current {
+            tracing::info!(version = meta.placement_version, "new replica placement");
+            if let Err(e) = self
+                .cluster
+                .meta_write(MetaOp::SetPlacement {
+                    version: meta.placement_version,
+                    replicas: next,
+                })
+                .await
+            {
+                tracing::debug!(error = %e, "placement not stored");
+            }
+        }
+    }
+
+    /// One membership step of `g` (led here) towards `desired`.
+    async fn reconcile(
+        &self,
+        g: &GroupHandle,
+        desired: &[NodeId],
+        meta: &MetaState,
+        led_here: usize,
+        stepped_down: &mut HashMap<GroupId, Instant>,
+    ) -> Result<(), String> {
+        if desired.is_empty() {
+            return Ok(());
+        }
+        let m = g.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        if membership.get_joint_config().len() > 1 {
+            return Ok(()); // a change is in progress
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+        let want: BTreeSet<NodeId> = desired.iter().copied().collect();
+        let timeout = Duration::from_millis(MEMBERSHIP_CHANGE_TIMEOUT_MS);
+
+        // 1. Every wanted node is at least a learner.
+        if let Some(n) = desired
+            .iter()
+            .find(|n| !voters.contains(n) && !learners.contains(n))
+        {
+            let Some(info) = meta.nodes.get(n) else {
+                return Ok(());
+            };
+            tracing::info!(group = g.group, node = n, "adding learner");
+            let fut = g
+                .raft
+                .add_learner(*n, BasicNode::new(info.peer_addr.clone()), false);
+            return match tokio::time::timeout(timeout, fut).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("add_learner timed out".into()),
+            };
+        }
+        // 2. Voters = wanted, once every wanted learner caught up.
+        if voters != want {
+            let last = m.last_log_index.unwrap_or(0);
+            let matched = |n: &NodeId| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(n).cloned().flatten())
+                    .map(|l| l.index)
+                    .unwrap_or(0)
+            };
+            let lagging = want
+                .iter()
+                .filter(|n| !voters.contains(n))
+                .any(|n| matched(n) + CATCHUP_LAG_MAX < last);
+            if lagging {
+                return Ok(());
+            }
+            tracing::info!(group = g.group, ?want, "replacing voters");
+            let fut = g
+                .raft
+                .change_membership(ChangeMembers::ReplaceAllVoters(want), false);
+            return match tokio::time::timeout(timeout, fut).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("change_membership timed out".into()),
+            };
+        }
+        // 3. No unwanted learners.
+        let extra: BTreeSet<NodeId> = learners.difference(&want).copied().collect();
+        if !extra.is_empty() {
+            tracing::info!(group = g.group, ?extra, "removing learners");
+            let fut = g
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(extra), false);
+            return match tokio::time::timeout(timeout, fut).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("change_membership timed out".into()),
+            };
+        }
+        // 4. Leadership balance.
+        let active = meta
+            .nodes
+            .values()
+            .filter(|n| n.state == NodeState::Active)
+            .count()
+            .max(1);
+        let groups = self.cluster.router().groups().count();
+        let fair_share = groups.div_ceil(active);
+        let preferred = desired[0];
+        let me = self.cluster.node_id;
+        let cooled = stepped_down
+            .get(&g.group)
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(STEP_DOWN_COOLDOWN_MS));
+        if preferred != me && led_here > fair_share && cooled && voters.len() >= 3 {
+            stepped_down.insert(g.group, Instant::now());
+            tracing::info!(group = g.group, preferred, "stepping down for leader balance");
+            let fut = g.raft.change_membership(
+                ChangeMembers::RemoveVoters(BTreeSet::from([me])),
+                true,
+            );
+            return match tokio::time::timeout(timeout, fut).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("step down timed out".into()),
+            };
+        }
+        Ok(())
+    }
+
+    /// Drains this node: marks it leaving, waits until no group holds a replica here, then
+    /// marks it left.
+    pub async fn leave(&self) -> Result<(), RouteError> {
+        let c = &self.cluster;
+        c.meta_write(MetaOp::SetNodeState {
+            node_id: c.node_id,
+            state: NodeState::Leaving,
+        })
+        .await?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(LEAVE_POLL_MS)).await;
+            if !self.holds_replicas().await {
+                break;
+            }
+        }
+        c.meta_write(MetaOp::SetNodeState {
+            node_id: c.node_id,
+            state: NodeState::Left,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Whether any group's leader (as the nodes report) still counts this node in.
+    async fn holds_replicas(&self) -> bool {
+        let c = &self.cluster;
+        let meta = c.meta();
+        let mut leaders_seen = BTreeSet::new();
+        let timeout = Duration::from_millis(1_000);
+        for n in meta.nodes.values().filter(|n| n.state != NodeState::Left) {
+            let Ok(status) = c.peer_status(n.node_id, timeout).await else {
+                continue;
+            };
+            for g in status.groups.iter().filter(|g| g.state == "leader") {
+                leaders_seen.insert(g.group);
+                if g.holds(c.node_id) {
+                    return true;
+                }
+            }
+        }
+        // Every group must have been seen with a leader that does not count us.
+        let all = c.router().groups().count();
+        leaders_seen.len() < all
+    }
+}
+
+/// Announces to every gateway when this node becomes the leader of `g`.
+async fn watch_leadership(cluster: Arc<Cluster>, g: GroupHandle) {
+    let mut rx = g.raft.metrics();
+    let mut was_leader = false;
+    loop {
+        let is_leader = rx.borrow().state == ServerState::Leader;
+        if is_leader && !was_leader {
+            let item = PushItem::LeaderChanged { group: g.group };
+            cluster.fanout.broadcast(&cluster, std::slice::from_ref(&item));
+            cluster.fanout.receive(&cluster, vec![item]);
+        }
+        was_leader = is_leader;
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! What a node remembers about its cluster across restarts, in `<data-dir>/cluster.json`
+//! (mode 0600): its node id, its certificate and key, the cluster CA (so that any member can
+//! admit joiners), the join secret and the cluster settings. With this file present a node
+//! restarts into its cluster with no `--join`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::shard::command::{ClusterSettings, MetaState};
+use crate::transport::{JoinGrant, NodeCredentials};
+
+pub const IDENTITY_FILE: &str = "cluster.json";
+pub const JOIN_TOKEN_FILE: &str = "join-token";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("join grant: {0}")]
+    Grant(String),
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub cluster_id: String,
+    pub node_id: u64,
+    /// This node created the cluster (it alone ever initializes groups).
+    pub creator: bool,
+    pub credentials: NodeCredentials,
+    pub ca_key_pem: String,
+    pub join_secret: Vec<u8>,
+    pub settings: ClusterSettings,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("cluster_id", &self.cluster_id)
+            .field("node_id", &self.node_id)
+            .field("creator", &self.creator)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a member hands a joiner besides its certificate (the grant's `app` bytes).
+#[derive(Serialize, Deserialize)]
+pub struct JoinWelcome {
+    pub settings: ClusterSettings,
+    pub meta: MetaState,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
+    move |source| IdentityError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` readable by the owner only, atomically (temp file + rename).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+impl Identity {
+    pub fn load(data_dir: &Path) -> Result<Option<Identity>, IdentityError> {
+        let path = data_dir.join(IDENTITY_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| IdentityError::Json { path, source })
+    }
+
+    pub fn save(&self, data_dir: &Path) -> Result<(), IdentityError> {
+        let path = data_dir.join(IDENTITY_FILE);
+        let bytes = serde_json::to_vec_pretty(self).map_err(|source| IdentityError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        write_private(&path, &bytes)
+    }
+
+    /// The identity of a node admitted by `grant`.
+    pub fn from_grant(grant: &JoinGrant) -> Result<(Identity, MetaState), IdentityError> {
+        let welcome: JoinWelcome = crate::shard::codec::decode(&grant.app)
+            .map_err(|e| IdentityError::Grant(e.to_string()))?;
+        Ok((
+            Identity {
+                cluster_id: grant.cluster_id.clone(),
+                node_id: grant.node_id,
+                creator: false,
+                credentials: grant.credentials.clone(),
+                ca_key_pem: grant.ca_key_pem.clone(),
+                join_secret: grant.join_secret.clone(),
+                settings: welcome.settings,
+            },
+            welcome.meta,
+        ))
+    }
+}

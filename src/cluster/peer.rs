@@ -1,0 +1,134 @@
+//! What nodes say to each other over the transport, and how a node answers.
+//!
+//! Every frame's header carries cluster id, group and target node (checked by the
+//! transport before anything here runs). The bodies: Raft RPCs of any group, client writes
+//! and reads forwarded to a group's leader, meta writes, status, and fan-out pushes.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+
+use super::client::Cluster;
+use super::fanout::PushItem;
+use super::status::NodeStatus;
+use super::RouteError;
+use crate::raft::{handle_rpc, PeerError, PeerNetwork, RaftRpc, RaftRpcReply};
+use crate::shard::command::{GroupId, MetaOp, Response, ShardOp, ShardResponse};
+use crate::shard::query::{QueryResult, ShardQuery};
+use crate::transport::{FrameHeader, Handler, Transport, TransportError};
+
+pub type NodeId = u64;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// A Raft RPC of the header's group.
+    Raft(RaftRpc),
+    /// A shard command for the header's group, proposed by the receiver if it leads it.
+    Write(ShardOp),
+    /// A meta command (group 0).
+    Meta(MetaOp),
+    /// A linearizable read of the header's group, served by its leader.
+    Query(ShardQuery),
+    /// This node's view of its groups.
+    Status,
+    /// Committed messages, receipts, typing and presence for the receiver's connections, in
+    /// the order the sender produced them.
+    Push(Vec<PushItem>),
+    /// Deliver the outbox of the header's group now (its leader does).
+    DrainOutbox,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerReply {
+    Raft(RaftRpcReply),
+    Write(Result<ShardResponse, RouteError>),
+    Meta(Result<Response, RouteError>),
+    Query(Result<QueryResult, RouteError>),
+    Status(NodeStatus),
+    Pushed,
+    Drained(Result<(), RouteError>),
+    /// The request could not be served at all (e.g. unknown group).
+    Error(String),
+}
+
+/// The node's transport, once bound. Raft groups start before the transport exists (they
+/// hold a handle to this), so calls before binding fail as unreachable.
+pub type PeerTransport = Transport<PeerRequest, PeerReply>;
+
+/// Serves peer requests with this node's groups.
+pub struct PeerService {
+    pub cluster: Arc<Cluster>,
+}
+
+impl Handler<PeerRequest, PeerReply> for PeerService {
+    fn handle(&self, header: FrameHeader, body: PeerRequest) -> BoxFuture<'static, PeerReply> {
+        let cluster = self.cluster.clone();
+        let group = header.group;
+        let from = header.from;
+        let trace_id = header.trace_id;
+        Box::pin(super::trace::scope(trace_id, async move {
+            match body {
+                PeerRequest::Raft(rpc) => match cluster.router().group(group) {
+                    Ok(g) => PeerReply::Raft(handle_rpc(&g.raft, rpc).await),
+                    Err(e) => PeerReply::Error(e.to_string()),
+                },
+                PeerRequest::Write(op) => PeerReply::Write(cluster.serve_write(group, op).await),
+                PeerRequest::Meta(op) => PeerReply::Meta(cluster.serve_meta(op).await),
+                PeerRequest::Query(q) => PeerReply::Query(cluster.serve_query(group, q).await),
+                PeerRequest::Status => PeerReply::Status(cluster.local_status()),
+                PeerRequest::DrainOutbox => PeerReply::Drained(cluster.serve_drain(group).await),
+                PeerRequest::Push(items) => {
+                    cluster.receive_push(from, items);
+                    PeerReply::Pushed
+                }
+            }
+        }))
+    }
+}
+
+/// Raft RPCs over the node's transport (`raft::PeerNetwork`).
+pub struct RaftNet {
+    pub transport: Arc<OnceLock<PeerTransport>>,
+    /// The current address of a node (the meta state), preferred over the address openraft
+    /// stored in the group's membership (which may be older).
+    pub address_of: Box<dyn Fn(NodeId) -> Option<String> + Send + Sync>,
+}
+
+pub fn peer_error(e: TransportError) -> PeerError {
+    match e {
+        TransportError::Unreachable(m) => PeerError::Unreachable(m),
+        TransportError::Timeout => PeerError::Timeout,
+        other => PeerError::Network(other.to_string()),
+    }
+}
+
+impl PeerNetwork for RaftNet {
+    fn call(
+        &self,
+        target: NodeId,
+        node: &BasicNode,
+        group: GroupId,
+        rpc: RaftRpc,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<RaftRpcReply, PeerError>> {
+        let transport = self.transport.get().cloned();
+        let addr = (self.address_of)(target).unwrap_or_else(|| node.addr.clone());
+        Box::pin(async move {
+            let Some(t) = transport else {
+                return Err(PeerError::Unreachable("transport not started".into()));
+            };
+            match t
+                .call(target, &addr, group, "", PeerRequest::Raft(rpc), timeout)
+                .await
+                .map_err(peer_error)?
+            {
+                PeerReply::Raft(r) => Ok(r),
+                PeerReply::Error(e) => Err(PeerError::Network(e)),
+                _ => Err(PeerError::Network("reply does not match the request".into())),
+            }
+        })
+    }
+}

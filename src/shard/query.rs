@@ -1,0 +1,140 @@
+//! Reads as values, so that a gateway can ask a shard's leader over the network: a
+//! [`ShardQuery`] is served by [`ShardReader::query`] on the node that passed the group's read
+//! barrier, and its [`QueryResult`] travels back.
+
+use serde::{Deserialize, Serialize};
+
+use super::command::*;
+use super::read::{Page, ShardReader};
+use crate::storage::StorageError;
+
+/// Most conversations looked up by one [`ShardQuery::Conversations`].
+pub const CONVERSATIONS_PER_QUERY_MAX: usize = 1_000;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ShardQuery {
+    Conversation {
+        conversation_id: ConversationId,
+    },
+    /// Several conversations of one shard, each with `user`'s receipt watermarks.
+    Conversations {
+        conversation_ids: Vec<ConversationId>,
+        receipts_of: UserId,
+    },
+    History {
+        conversation_id: ConversationId,
+        last_seq: u64,
+        before_seq: Option<u64>,
+        limit: u64,
+    },
+    After {
+        conversation_id: ConversationId,
+        last_seq: u64,
+        after_seq: u64,
+        limit: u64,
+    },
+    Receipt {
+        conversation_id: ConversationId,
+        user_id: UserId,
+    },
+    Dedup {
+        conversation_id: ConversationId,
+        sender: UserId,
+        client_msg_id: String,
+    },
+    User {
+        user_id: UserId,
+    },
+    Username {
+        username: String,
+    },
+    UserConversations {
+        user_id: UserId,
+    },
+    /// The meta group's state (group 0 only).
+    Meta,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum QueryResult {
+    Conversation(Option<ConversationState>),
+    /// In the order asked; `None` for a conversation that does not exist. The pair is
+    /// `(delivered_seq, read_seq)` of the user asked about.
+    Conversations(Vec<Option<(ConversationState, (u64, u64))>>),
+    Page(Page),
+    Receipt((u64, u64)),
+    Dedup(Option<Ack>),
+    User(Option<UserRecord>),
+    Username(Option<UserId>),
+    UserConversations(Vec<ConversationId>),
+    Meta(MetaState),
+}
+
+impl ShardReader {
+    /// Serves `q` from this node's state of `group` (the caller passed the read barrier).
+    pub async fn query(&self, group: GroupId, q: ShardQuery) -> Result<QueryResult, StorageError> {
+        Ok(match q {
+            ShardQuery::Conversation { conversation_id } => {
+                QueryResult::Conversation(self.conversation(group, &conversation_id).await?)
+            }
+            ShardQuery::Conversations {
+                conversation_ids,
+                receipts_of,
+            } => {
+                let mut out = Vec::with_capacity(conversation_ids.len());
+                for id in conversation_ids.iter().take(CONVERSATIONS_PER_QUERY_MAX) {
+                    out.push(match self.conversation(group, id).await? {
+                        Some(c) => Some((c, self.receipt(group, id, &receipts_of).await?)),
+                        None => None,
+                    });
+                }
+                QueryResult::Conversations(out)
+            }
+            ShardQuery::History {
+                conversation_id,
+                last_seq,
+                before_seq,
+                limit,
+            } => QueryResult::Page(
+                self.history(group, &conversation_id, last_seq, before_seq, limit)
+                    .await?,
+            ),
+            ShardQuery::After {
+                conversation_id,
+                last_seq,
+                after_seq,
+                limit,
+            } => QueryResult::Page(
+                self.after(group, &conversation_id, last_seq, after_seq, limit)
+                    .await?,
+            ),
+            ShardQuery::Receipt {
+                conversation_id,
+                user_id,
+            } => QueryResult::Receipt(self.receipt(group, &conversation_id, &user_id).await?),
+            ShardQuery::Dedup {
+                conversation_id,
+                sender,
+                client_msg_id,
+            } => QueryResult::Dedup(
+                self.dedup(group, &conversation_id, &sender, &client_msg_id)
+                    .await?,
+            ),
+            ShardQuery::User { user_id } => QueryResult::User(self.user(group, &user_id).await?),
+            ShardQuery::Username { username } => {
+                QueryResult::Username(self.username(group, &username).await?)
+            }
+            ShardQuery::Meta => {
+                let store = self.store().clone();
+                QueryResult::Meta(
+                    tokio::task::spawn_blocking(move || crate::cluster::meta::read_state(&store))
+                        .await
+                        .map_err(|e| StorageError::Corrupt(format!("read task failed: {e}")))??,
+                )
+            }
+            ShardQuery::UserConversations { user_id } => {
+                QueryResult::UserConversations(self.user_conversations(group, &user_id).await?)
+            }
+        })
+    }
+}

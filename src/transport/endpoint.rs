@@ -1,0 +1,253 @@
+//! [`Transport`]: one quinn endpoint per node, serving inbound calls and making outbound ones.
+
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tracing::debug;
+
+use super::client::{dial, resolve, round_trip, CLOSE_DONE};
+use super::fault::{Faults, Outgoing};
+use super::frame::{encode, FrameHeader, WireReply, WireRequest};
+use super::handler::Handler;
+use super::join::JoinConfig;
+use super::peers::Peers;
+use super::server::Server;
+use super::tls::{node_id_of_cert, tls_err, NodeCredentials};
+use super::tls_config::{client_config, quinn_client, quinn_server, server_config};
+use super::{GroupId, NodeId, TransportError};
+
+/// Default bound on dialing a peer (and on an inbound handshake).
+pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
+/// How long `shutdown` waits for connections to close cleanly.
+const SHUTDOWN_DRAIN_MS: u64 = 500;
+
+/// How a node's transport is set up.
+#[derive(Clone)]
+pub struct TransportConfig {
+    /// UDP address to listen on (and to dial from).
+    pub listen: SocketAddr,
+    pub cluster_id: String,
+    pub node_id: NodeId,
+    pub credentials: NodeCredentials,
+    /// Set on members that admit joiners.
+    pub join: Option<JoinConfig>,
+    pub connect_timeout_ms: u64,
+}
+
+impl TransportConfig {
+    pub fn new(
+        listen: SocketAddr,
+        cluster_id: String,
+        node_id: NodeId,
+        credentials: NodeCredentials,
+    ) -> Self {
+        Self {
+            listen,
+            cluster_id,
+            node_id,
+            credentials,
+            join: None,
+            connect_timeout_ms: CONNECT_TIMEOUT_MS,
+        }
+    }
+}
+
+/// A node's transport. Cheap to clone; all clones share one endpoint and connection cache.
+pub struct Transport<Req, Resp> {
+    inner: Arc<Inner>,
+    _types: PhantomData<fn(Req) -> Resp>,
+}
+
+impl<Req, Resp> Clone for Transport<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            _types: PhantomData,
+        }
+    }
+}
+
+struct Inner {
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    cluster_id: String,
+    node_id: NodeId,
+    connect_timeout: Duration,
+    peers: Peers,
+    faults: Arc<Faults>,
+    accept_task: JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The accept loop holds its own endpoint handle; stop it with the last Transport.
+        self.accept_task.abort();
+        self.endpoint.close(CLOSE_DONE.into(), b"transport dropped");
+    }
+}
+
+impl<Req, Resp> Transport<Req, Resp>
+where
+    Req: Serialize + DeserializeOwned + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Binds the endpoint and starts serving. Must be called inside a tokio runtime.
+    pub fn bind(
+        cfg: TransportConfig,
+        handler: Arc<dyn Handler<Req, Resp>>,
+    ) -> Result<Self, TransportError> {
+        check_credentials(&cfg)?;
+        let endpoint =
+            quinn::Endpoint::server(quinn_server(server_config(&cfg.credentials)?)?, cfg.listen)
+                .map_err(|e| TransportError::Io(format!("bind {}: {e}", cfg.listen)))?;
+        let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms);
+        let faults = Arc::new(Faults::default());
+        let server = Arc::new(Server::new(
+            cfg.cluster_id.clone(),
+            cfg.node_id,
+            handler,
+            cfg.join,
+            faults.clone(),
+            connect_timeout,
+        ));
+        let accept_task = tokio::spawn(server.accept_loop(endpoint.clone()));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                endpoint,
+                client_config: quinn_client(client_config(&cfg.credentials)?)?,
+                cluster_id: cfg.cluster_id,
+                node_id: cfg.node_id,
+                connect_timeout,
+                peers: Peers::default(),
+                faults,
+                accept_task,
+            }),
+            _types: PhantomData,
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+        self.inner
+            .endpoint
+            .local_addr()
+            .map_err(|e| TransportError::Io(e.to_string()))
+    }
+
+    /// Open QUIC connections, inbound and outbound (diagnostics).
+    pub fn open_connections(&self) -> usize {
+        self.inner.endpoint.open_connections()
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// Fault injection controls (tests).
+    pub fn faults(&self) -> &Faults {
+        &self.inner.faults
+    }
+
+    /// Calls node `to` at `addr` (`host:port`) for Raft group `group`, bounded by `timeout`.
+    pub async fn call(
+        &self,
+        to: NodeId,
+        addr: &str,
+        group: GroupId,
+        trace_id: &str,
+        body: Req,
+        timeout: Duration,
+    ) -> Result<Resp, TransportError> {
+        let header = FrameHeader {
+            cluster_id: self.inner.cluster_id.clone(),
+            group,
+            from: self.inner.node_id,
+            to,
+            trace_id: trace_id.to_string(),
+        };
+        // Encode first: an oversized request fails without touching the network.
+        let frame = encode(&WireRequest::Call { header, body })?;
+        tokio::time::timeout(timeout, self.send(to, addr, &frame))
+            .await
+            .map_err(|_| TransportError::Timeout)?
+    }
+
+    async fn send(&self, to: NodeId, addr: &str, frame: &[u8]) -> Result<Resp, TransportError> {
+        match self.inner.faults.outgoing(to) {
+            Outgoing::Blocked => {
+                return Err(TransportError::Unreachable(format!(
+                    "node {to} blocked by fault injection"
+                )))
+            }
+            // A lost message: the caller's timeout fires.
+            Outgoing::Dropped => std::future::pending::<()>().await,
+            Outgoing::Send { delay } if !delay.is_zero() => tokio::time::sleep(delay).await,
+            Outgoing::Send { .. } => {}
+        }
+        let inner = &self.inner;
+        let dial_peer = || {
+            let (endpoint, config) = (inner.endpoint.clone(), inner.client_config.clone());
+            let (target, timeout) = (addr.to_string(), inner.connect_timeout);
+            async move {
+                let result = async {
+                    let local = endpoint
+                        .local_addr()
+                        .map_err(|e| TransportError::Io(e.to_string()))?;
+                    dial(&endpoint, config, resolve(&target, local).await?, timeout).await
+                }
+                .await;
+                if let Err(e) = &result {
+                    debug!(peer = to, addr = %target, error = %e, "dial failed");
+                }
+                result
+            }
+        };
+        let conn = inner.peers.connection(to, addr, dial_peer).await?;
+        match round_trip::<Resp>(&conn, frame).await? {
+            WireReply::Reply(resp) => Ok(resp),
+            WireReply::Refused(reason) => Err(TransportError::Refused(reason)),
+            WireReply::Joined(_) => Err(TransportError::Protocol("join reply to a call".into())),
+        }
+    }
+
+    /// Closes the endpoint: in-flight calls fail, the accept loop stops, and the socket is
+    /// released once connections have drained (bounded by SHUTDOWN_DRAIN_MS).
+    pub async fn shutdown(&self) {
+        self.inner.accept_task.abort();
+        self.inner.endpoint.close(CLOSE_DONE.into(), b"shutdown");
+        self.inner.peers.clear();
+        let drain = Duration::from_millis(SHUTDOWN_DRAIN_MS);
+        let _ = tokio::time::timeout(drain, self.inner.endpoint.wait_idle()).await;
+    }
+}
+
+/// Catches configuration mistakes at bind time instead of as handshake failures later.
+fn check_credentials(cfg: &TransportConfig) -> Result<(), TransportError> {
+    let creds = &cfg.credentials;
+    let named = node_id_of_cert(&creds.leaf_der()?);
+    if named != Some(cfg.node_id) || creds.node_id != cfg.node_id {
+        return Err(TransportError::Tls(format!(
+            "credentials are for node {:?} (certificate names {named:?}), transport is node {}",
+            creds.node_id, cfg.node_id
+        )));
+    }
+    super::tls_config::verify_leaf(&creds.ca_der()?, &creds.leaf_der()?).map_err(|e| {
+        tls_err(format!(
+            "node certificate does not verify against its CA: {e}"
+        ))
+    })?;
+    if let Some(join) = &cfg.join {
+        if join.ca.fingerprint() != creds.ca_fingerprint()?
+            || join.ca.cluster_id() != cfg.cluster_id
+        {
+            return Err(TransportError::Tls(
+                "join CA is not this node's cluster CA".into(),
+            ));
+        }
+    }
+    Ok(())
+}
