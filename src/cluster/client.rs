@@ -19,6 +19,7 @@ use super::peer::{NodeId, PeerReply, PeerRequest, PeerTransport};
 use super::router::REQUEST_TIMEOUT_MS;
 use super::status::{GroupStatus, NodeStatus};
 use super::{trace, ProposalBatcher, RouteError, Router};
+use crate::raft::GroupHandle;
 use crate::shard::command::*;
 use crate::shard::query::{QueryResult, ShardQuery};
 use crate::shard::ShardReader;
@@ -26,6 +27,8 @@ use crate::shard::ShardReader;
 /// First pause after a failed attempt; doubles up to [`RETRY_BACKOFF_MAX_MS`].
 pub const RETRY_BACKOFF_MIN_MS: u64 = 20;
 pub const RETRY_BACKOFF_MAX_MS: u64 = 400;
+/// How long a leadership transfer may take before everything is re-enabled.
+pub const TRANSFER_WINDOW_MS: u64 = 2_000;
 /// Most hops one request follows (leader hints and retries) before giving up.
 pub const ROUTE_ATTEMPTS_MAX: u32 = 64;
 
@@ -41,6 +44,9 @@ pub struct Cluster {
     /// Leader of each group as last learned; at most one entry per group.
     leaders: Mutex<HashMap<GroupId, NodeId>>,
     pub fanout: Arc<Fanout>,
+    /// Groups whose leadership this node is handing over, until when (at most one entry per
+    /// group).
+    transferring: Mutex<HashMap<GroupId, Instant>>,
     /// Set once the relay exists (it holds this cluster).
     pub relay: OnceLock<Arc<super::OutboxRelay>>,
 }
@@ -67,6 +73,7 @@ impl Cluster {
             leaders: Mutex::new(HashMap::new()),
             fanout,
             relay: OnceLock::new(),
+            transferring: Mutex::new(HashMap::new()),
         })
     }
 
@@ -285,14 +292,14 @@ impl Cluster {
 
     /// Proposes `op` here (batched); `NotLeader` with a hint if another node leads.
     pub async fn serve_write(&self, group: GroupId, op: ShardOp) -> Result<ShardResponse, RouteError> {
-        if !self.is_local_leader(group) {
+        if !self.is_local_leader(group) || self.is_transferring(group) {
             return Err(self.not_leader(group));
         }
         self.proposals.write(group, op).await
     }
 
     pub async fn serve_meta(&self, op: MetaOp) -> Result<Response, RouteError> {
-        if !self.is_local_leader(META_GROUP) {
+        if !self.is_local_leader(META_GROUP) || self.is_transferring(META_GROUP) {
             return Err(self.not_leader(META_GROUP));
         }
         self.router.write(META_GROUP, Request::Meta(op)).await
@@ -300,6 +307,11 @@ impl Cluster {
 
     /// Reads `q` here after the group's read barrier (G7).
     pub async fn serve_query(&self, group: GroupId, q: ShardQuery) -> Result<QueryResult, RouteError> {
+        // A read barrier sends heartbeats, which would keep followers from electing the
+        // transfer's target.
+        if self.is_transferring(group) {
+            return Err(self.not_leader(group));
+        }
         self.router.read_barrier(group).await?;
         self.reader
             .query(group, q)
@@ -308,6 +320,52 @@ impl Cluster {
                 group,
                 reason: format!("storage: {e}"),
             })
+    }
+
+    /// Hands leadership of `g` (led here) to `to`. openraft 0.9 has no leader transfer, so:
+    /// the other voters stop campaigning for a moment, this node stops heartbeats and
+    /// refuses new writes (`NotLeader`, retried by gateways), and `to`'s election timer fires
+    /// first; everything is re-enabled after [`TRANSFER_WINDOW_MS`] whatever happened.
+    pub async fn transfer_leadership(&self, g: &GroupHandle, to: NodeId, others: &[NodeId]) {
+        let group = g.group;
+        let hold = Duration::from_millis(TRANSFER_WINDOW_MS);
+        for n in others {
+            let _ = self
+                .call_peer(*n, group, "", PeerRequest::HoldElections { hold_ms: TRANSFER_WINDOW_MS }, hold)
+                .await;
+        }
+        self.transferring.lock().insert(group, Instant::now() + hold);
+        g.raft.runtime_config().heartbeat(false);
+        let mut rx = g.raft.metrics();
+        let handed_over = async {
+            loop {
+                let leader = rx.borrow().current_leader;
+                if leader.is_some() && leader != Some(self.node_id) {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(hold, handed_over).await;
+        g.raft.runtime_config().heartbeat(true);
+        self.transferring.lock().remove(&group);
+        let leader = g.raft.metrics().borrow().current_leader;
+        tracing::info!(group, to, ?leader, "leadership transfer done");
+    }
+
+    /// This node does not campaign in `group` for `hold_ms` (a transfer to another voter).
+    pub fn hold_elections(&self, group: GroupId, hold_ms: u64) {
+        let Ok(g) = self.router.group(group) else {
+            return;
+        };
+        let raft = g.raft.clone();
+        raft.runtime_config().elect(false);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+            raft.runtime_config().elect(true);
+        });
     }
 
     /// Asks the leader of `group` to deliver its outbox now.
@@ -329,6 +387,11 @@ impl Cluster {
             group,
             reason: e.to_string(),
         })
+    }
+
+    fn is_transferring(&self, group: GroupId) -> bool {
+        let t = self.transferring.lock();
+        t.get(&group).is_some_and(|until| Instant::now() < *until)
     }
 
     fn not_leader(&self, group: GroupId) -> RouteError {

@@ -6,9 +6,9 @@
 //! - On the leader of each group: moves the group's Raft membership one step towards the
 //!   desired replica set: add a learner → wait until it caught up → replace the voters →
 //!   drop learners that are not wanted. One change at a time per group.
-//! - Spreads leaderships: a node that leads more than its share of groups, and is not the
-//!   preferred leader of one of them, steps down there (voter → learner, re-added as a
-//!   voter by the next leader), at most once per group per cooldown.
+//! - Spreads leaderships: a node that leads more than its share of groups hands one of them
+//!   to its preferred leader (see `Cluster::transfer_leadership`), at most once per group
+//!   per cooldown.
 //! - Announces leadership changes to the gateways (fan-out gap filling).
 
 use std::collections::{BTreeSet, HashMap};
@@ -30,7 +30,7 @@ pub const CONTROLLER_INTERVAL_MS: u64 = 300;
 pub const CATCHUP_LAG_MAX: u64 = 100;
 /// Time allowed for one membership change.
 pub const MEMBERSHIP_CHANGE_TIMEOUT_MS: u64 = 10_000;
-/// A group's leader steps down for balance at most this often.
+/// A group's leader hands over leadership for balance at most this often.
 pub const STEP_DOWN_COOLDOWN_MS: u64 = 15_000;
 /// How often `leave` checks whether the node still holds replicas.
 pub const LEAVE_POLL_MS: u64 = 500;
@@ -157,6 +157,21 @@ impl Controller {
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
         let want: BTreeSet<NodeId> = desired.iter().copied().collect();
+        let me = self.cluster.node_id;
+        if !want.contains(&me) || !voters.contains(&me) {
+            // This node must not stay: openraft 0.9 keeps a leader that was removed from the
+            // voters leading, so hand leadership to a wanted voter first; that leader then
+            // changes the membership.
+            if let Some(to) = desired.iter().find(|n| voters.contains(n) && **n != me) {
+                let others: Vec<NodeId> = voters
+                    .iter()
+                    .copied()
+                    .filter(|n| *n != me && n != to)
+                    .collect();
+                self.cluster.transfer_leadership(g, *to, &others).await;
+                return Ok(());
+            }
+        }
         let timeout = Duration::from_millis(MEMBERSHIP_CHANGE_TIMEOUT_MS);
 
         // 1. Every wanted node is at least a learner.
@@ -217,7 +232,8 @@ impl Controller {
                 Err(_) => Err("change_membership timed out".into()),
             };
         }
-        // 4. Leadership balance.
+        // 4. Leadership balance: hand this group to its preferred leader when this node
+        // leads more than its share.
         let active = meta
             .nodes
             .values()
@@ -227,22 +243,18 @@ impl Controller {
         let groups = self.cluster.router().groups().count();
         let fair_share = groups.div_ceil(active);
         let preferred = desired[0];
-        let me = self.cluster.node_id;
         let cooled = stepped_down
             .get(&g.group)
             .is_none_or(|t| t.elapsed() >= Duration::from_millis(STEP_DOWN_COOLDOWN_MS));
-        if preferred != me && led_here > fair_share && cooled && voters.len() >= 3 {
+        if preferred != me && led_here > fair_share && cooled && voters.contains(&preferred) {
             stepped_down.insert(g.group, Instant::now());
-            tracing::info!(group = g.group, preferred, "stepping down for leader balance");
-            let fut = g.raft.change_membership(
-                ChangeMembers::RemoveVoters(BTreeSet::from([me])),
-                true,
-            );
-            return match tokio::time::timeout(timeout, fut).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("step down timed out".into()),
-            };
+            tracing::info!(group = g.group, to = preferred, "transferring leadership for balance");
+            let others: Vec<NodeId> = voters
+                .iter()
+                .copied()
+                .filter(|n| *n != me && *n != preferred)
+                .collect();
+            self.cluster.transfer_leadership(g, preferred, &others).await;
         }
         Ok(())
     }

@@ -39,6 +39,8 @@ pub enum PeerRequest {
     Push(Vec<PushItem>),
     /// Deliver the outbox of the header's group now (its leader does).
     DrainOutbox,
+    /// Do not campaign in the header's group for a while (a leadership transfer).
+    HoldElections { hold_ms: u64 },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -80,6 +82,10 @@ impl Handler<PeerRequest, PeerReply> for PeerService {
                 PeerRequest::Query(q) => PeerReply::Query(cluster.serve_query(group, q).await),
                 PeerRequest::Status => PeerReply::Status(cluster.local_status()),
                 PeerRequest::DrainOutbox => PeerReply::Drained(cluster.serve_drain(group).await),
+                PeerRequest::HoldElections { hold_ms } => {
+                    cluster.hold_elections(group, hold_ms.min(super::client::TRANSFER_WINDOW_MS));
+                    PeerReply::Pushed
+                }
                 PeerRequest::Push(items) => {
                     cluster.receive_push(from, items);
                     PeerReply::Pushed
