@@ -35,6 +35,8 @@ fn spawn(dir: &Path, config: &Path, addr: SocketAddr) -> Server {
             .arg(dir)
             .arg("--listen")
             .arg(addr.to_string())
+            .arg("--peer-listen")
+            .arg("127.0.0.1:0")
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "warn")

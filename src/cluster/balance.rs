@@ -107,25 +107,25 @@ pub fn balance(current: &Placement, groups: &[GroupId], active: &[NodeId]) -> Pl
         }
     }
 
-    // Spread preferred leaders (the first replica) within ±1 by reordering lists.
+    // Spread preferred leaders (the first replica) within ±1 by reordering lists: each step
+    // moves one leadership to a replica of the same group whose count is at least two lower,
+    // the widest such gap first.
     for _ in 0..moves_max {
         let l = load(&p, &active, true);
-        let Some(((max, max_load), _)) = extremes(&l) else {
-            break;
-        };
-        let min_load = l.values().copied().min().unwrap_or(0);
-        if max_load <= min_load + 1 {
+        let (lo, hi) = (
+            l.values().copied().min().unwrap_or(0),
+            l.values().copied().max().unwrap_or(0),
+        );
+        if hi <= lo + 1 {
             break;
         }
-        // A group led by `max` with a replica whose leader count is lowest takes it.
         let mut best: Option<(GroupId, usize, usize)> = None;
         for (g, r) in &p {
-            if r.first() != Some(&max) {
-                continue;
-            }
+            let Some(first) = r.first() else { continue };
             for (i, n) in r.iter().enumerate().skip(1) {
-                if l[n] + 1 < max_load && best.is_none_or(|(_, _, c)| l[n] < c) {
-                    best = Some((*g, i, l[n]));
+                let gap = l[first].saturating_sub(l[n]);
+                if gap >= 2 && best.is_none_or(|(_, _, b)| gap > b) {
+                    best = Some((*g, i, gap));
                 }
             }
         }

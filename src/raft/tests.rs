@@ -31,6 +31,7 @@ impl Applier for CountingApplier {
         txn.put(COUNT_KEY.to_vec(), (n + 1).to_be_bytes().to_vec());
         Ok(match req {
             Request::Meta(MetaOp::InitCluster(s)) => Response::Meta(s.clone()),
+            Request::Meta(_) => Response::None,
             Request::Shard(_) => Response::Shard(ShardResponse::Done),
             Request::ShardBatch(ops) => Response::ShardBatch(vec![ShardResponse::Done; ops.len()]),
         })

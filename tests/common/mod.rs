@@ -2,6 +2,8 @@
 //! client that matches replies by id and keeps pushes aside.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,6 +31,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     let mut c = Config::default();
     c.data_dir = dir.to_path_buf();
     c.listen = "127.0.0.1:0".parse().unwrap();
+    c.peer_listen = "127.0.0.1:0".parse().unwrap();
     c.shards = 4;
     c.limits.user_messages_per_minute = 100_000;
     c.limits.conversation_messages_per_minute = 100_000;
