@@ -1,12 +1,13 @@
 # chatnode — the two commands that matter on a fresh machine:
 #   make run    set up, build (release) and run a single node on 127.0.0.1:7070, data in ./data
+#   make cluster  the same, three nodes on 127.0.0.1:7070/7080/7090, data in ./data/node*
 #   make test   set up and run every test (unit, property, end-to-end, crash)
 
 DATA_DIR ?= ./data
 LISTEN ?= 127.0.0.1:7070
 CARGO ?= cargo
 
-.PHONY: setup build run test bench fmt clippy clean
+.PHONY: setup build run cluster test bench fmt clippy clean
 
 setup:
 	@bash scripts/setup.sh
@@ -16,6 +17,11 @@ build: setup
 
 run: build
 	$(CARGO) run --release --bin chatnode -- --data-dir $(DATA_DIR) --listen $(LISTEN)
+
+# Three nodes on 127.0.0.1 (client ports 7070, 7080, 7090), data under ./data/node{1,2,3};
+# Ctrl-C stops all three.
+cluster: build
+	BIN=$$($(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release/chatnode bash scripts/cluster.sh
 
 test: setup
 	$(CARGO) test --workspace --no-fail-fast

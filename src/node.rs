@@ -94,7 +94,7 @@ impl Applier for NodeApplier {
         if cluster.is_local_leader(group) {
             cluster.fanout.broadcast(cluster, &items);
         }
-        cluster.fanout.receive(cluster, items);
+        cluster.fanout.receive(cluster, cluster.node_id, items);
     }
 }
 
@@ -409,6 +409,20 @@ impl Node {
             meta_seed,
         );
         let _ = cluster_cell.set(cluster.clone());
+        // Presence crosses nodes without touching Raft (G9).
+        let weak = Arc::downgrade(&cluster);
+        hub.set_presence_out(Box::new(move |changes| {
+            let Some(c) = weak.upgrade() else { return };
+            let items: Vec<PushItem> = changes
+                .into_iter()
+                .map(|(user_id, online, last_seen)| PushItem::Presence {
+                    user_id,
+                    online,
+                    last_seen,
+                })
+                .collect();
+            c.fanout.broadcast(&c, &items);
+        }));
 
         // The peer transport: mutual TLS with the cluster's CA; any member admits joiners.
         let ca = Arc::new(ClusterCa::from_pem(

@@ -191,6 +191,10 @@ async fn three_and_five_node_clusters_form() {
                 );
             }
         }
+        // Replicas that moved to the later nodes left nothing campaigning behind.
+        if let Err(e) = c.wait_no_lingering(Duration::from_secs(20)).await {
+            panic!("{n} nodes: {e}");
+        }
         // The fair shares hold a moment later too (no flapping of leaders).
         let again = c.wait_converged(&members, true, CONVERGE).await;
         eprintln!(
@@ -467,6 +471,28 @@ async fn isolated_node_refuses_and_majority_continues() {
     c.isolate(x).await;
     let isolated_at = Instant::now();
 
+    // The majority: every shard gets a leader among the other two.
+    let majority: BTreeSet<u64> = members.iter().copied().filter(|id| *id != x).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mv = c.view_of(m).await.expect("status from the majority");
+        let leaderless: Vec<u32> = (0..=SHARDS)
+            .filter(|g| !mv.leader_of(*g).is_some_and(|l| majority.contains(&l)))
+            .collect();
+        if leaderless.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "groups without a leader on the majority side 20 s after isolating node {x}: {leaderless:?}"
+        );
+        pause(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "majority has every leader {:?} after isolation",
+        isolated_at.elapsed()
+    );
+
     // Sends through x: `unavailable` (retryable) within the request deadline, for shards x
     // led and for shards others lead.
     let mut refused: Vec<(String, String)> = Vec::new();
@@ -516,27 +542,7 @@ async fn isolated_node_refuses_and_majority_continues() {
         refused.push((conv.clone(), cmid));
     }
 
-    // The majority: every shard gets a leader among the other two, and sends are acked.
-    let majority: BTreeSet<u64> = members.iter().copied().filter(|id| *id != x).collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mv = c.view_of(m).await.expect("status from the majority");
-        let leaderless: Vec<u32> = (0..=SHARDS)
-            .filter(|g| !mv.leader_of(*g).is_some_and(|l| majority.contains(&l)))
-            .collect();
-        if leaderless.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "groups without a leader on the majority side 30 s after isolating node {x}: {leaderless:?}"
-        );
-        pause(Duration::from_millis(500)).await;
-    }
-    eprintln!(
-        "majority has every leader {:?} after isolation",
-        isolated_at.elapsed()
-    );
+    // The majority keeps accepting.
     for round in 0..3 {
         for (conv, shard) in &convs {
             n += 1;
@@ -681,6 +687,10 @@ async fn fourth_node_joins_and_leaves_under_load() {
             v
         }
     };
+    if let Err(e) = c.wait_no_lingering(Duration::from_secs(20)).await {
+        eprintln!("{e}");
+        findings.push(e);
+    }
     let held = v.replica_counts(&four)[&id4];
     eprintln!(
         "with node 4: replicas {:?}, leaders {:?}",
@@ -710,6 +720,10 @@ async fn fourth_node_joins_and_leaves_under_load() {
     if let Err(e) = c.try_converge(&three, true, CONVERGE).await {
         eprintln!("not balanced after node 4 left: {e}");
         findings.push(e);
+    }
+    if let Err(e) = c.wait_no_lingering(Duration::from_secs(20)).await {
+        eprintln!("after node 4 left: {e}");
+        findings.push(format!("after node 4 left: {e}"));
     }
     assert_eq!(
         v.nodes.get(&id4).map(String::as_str),

@@ -441,8 +441,8 @@ impl Cluster {
     }
 
     /// Pushes received from a peer.
-    pub fn receive_push(self: &Arc<Self>, _from: NodeId, items: Vec<PushItem>) {
-        self.fanout.receive(self, items);
+    pub fn receive_push(self: &Arc<Self>, from: NodeId, items: Vec<PushItem>) {
+        self.fanout.receive(self, from, items);
     }
 }
 

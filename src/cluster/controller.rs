@@ -314,7 +314,7 @@ async fn watch_leadership(cluster: Arc<Cluster>, g: GroupHandle) {
         if is_leader && !was_leader {
             let item = PushItem::LeaderChanged { group: g.group };
             cluster.fanout.broadcast(&cluster, std::slice::from_ref(&item));
-            cluster.fanout.receive(&cluster, vec![item]);
+            cluster.fanout.receive(&cluster, cluster.node_id, vec![item]);
         }
         was_leader = is_leader;
         if rx.changed().await.is_err() {

@@ -53,6 +53,12 @@ pub enum PushItem {
     },
     /// The sender now leads `group`.
     LeaderChanged { group: GroupId },
+    /// A user is (or is no longer) online on the sending node (G9: never stored).
+    Presence {
+        user_id: UserId,
+        online: bool,
+        last_seen: u64,
+    },
 }
 
 struct Track {
@@ -107,10 +113,20 @@ impl Fanout {
         }
     }
 
-    /// Delivers pushes (from a peer or from this node's own apply) to local connections.
-    pub fn receive(&self, cluster: &Arc<Cluster>, items: Vec<PushItem>) {
+    /// Delivers pushes (from peer `from`, or from this node's own apply) to local
+    /// connections.
+    pub fn receive(&self, cluster: &Arc<Cluster>, from: NodeId, items: Vec<PushItem>) {
         for item in items {
             match item {
+                PushItem::Presence {
+                    user_id,
+                    online,
+                    last_seen,
+                } => {
+                    if from != self.node_id {
+                        self.hub.remote_presence(from, &user_id, online, last_seen);
+                    }
+                }
                 PushItem::Message(p) => self.deliver_message(cluster, p),
                 PushItem::Receipt(r) => self.hub.push_receipt(&r),
                 PushItem::Typing {

@@ -83,7 +83,22 @@ struct State {
     typing: HashMap<(String, UserId), Typing>,
     receipt_last_push: HashMap<(String, UserId), Instant>,
     receipt_pending: HashMap<(String, UserId), ReceiptState>,
+    /// Users online on other nodes: node -> until when (refreshed by the node's periodic
+    /// presence broadcast), and the last_seen it reported.
+    remote_presence: HashMap<UserId, (HashMap<u64, Instant>, u64)>,
+    presence_refreshed_at: Option<Instant>,
 }
+
+/// Users whose presence on other nodes a hub remembers.
+pub const REMOTE_PRESENCE_USERS_MAX: usize = 200_000;
+/// A remote "online" without a refresh expires after this long (the node died or left).
+pub const REMOTE_PRESENCE_TTL_MS: u64 = 30_000;
+/// How often a node re-announces its online users to the others.
+pub const PRESENCE_REFRESH_MS: u64 = 10_000;
+
+/// Called with (user, online, last_seen) when a user's presence on this node changes, and
+/// periodically for every user online here: the cluster carries it to the other nodes.
+pub type PresenceOut = Box<dyn Fn(Vec<(UserId, bool, u64)>) + Send + Sync>;
 
 /// Refusal to register a connection.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +107,7 @@ pub struct TooManyDevices(pub usize);
 
 pub struct Hub {
     state: Mutex<State>,
+    presence_out: std::sync::OnceLock<PresenceOut>,
     next_conn: AtomicU64,
     devices_per_user: usize,
     metrics: Arc<Metrics>,
@@ -105,10 +121,61 @@ impl Hub {
     pub fn new(devices_per_user: usize, metrics: Arc<Metrics>) -> Arc<Hub> {
         Arc::new(Hub {
             state: Mutex::new(State::default()),
+            presence_out: std::sync::OnceLock::new(),
             next_conn: AtomicU64::new(1),
             devices_per_user,
             metrics,
         })
+    }
+
+    /// Where local presence changes go (set once, by the node).
+    pub fn set_presence_out(&self, out: PresenceOut) {
+        let _ = self.presence_out.set(out);
+    }
+
+    fn tell_cluster(&self, changes: Vec<(UserId, bool, u64)>) {
+        if let (Some(out), false) = (self.presence_out.get(), changes.is_empty()) {
+            out(changes);
+        }
+    }
+
+    /// Online on any node (this one, or another that said so within its TTL).
+    fn effective_presence(st: &State, user: &str) -> (bool, u64) {
+        let (local_online, local_seen) = st
+            .presence
+            .get(user)
+            .map_or((false, 0), |p| (p.announced_online, p.last_seen));
+        let (remote_online, remote_seen) = st
+            .remote_presence
+            .get(user)
+            .map_or((false, 0), |(nodes, seen)| (!nodes.is_empty(), *seen));
+        (local_online || remote_online, local_seen.max(remote_seen))
+    }
+
+    /// Another node says `user` is (or is no longer) online there.
+    pub fn remote_presence(&self, node: u64, user: &str, online: bool, last_seen: u64) {
+        let mut st = self.state.lock();
+        let before = Self::effective_presence(&st, user).0;
+        if online {
+            if !st.remote_presence.contains_key(user)
+                && st.remote_presence.len() >= REMOTE_PRESENCE_USERS_MAX
+            {
+                return;
+            }
+            let until = Instant::now() + Duration::from_millis(REMOTE_PRESENCE_TTL_MS);
+            let e = st.remote_presence.entry(user.to_string()).or_default();
+            e.0.insert(node, until);
+            e.1 = e.1.max(last_seen);
+        } else if let Some(e) = st.remote_presence.get_mut(user) {
+            e.0.remove(&node);
+            e.1 = e.1.max(last_seen);
+            if e.0.is_empty() && !st.presence_watchers.contains_key(user) {
+                st.remote_presence.remove(user);
+            }
+        }
+        if Self::effective_presence(&st, user).0 != before {
+            self.announce_presence(&st, user);
+        }
     }
 
     /// Starts the sweeper; it stops when the hub is dropped.
@@ -177,7 +244,14 @@ impl Hub {
         p.left_at = None;
         if !p.announced_online {
             p.announced_online = true;
-            self.announce_presence(&st, user);
+            let was_online_elsewhere = st
+                .remote_presence
+                .get(user)
+                .is_some_and(|(nodes, _)| !nodes.is_empty());
+            if !was_online_elsewhere {
+                self.announce_presence(&st, user);
+            }
+            self.tell_cluster(vec![(user.to_string(), true, now_ms)]);
         }
         Ok(ConnHandle { id, kill })
     }
@@ -346,10 +420,7 @@ impl Hub {
             if newly {
                 st.watching.entry(conn).or_default().push(u.clone());
             }
-            let (online, last_seen) = st
-                .presence
-                .get(u)
-                .map_or((false, 0), |p| (p.announced_online, p.last_seen));
+            let (online, last_seen) = Self::effective_presence(&st, u);
             out.push((u.clone(), online, last_seen));
         }
         out
@@ -359,10 +430,7 @@ impl Hub {
         let Some(watchers) = st.presence_watchers.get(user) else {
             return;
         };
-        let (online, last_seen) = st
-            .presence
-            .get(user)
-            .map_or((false, 0), |p| (p.announced_online, p.last_seen));
+        let (online, last_seen) = Self::effective_presence(st, user);
         let frame = text(&ServerFrame::Presence {
             id: None,
             user_id: user.to_string(),
@@ -441,17 +509,56 @@ impl Hub {
             })
             .map(|(u, _)| u.clone())
             .collect();
+        let mut changes = Vec::new();
         for user in gone {
+            let mut last_seen = 0;
             if let Some(p) = st.presence.get_mut(&user) {
                 p.announced_online = false;
                 p.left_at = None;
+                last_seen = p.last_seen;
             }
-            self.announce_presence(&st, &user);
+            changes.push((user.clone(), false, last_seen));
+            if !Self::effective_presence(&st, &user).0 {
+                self.announce_presence(&st, &user);
+            }
             // Keep last_seen for later subscribers, but drop users nobody watches.
             if !st.presence_watchers.contains_key(&user) {
                 st.presence.remove(&user);
             }
         }
+        // Remote "online"s that were not refreshed: their node died or left.
+        let mut expired_remote = Vec::new();
+        for (user, (nodes, _)) in st.remote_presence.iter_mut() {
+            let before = nodes.len();
+            nodes.retain(|_, until| *until > now);
+            if before > 0 && nodes.is_empty() {
+                expired_remote.push(user.clone());
+            }
+        }
+        for user in expired_remote {
+            if !Self::effective_presence(&st, &user).0 {
+                self.announce_presence(&st, &user);
+            }
+            if !st.presence_watchers.contains_key(&user) {
+                st.remote_presence.remove(&user);
+            }
+        }
+        // Re-announce who is online here, so that other nodes' entries do not expire.
+        let refresh_due = st.presence_refreshed_at.is_none_or(|t| {
+            now.duration_since(t) >= Duration::from_millis(PRESENCE_REFRESH_MS)
+        });
+        if refresh_due {
+            st.presence_refreshed_at = Some(now);
+            changes.extend(
+                st.presence
+                    .iter()
+                    .filter(|(_, p)| p.announced_online)
+                    .take(REMOTE_PRESENCE_USERS_MAX)
+                    .map(|(u, p)| (u.clone(), true, p.last_seen)),
+            );
+        }
+        drop(st);
+        self.tell_cluster(changes);
     }
 }
 

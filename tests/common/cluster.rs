@@ -336,15 +336,6 @@ impl View {
                     ));
                 }
             }
-            // A replica that was moved away must not linger as a voter that campaigns.
-            for r in &self.groups[&g] {
-                if !desired.contains(&r.node) && (r.state == "candidate" || r.state == "leader") {
-                    return Err(format!(
-                        "group {g}: node {} is not a desired replica but is {} in term {} with voters {:?} (leader in term {})",
-                        r.node, r.state, r.term, r.voters, l.term
-                    ));
-                }
-            }
             // No replica outside the members still thinks it leads.
             let leaders = self.groups[&g]
                 .iter()
@@ -355,6 +346,23 @@ impl View {
             }
         }
         Ok(())
+    }
+
+    /// Replicas that were moved away (not in the desired set) but still campaign or lead.
+    pub fn lingering(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (g, rs) in &self.groups {
+            let desired = self.replicas.get(g).cloned().unwrap_or_default();
+            for r in rs {
+                if !desired.contains(&r.node) && (r.state == "candidate" || r.state == "leader") {
+                    out.push(format!(
+                        "group {g}: node {} is not a desired replica ({desired:?}) but is {} in term {} with voters {:?}",
+                        r.node, r.state, r.term, r.voters
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// Fair share ±1 of voter replicas and of leaderships over `members`, counting every
@@ -791,6 +799,27 @@ impl TestCluster {
             if Instant::now() >= deadline {
                 return Err(format!(
                     "cluster did not converge on {members:?} (balanced: {balanced}) within {timeout:?}: {last}\nlast {last_summary}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Waits until no moved-away replica campaigns or leads (see `View::lingering`).
+    pub async fn wait_no_lingering(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut last = vec!["no status".to_string()];
+            if let Some(v) = self.view().await {
+                last = v.lingering();
+                if last.is_empty() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "replicas moved away still campaign {timeout:?} later:\n{}",
+                    last.join("\n")
                 ));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
