@@ -71,7 +71,7 @@ impl Handler<PeerRequest, PeerReply> for PeerService {
         let group = header.group;
         let from = header.from;
         let trace_id = header.trace_id;
-        Box::pin(super::trace::scope(trace_id, async move {
+        Box::pin(super::trace::remote_scope(trace_id, async move {
             match body {
                 PeerRequest::Raft(rpc) => match cluster.router().group(group) {
                     Ok(g) => PeerReply::Raft(handle_rpc(&g.raft, rpc).await),

@@ -7,13 +7,18 @@ tokio::task_local! {
     static TRACE_ID: String;
 }
 
-/// Runs `fut` with `trace_id` as the current trace id (and in a span naming it).
+/// Runs `fut` with `trace_id` as the current trace id.
 pub fn scope<F: Future>(trace_id: String, fut: F) -> impl Future<Output = F::Output> {
+    TRACE_ID.scope(trace_id, fut)
+}
+
+/// Serves a request from another node under its trace id (and in a span naming it).
+pub fn remote_scope<F: Future>(trace_id: String, fut: F) -> impl Future<Output = F::Output> {
     use tracing::Instrument;
     let span = if trace_id.is_empty() {
         tracing::Span::none()
     } else {
-        tracing::debug_span!("peer", trace_id = %trace_id)
+        tracing::info_span!("peer_request", trace_id = %trace_id)
     };
     TRACE_ID.scope(trace_id, fut.instrument(span))
 }

@@ -317,9 +317,11 @@ async fn serve(
         };
         let gw = gw.clone();
         let session = session.clone();
-        let trace_id: u64 = rand::random();
-        let span = tracing::info_span!("request", trace_id = %format!("{trace_id:016x}"), user = %session.user_id);
-        tokio::spawn(
+        let trace_id = format!("{:016x}", rand::random::<u64>());
+        let span = tracing::info_span!("request", trace_id = %trace_id, user = %session.user_id);
+        // The trace id also travels in every frame this request sends to other nodes.
+        tokio::spawn(crate::cluster::trace::scope(
+            trace_id,
             async move {
                 let _permit = permit;
                 let frames = match gw.handle(&session, id.clone(), frame).await {
@@ -339,7 +341,7 @@ async fn serve(
                 }
             }
             .instrument(span),
-        );
+        ));
     }
 }
 
