@@ -198,7 +198,11 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/cluster");
         for n in 1..=3 {
             let c = Config::from_file(&dir.join(format!("node{n}.toml"))).expect("parses");
-            assert_eq!(c.join.is_some(), n > 1, "node {n}: only joiners name a seed");
+            assert_eq!(
+                c.join.is_some(),
+                n > 1,
+                "node {n}: only joiners name a seed"
+            );
             assert_eq!(c.listen.port(), 7060 + 10 * n);
         }
     }

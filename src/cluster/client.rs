@@ -97,7 +97,11 @@ impl Cluster {
     }
 
     pub fn address_of(&self, node: NodeId) -> Option<String> {
-        self.meta.read().nodes.get(&node).map(|n| n.peer_addr.clone())
+        self.meta
+            .read()
+            .nodes
+            .get(&node)
+            .map(|n| n.peer_addr.clone())
     }
 
     /// Ready to serve: this node is in the meta state, and every group it holds a replica of
@@ -109,7 +113,11 @@ impl Cluster {
         self.router.groups().all(|g| {
             let m = g.raft.metrics();
             let m = m.borrow();
-            let member = m.membership_config.membership().get_node(&self.node_id).is_some();
+            let member = m
+                .membership_config
+                .membership()
+                .get_node(&self.node_id)
+                .is_some();
             !member || m.current_leader.is_some()
         })
     }
@@ -291,7 +299,11 @@ impl Cluster {
     }
 
     /// Proposes `op` here (batched); `NotLeader` with a hint if another node leads.
-    pub async fn serve_write(&self, group: GroupId, op: ShardOp) -> Result<ShardResponse, RouteError> {
+    pub async fn serve_write(
+        &self,
+        group: GroupId,
+        op: ShardOp,
+    ) -> Result<ShardResponse, RouteError> {
         if !self.is_local_leader(group) || self.is_transferring(group) {
             return Err(self.not_leader(group));
         }
@@ -306,7 +318,11 @@ impl Cluster {
     }
 
     /// Reads `q` here after the group's read barrier (G7).
-    pub async fn serve_query(&self, group: GroupId, q: ShardQuery) -> Result<QueryResult, RouteError> {
+    pub async fn serve_query(
+        &self,
+        group: GroupId,
+        q: ShardQuery,
+    ) -> Result<QueryResult, RouteError> {
         // A read barrier sends heartbeats, which would keep followers from electing the
         // transfer's target.
         if self.is_transferring(group) {
@@ -331,10 +347,20 @@ impl Cluster {
         let hold = Duration::from_millis(TRANSFER_WINDOW_MS);
         for n in others {
             let _ = self
-                .call_peer(*n, group, "", PeerRequest::HoldElections { hold_ms: TRANSFER_WINDOW_MS }, hold)
+                .call_peer(
+                    *n,
+                    group,
+                    "",
+                    PeerRequest::HoldElections {
+                        hold_ms: TRANSFER_WINDOW_MS,
+                    },
+                    hold,
+                )
                 .await;
         }
-        self.transferring.lock().insert(group, Instant::now() + hold);
+        self.transferring
+            .lock()
+            .insert(group, Instant::now() + hold);
         g.raft.runtime_config().heartbeat(false);
         let mut rx = g.raft.metrics();
         let handed_over = async {
@@ -383,10 +409,13 @@ impl Cluster {
         let Some(relay) = self.relay.get() else {
             return Ok(());
         };
-        relay.drain_here(group).await.map_err(|e| RouteError::Unavailable {
-            group,
-            reason: e.to_string(),
-        })
+        relay
+            .drain_here(group)
+            .await
+            .map_err(|e| RouteError::Unavailable {
+                group,
+                reason: e.to_string(),
+            })
     }
 
     fn is_transferring(&self, group: GroupId) -> bool {
@@ -397,15 +426,16 @@ impl Cluster {
     fn not_leader(&self, group: GroupId) -> RouteError {
         RouteError::NotLeader {
             group,
-            leader_hint: self
-                .local_leader_view(group)
-                .filter(|l| *l != self.node_id),
+            leader_hint: self.local_leader_view(group).filter(|l| *l != self.node_id),
         }
     }
 
     /// The meta state as the meta leader has it (linearizable).
     pub async fn read_meta(&self) -> Result<MetaState, RouteError> {
-        match self.route(META_GROUP, PeerRequest::Query(ShardQuery::Meta)).await? {
+        match self
+            .route(META_GROUP, PeerRequest::Query(ShardQuery::Meta))
+            .await?
+        {
             PeerReply::Query(Ok(QueryResult::Meta(m))) => Ok(m),
             PeerReply::Query(Err(e)) => Err(e),
             other => Err(mismatch(META_GROUP, &other)),
@@ -427,12 +457,22 @@ impl Cluster {
     }
 
     /// Asks `node` for its status.
-    pub async fn peer_status(&self, node: NodeId, timeout: Duration) -> Result<NodeStatus, RouteError> {
+    pub async fn peer_status(
+        &self,
+        node: NodeId,
+        timeout: Duration,
+    ) -> Result<NodeStatus, RouteError> {
         if node == self.node_id {
             return Ok(self.local_status());
         }
         match self
-            .call_peer(node, META_GROUP, &trace::current(), PeerRequest::Status, timeout)
+            .call_peer(
+                node,
+                META_GROUP,
+                &trace::current(),
+                PeerRequest::Status,
+                timeout,
+            )
             .await?
         {
             PeerReply::Status(s) => Ok(s),

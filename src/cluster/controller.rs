@@ -58,8 +58,7 @@ impl Controller {
         let me = self.clone();
         tokio::spawn(async move {
             let mut stepped_down: HashMap<GroupId, Instant> = HashMap::new();
-            let mut tick =
-                tokio::time::interval(Duration::from_millis(CONTROLLER_INTERVAL_MS));
+            let mut tick = tokio::time::interval(Duration::from_millis(CONTROLLER_INTERVAL_MS));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
@@ -89,10 +88,7 @@ impl Controller {
             self.place(&meta).await;
         }
         let groups: Vec<GroupHandle> = c.router().groups().cloned().collect();
-        let led = groups
-            .iter()
-            .filter(|g| c.is_local_leader(g.group))
-            .count();
+        let led = groups.iter().filter(|g| c.is_local_leader(g.group)).count();
         for g in &groups {
             if !c.is_local_leader(g.group) {
                 continue;
@@ -100,10 +96,7 @@ impl Controller {
             let Some(desired) = meta.replicas.get(&g.group) else {
                 continue;
             };
-            if let Err(e) = self
-                .reconcile(g, desired, &meta, led, stepped_down)
-                .await
-            {
+            if let Err(e) = self.reconcile(g, desired, &meta, led, stepped_down).await {
                 tracing::debug!(group = g.group, error = %e, "reconcile step failed");
             }
         }
@@ -248,13 +241,19 @@ impl Controller {
             .is_none_or(|t| t.elapsed() >= Duration::from_millis(STEP_DOWN_COOLDOWN_MS));
         if preferred != me && led_here > fair_share && cooled && voters.contains(&preferred) {
             stepped_down.insert(g.group, Instant::now());
-            tracing::info!(group = g.group, to = preferred, "transferring leadership for balance");
+            tracing::info!(
+                group = g.group,
+                to = preferred,
+                "transferring leadership for balance"
+            );
             let others: Vec<NodeId> = voters
                 .iter()
                 .copied()
                 .filter(|n| *n != me && *n != preferred)
                 .collect();
-            self.cluster.transfer_leadership(g, preferred, &others).await;
+            self.cluster
+                .transfer_leadership(g, preferred, &others)
+                .await;
         }
         Ok(())
     }
@@ -313,8 +312,12 @@ async fn watch_leadership(cluster: Arc<Cluster>, g: GroupHandle) {
         let is_leader = rx.borrow().state == ServerState::Leader;
         if is_leader && !was_leader {
             let item = PushItem::LeaderChanged { group: g.group };
-            cluster.fanout.broadcast(&cluster, std::slice::from_ref(&item));
-            cluster.fanout.receive(&cluster, cluster.node_id, vec![item]);
+            cluster
+                .fanout
+                .broadcast(&cluster, std::slice::from_ref(&item));
+            cluster
+                .fanout
+                .receive(&cluster, cluster.node_id, vec![item]);
         }
         was_leader = is_leader;
         if rx.changed().await.is_err() {

@@ -52,7 +52,9 @@ pub enum PushItem {
         recipients: Vec<UserId>,
     },
     /// The sender now leads `group`.
-    LeaderChanged { group: GroupId },
+    LeaderChanged {
+        group: GroupId,
+    },
     /// A user is (or is no longer) online on the sending node (G9: never stored).
     Presence {
         user_id: UserId,
@@ -106,7 +108,10 @@ impl Fanout {
             });
             for item in items {
                 if tx.try_send(item.clone()).is_err() {
-                    tracing::debug!(peer = n.node_id, "push queue full; the peer will fill the gap");
+                    tracing::debug!(
+                        peer = n.node_id,
+                        "push queue full; the peer will fill the gap"
+                    );
                     break;
                 }
             }
@@ -269,7 +274,14 @@ async fn run_peer(
         };
         let timeout = Duration::from_millis(PUSH_TIMEOUT_MS);
         match t
-            .call(peer, &addr, META_GROUP, "", PeerRequest::Push(batch), timeout)
+            .call(
+                peer,
+                &addr,
+                META_GROUP,
+                "",
+                PeerRequest::Push(batch),
+                timeout,
+            )
             .await
         {
             Ok(PeerReply::Pushed) => {}

@@ -133,7 +133,9 @@ impl PeerNetwork for RaftNet {
             {
                 PeerReply::Raft(r) => Ok(r),
                 PeerReply::Error(e) => Err(PeerError::Network(e)),
-                _ => Err(PeerError::Network("reply does not match the request".into())),
+                _ => Err(PeerError::Network(
+                    "reply does not match the request".into(),
+                )),
             }
         })
     }

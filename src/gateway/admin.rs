@@ -59,8 +59,11 @@ pub async fn status(State(gw): State<Arc<Gateway>>) -> Response {
         }
         let timeout = Duration::from_millis(PEER_STATUS_TIMEOUT_MS);
         match c.peer_status(n.node_id, timeout).await {
-            Ok(s) => statuses.push(json!({"node_id": n.node_id, "reachable": true, "groups": s.groups})),
-            Err(e) => statuses.push(json!({"node_id": n.node_id, "reachable": false, "error": e.to_string()})),
+            Ok(s) => {
+                statuses.push(json!({"node_id": n.node_id, "reachable": true, "groups": s.groups}))
+            }
+            Err(e) => statuses
+                .push(json!({"node_id": n.node_id, "reachable": false, "error": e.to_string()})),
         }
     }
     let own = c.local_status();

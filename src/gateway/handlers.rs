@@ -325,7 +325,9 @@ impl Gateway {
                 self.cluster
                     .fanout
                     .broadcast(&self.cluster, std::slice::from_ref(&item));
-                self.cluster.fanout.receive(&self.cluster, self.cluster.node_id, vec![item]);
+                self.cluster
+                    .fanout
+                    .receive(&self.cluster, self.cluster.node_id, vec![item]);
                 Ok(Vec::new())
             }
             ClientFrame::SubscribePresence { user_ids } => {

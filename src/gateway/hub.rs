@@ -544,9 +544,9 @@ impl Hub {
             }
         }
         // Re-announce who is online here, so that other nodes' entries do not expire.
-        let refresh_due = st.presence_refreshed_at.is_none_or(|t| {
-            now.duration_since(t) >= Duration::from_millis(PRESENCE_REFRESH_MS)
-        });
+        let refresh_due = st
+            .presence_refreshed_at
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(PRESENCE_REFRESH_MS));
         if refresh_due {
             st.presence_refreshed_at = Some(now);
             changes.extend(

@@ -66,7 +66,10 @@ pub enum MetaOp {
         peer_addr: String,
         client_addr: String,
     },
-    SetNodeState { node_id: u64, state: NodeState },
+    SetNodeState {
+        node_id: u64,
+        state: NodeState,
+    },
     /// The desired replica set of every group; applied only if `version` is the current
     /// placement version (compare-and-set, so a stale controller cannot undo a newer plan).
     SetPlacement {
@@ -199,7 +202,10 @@ pub enum Response {
     ShardBatch(Vec<ShardResponse>),
     /// The meta state after a membership / placement command (and, for `AddNode`, the
     /// admitted node's id).
-    MetaState { state: MetaState, node_id: Option<u64> },
+    MetaState {
+        state: MetaState,
+        node_id: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

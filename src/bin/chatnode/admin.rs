@@ -12,7 +12,12 @@ const RESPONSE_BYTES_MAX: usize = 16 << 20;
 const REQUEST_TIMEOUT_MS: u64 = 10_000;
 
 /// One HTTP/1.1 request (Connection: close); returns the status code and body.
-async fn http(addr: &str, method: &str, path: &str, bearer: Option<&str>) -> anyhow::Result<(u16, String)> {
+async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr)
             .await
@@ -36,7 +41,10 @@ async fn http(addr: &str, method: &str, path: &str, bearer: Option<&str>) -> any
             .nth(1)
             .and_then(|c| c.parse().ok())
             .context("malformed HTTP response")?;
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             dechunk(body)
         } else {
             body.to_string()
@@ -129,7 +137,12 @@ pub async fn leave(addr: &str, token: Option<&str>, data_dir: &Path) -> anyhow::
     let token = match token {
         Some(t) => t.to_string(),
         None => std::fs::read_to_string(data_dir.join("join-token"))
-            .with_context(|| format!("reading {}/join-token (or pass --token)", data_dir.display()))?
+            .with_context(|| {
+                format!(
+                    "reading {}/join-token (or pass --token)",
+                    data_dir.display()
+                )
+            })?
             .trim()
             .to_string(),
     };
