@@ -113,13 +113,16 @@ impl Cluster {
         self.router.groups().all(|g| {
             let m = g.raft.metrics();
             let m = m.borrow();
-            let member = m
-                .membership_config
-                .membership()
-                .get_node(&self.node_id)
-                .is_some();
-            !member || m.current_leader.is_some()
+            !self.is_replica(&m) || m.current_leader.is_some()
         })
+    }
+
+    /// Whether this node is a voter or learner in the membership `m` knows.
+    fn is_replica(&self, m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>) -> bool {
+        m.membership_config
+            .membership()
+            .get_node(&self.node_id)
+            .is_some()
     }
 
     /// Whether this node's Raft of `group` is its leader right now.
@@ -135,12 +138,7 @@ impl Cluster {
         let g = self.router.group(group).ok()?;
         let m = g.raft.metrics();
         let m = m.borrow();
-        let member = m
-            .membership_config
-            .membership()
-            .get_node(&self.node_id)
-            .is_some();
-        if member {
+        if self.is_replica(&m) {
             m.current_leader
         } else {
             None

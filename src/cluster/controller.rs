@@ -165,7 +165,6 @@ impl Controller {
                 return Ok(());
             }
         }
-        let timeout = Duration::from_millis(MEMBERSHIP_CHANGE_TIMEOUT_MS);
 
         // 1. Every wanted node is at least a learner.
         if let Some(n) = desired
@@ -179,11 +178,7 @@ impl Controller {
             let fut = g
                 .raft
                 .add_learner(*n, BasicNode::new(info.peer_addr.clone()), false);
-            return match tokio::time::timeout(timeout, fut).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("add_learner timed out".into()),
-            };
+            return bounded(fut, "add_learner").await;
         }
         // 2. Voters = wanted, once every wanted learner caught up.
         if voters != want {
@@ -206,11 +201,7 @@ impl Controller {
             let fut = g
                 .raft
                 .change_membership(ChangeMembers::ReplaceAllVoters(want), false);
-            return match tokio::time::timeout(timeout, fut).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("change_membership timed out".into()),
-            };
+            return bounded(fut, "change_membership").await;
         }
         // 3. No unwanted learners.
         let extra: BTreeSet<NodeId> = learners.difference(&want).copied().collect();
@@ -219,11 +210,7 @@ impl Controller {
             let fut = g
                 .raft
                 .change_membership(ChangeMembers::RemoveNodes(extra), false);
-            return match tokio::time::timeout(timeout, fut).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("change_membership timed out".into()),
-            };
+            return bounded(fut, "change_membership").await;
         }
         // 4. Leadership balance: hand this group to its preferred leader when this node
         // leads more than its share.
@@ -301,6 +288,19 @@ impl Controller {
         // Every group must have been seen with a leader that does not count us.
         let all = c.router().groups().count();
         leaders_seen.len() < all
+    }
+}
+
+/// Waits for a membership change at most [`MEMBERSHIP_CHANGE_TIMEOUT_MS`].
+async fn bounded<T, E: std::fmt::Display>(
+    fut: impl std::future::Future<Output = Result<T, E>>,
+    what: &str,
+) -> Result<(), String> {
+    let timeout = Duration::from_millis(MEMBERSHIP_CHANGE_TIMEOUT_MS);
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what} timed out")),
     }
 }
 
