@@ -28,7 +28,8 @@ use crate::shard::ShardReader;
 pub const RETRY_BACKOFF_MIN_MS: u64 = 20;
 pub const RETRY_BACKOFF_MAX_MS: u64 = 400;
 /// How long a leadership transfer may take before everything is re-enabled.
-pub const TRANSFER_WINDOW_MS: u64 = 2_000;
+/// Longer than the election timeout, so that the target's timer fires inside it.
+pub const TRANSFER_WINDOW_MS: u64 = 3_000;
 /// Most hops one request follows (leader hints and retries) before giving up.
 pub const ROUTE_ATTEMPTS_MAX: u32 = 64;
 
@@ -47,6 +48,8 @@ pub struct Cluster {
     /// Groups whose leadership this node is handing over, until when (at most one entry per
     /// group).
     transferring: Mutex<HashMap<GroupId, Instant>>,
+    /// Groups in which this node does not campaign, until when (one entry per group).
+    elections_held: Mutex<HashMap<GroupId, Instant>>,
     /// Set once the relay exists (it holds this cluster).
     pub relay: OnceLock<Arc<super::OutboxRelay>>,
 }
@@ -74,6 +77,7 @@ impl Cluster {
             fanout,
             relay: OnceLock::new(),
             transferring: Mutex::new(HashMap::new()),
+            elections_held: Mutex::new(HashMap::new()),
         })
     }
 
@@ -384,12 +388,18 @@ impl Cluster {
         let Ok(g) = self.router.group(group) else {
             return;
         };
-        let raft = g.raft.clone();
-        raft.runtime_config().elect(false);
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(hold_ms)).await;
-            raft.runtime_config().elect(true);
-        });
+        g.raft.runtime_config().elect(false);
+        // The controller re-enables elections once the hold is over.
+        self.elections_held
+            .lock()
+            .insert(group, Instant::now() + Duration::from_millis(hold_ms));
+    }
+
+    /// Whether a transfer asked this node not to campaign in `group` right now.
+    pub fn elections_held(&self, group: GroupId) -> bool {
+        let held = self.elections_held.lock();
+        held.get(&group)
+            .is_some_and(|until| Instant::now() < *until)
     }
 
     /// Asks the leader of `group` to deliver its outbox now.

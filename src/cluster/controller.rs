@@ -90,6 +90,15 @@ impl Controller {
         let groups: Vec<GroupHandle> = c.router().groups().cloned().collect();
         let led = groups.iter().filter(|g| c.is_local_leader(g.group)).count();
         for g in &groups {
+            // A replica the placement moved away must not campaign: it may never learn that
+            // it was removed, and its rising term would later depose the group's leader.
+            let wanted = meta
+                .replicas
+                .get(&g.group)
+                .is_none_or(|r| r.contains(&c.node_id));
+            g.raft
+                .runtime_config()
+                .elect(wanted && !c.elections_held(g.group));
             if !c.is_local_leader(g.group) {
                 continue;
             }
@@ -221,7 +230,9 @@ impl Controller {
             .count()
             .max(1);
         let groups = self.cluster.router().groups().count();
-        let fair_share = groups.div_ceil(active);
+        // More than the least fair share: hand over towards the preferred leaders, which the
+        // placement spreads ±1 (a group led by its preferred leader never moves).
+        let fair_share = groups / active;
         let preferred = desired[0];
         let cooled = stepped_down
             .get(&g.group)

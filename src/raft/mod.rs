@@ -78,10 +78,13 @@ pub struct RaftTimings {
 
 impl Default for RaftTimings {
     fn default() -> Self {
+        // openraft 0.9 bounds every AppendEntries (follower fsync included) by the heartbeat
+        // interval: on a loaded 2-core machine 100 ms timed out under load and replication
+        // thrashed. Elections stay under ~2 s.
         Self {
-            heartbeat_ms: 100,
-            election_min_ms: 300,
-            election_max_ms: 600,
+            heartbeat_ms: 250,
+            election_min_ms: 1_000,
+            election_max_ms: 1_800,
             install_snapshot_timeout_ms: 2_000,
             snapshot_every_logs: 100_000,
             keep_logs_behind_snapshot: 1_000,

@@ -306,6 +306,20 @@ impl View {
                 return Err(format!("node {m} is not active: {:?}", self.nodes));
             }
         }
+        // The desired placement covers every member with its fair share (so it was computed
+        // for this membership).
+        let mut planned: BTreeMap<u64, usize> = members.iter().map(|m| (*m, 0)).collect();
+        for g in 0..=shards {
+            for n in self.replicas.get(&g).into_iter().flatten() {
+                *planned.entry(*n).or_default() += 1;
+            }
+        }
+        let fair = (shards + 1) as f64 * 3.min(members.len()) as f64 / members.len() as f64;
+        if planned.values().any(|c| (*c as f64 - fair).abs() > 1.0) {
+            return Err(format!(
+                "desired placement is not spread over {members:?}: {planned:?} (fair {fair:.2})"
+            ));
+        }
         for g in 0..=shards {
             let desired: BTreeSet<u64> = self
                 .replicas
