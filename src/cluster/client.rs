@@ -29,7 +29,7 @@ pub const RETRY_BACKOFF_MIN_MS: u64 = 20;
 pub const RETRY_BACKOFF_MAX_MS: u64 = 400;
 /// How long a leadership transfer may take before everything is re-enabled.
 /// Longer than the election timeout, so that the target's timer fires inside it.
-pub const TRANSFER_WINDOW_MS: u64 = 3_000;
+pub const TRANSFER_WINDOW_MS: u64 = 4_000;
 /// Most hops one request follows (leader hints and retries) before giving up.
 pub const ROUTE_ATTEMPTS_MAX: u32 = 64;
 
@@ -393,6 +393,13 @@ impl Cluster {
         self.elections_held
             .lock()
             .insert(group, Instant::now() + Duration::from_millis(hold_ms));
+    }
+
+    /// Campaigns for `group` now (the target of a leadership transfer).
+    pub async fn elect_now(&self, group: GroupId) {
+        if let Ok(g) = self.router.group(group) {
+            let _ = g.raft.trigger().elect().await;
+        }
     }
 
     /// Whether a transfer asked this node not to campaign in `group` right now.

@@ -41,6 +41,8 @@ pub enum PeerRequest {
     DrainOutbox,
     /// Do not campaign in the header's group for a while (a leadership transfer).
     HoldElections { hold_ms: u64 },
+    /// Campaign in the header's group now (the target of a leadership transfer).
+    Elect,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -82,6 +84,10 @@ impl Handler<PeerRequest, PeerReply> for PeerService {
                 PeerRequest::Query(q) => PeerReply::Query(cluster.serve_query(group, q).await),
                 PeerRequest::Status => PeerReply::Status(cluster.local_status()),
                 PeerRequest::DrainOutbox => PeerReply::Drained(cluster.serve_drain(group).await),
+                PeerRequest::Elect => {
+                    cluster.elect_now(group).await;
+                    PeerReply::Pushed
+                }
                 PeerRequest::HoldElections { hold_ms } => {
                     cluster.hold_elections(group, hold_ms.min(super::client::TRANSFER_WINDOW_MS));
                     PeerReply::Pushed
