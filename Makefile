@@ -1,13 +1,14 @@
 # chatnode — the two commands that matter on a fresh machine:
 #   make run    set up, build (release) and run a single node on 127.0.0.1:7070, data in ./data
 #   make cluster  the same, three nodes on 127.0.0.1:7070/7080/7090, data in ./data/node*
-#   make test   set up and run every test (unit, property, end-to-end, crash)
+#   make test   set up and run every test (unit, property, end-to-end, crash, cluster, a
+#               90 s jepsen smoke run when root)
 
 DATA_DIR ?= ./data
 LISTEN ?= 127.0.0.1:7070
 CARGO ?= cargo
 
-.PHONY: setup build run cluster test bench fmt clippy clean
+.PHONY: setup build run cluster test jepsen bench fmt clippy clean
 
 setup:
 	@bash scripts/setup.sh
@@ -25,6 +26,12 @@ cluster: build
 
 test: setup
 	$(CARGO) test --workspace --no-fail-fast
+	bash scripts/jepsen-smoke.sh
+
+# A full jepsen run (root): 5 nodes, all faults, 300 s. JEPSEN_ARGS="--time 120 --seed 7 --nemesis kill,pause"
+jepsen: build
+	$(CARGO) build --release -p chatnode-jepsen
+	$$($(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release/chatnode-jepsen run $(JEPSEN_ARGS)
 
 # The load generator against a running node (see docs/BENCHMARKS.md).
 bench: build
