@@ -6,6 +6,7 @@
 # Usage: scripts/bench-cluster.sh [chatbench args…]   (default: 1000 senders, closed loop)
 set -euo pipefail
 T=${CARGO_TARGET_DIR:-target}/release
+[ -x "$T/chatnode" ] && [ -x "$T/chatbench" ] || { echo "build first: cargo build --release (looked in $T)" >&2; exit 2; }
 DIR=$(mktemp -d /tmp/chatnode-bench.XXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DIR"; }
@@ -26,7 +27,8 @@ for s in d["node_statuses"]:
     if g["state"]=="leader": c[s["node_id"]]=c.get(s["node_id"],0)+1
 print(" ".join(f"{k}:{v}" for k,v in sorted(c.items())), sum(c.values()))'; }
 start 1
-while [ ! -s "$DIR/n1/join-token" ]; do sleep 0.1; done
+for _ in $(seq 600); do [ -s "$DIR/n1/join-token" ] && break; sleep 0.1; done
+[ -s "$DIR/n1/join-token" ] || { echo "node 1 did not start:" >&2; tail "$DIR/n1.log" >&2; exit 2; }
 start 2 --join 127.0.0.1:7071 --token "$(cat "$DIR/n1/join-token")"
 start 3 --join 127.0.0.1:7071 --token "$(cat "$DIR/n1/join-token")"
 echo "waiting for 3 voters per group and balanced leaders…"
