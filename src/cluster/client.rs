@@ -210,7 +210,14 @@ impl Cluster {
                 break;
             }
             let reply = if target == self.node_id {
-                Ok(self.serve(group, req.clone()).await)
+                // The local path has its own timeouts; the request's deadline bounds it too.
+                match tokio::time::timeout(deadline - now, self.serve(group, req.clone())).await {
+                    Ok(r) => Ok(r),
+                    Err(_) => Err(RouteError::Timeout {
+                        group,
+                        timeout_ms: REQUEST_TIMEOUT_MS,
+                    }),
+                }
             } else {
                 self.call_peer(target, group, &trace_id, req.clone(), deadline - now)
                     .await
