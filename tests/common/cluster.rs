@@ -60,19 +60,6 @@ fn tail(path: &Path, lines: usize) -> String {
 // ---------------------------------------------------------------------------------------
 // HTTP
 
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 /// One HTTP/1.1 request that never panics: Err on connect failure or timeout.
 pub async fn try_http(
     addr: SocketAddr,
@@ -100,22 +87,7 @@ pub async fn try_http(
         s.read_to_end(&mut out)
             .await
             .map_err(|e| format!("read: {e}"))?;
-        let text = String::from_utf8_lossy(&out).to_string();
-        let status: u16 = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(rest)
-        } else {
-            rest.to_string()
-        };
-        Ok((status, body))
+        Ok(super::parse_http_response(&out))
     };
     tokio::time::timeout(timeout, fut)
         .await

@@ -76,7 +76,12 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u1
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out).to_string();
+    parse_http_response(&out)
+}
+
+/// Status code and body (de-chunked) of a raw HTTP/1.1 response; status 0 if unparsable.
+pub fn parse_http_response(out: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(out).to_string();
     let status: u16 = text
         .split_whitespace()
         .nth(1)
