@@ -119,8 +119,7 @@ impl Controller {
             .filter(|n| n.state == NodeState::Active)
             .map(|n| n.node_id)
             .collect();
-        let groups: Vec<GroupId> = self.cluster.router().groups().map(|g| g.group).collect();
-        let mut groups = groups;
+        let mut groups: Vec<GroupId> = self.cluster.router().groups().map(|g| g.group).collect();
         groups.sort_unstable();
         let current: Placement = meta.replicas.clone();
         let next = balance(&current, &groups, &active);

@@ -87,13 +87,6 @@ impl Router {
             }),
         }
     }
-
-    /// Whether every group knows a leader (for `/ready`).
-    pub fn all_have_leaders(&self) -> bool {
-        self.groups
-            .values()
-            .all(|g| g.raft.metrics().borrow().current_leader.is_some())
-    }
 }
 
 fn map_write_error(

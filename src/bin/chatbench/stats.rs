@@ -18,7 +18,6 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 fn new_histogram() -> Histogram<u64> {
     // invariant: constant, valid bounds
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("static histogram bounds")
-    // invariant: constant bounds
 }
 
 struct Hists {
