@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod raft;
+pub mod sabotage;
 pub mod shard;
 pub mod storage;
 pub mod transport;

@@ -2,7 +2,8 @@
 //! ids that show it.
 //!
 //! Classes (see README.md for what each means):
-//! lost, duplicated, gap, reuse, order, stale-read, diverge, connection-skip, phantom.
+//! lost, duplicated, gap, reuse, order, stale-read, diverge, connection-skip, phantom,
+//! uncommitted, unrecovered.
 //! Allowed but reported: recovered (a failed or indeterminate send that shows up later).
 
 use crate::history::{Event, Msg, SyncEntry, Type, Value, F};
@@ -19,6 +20,7 @@ pub const CLASSES: &[&str] = &[
     "diverge",
     "connection-skip",
     "phantom",
+    "uncommitted",
     "unrecovered",
 ];
 
@@ -832,6 +834,39 @@ pub fn check(events: &[Event]) -> Report {
                         format!("{} was acked at seq {seq} (op {ack_op}) but the final read on {node} lacks it", s.cmid),
                     ));
                 }
+            }
+        }
+        // G4: what a client saw (push or read) must be committed, so in the final reads.
+        let in_final: HashSet<&str> = contents.values().flat_map(|c| c.keys().copied()).collect();
+        for op in ops.iter().filter(|o| o.ty == Type::Ok) {
+            let seen: Vec<&Msg> = match op.f {
+                F::History | F::Push if op.conv == Some(conv) => msgs(op.value).iter().collect(),
+                F::Sync => entries(op.value)
+                    .iter()
+                    .filter(|e| e.conversation == *conv)
+                    .flat_map(|e| e.messages.as_deref().unwrap_or(&[]))
+                    .collect(),
+                _ => continue,
+            };
+            for m in seen {
+                let is_event = m.msg_id.as_deref() == Some(m.client_msg_id.as_str());
+                if is_event || in_final.contains(m.client_msg_id.as_str()) {
+                    continue;
+                }
+                acc.add_once(
+                    format!("uncommitted {conv} {}", m.client_msg_id),
+                    anomaly(
+                        "uncommitted",
+                        conv,
+                        Some(m.seq),
+                        Some(&m.client_msg_id),
+                        vec![op.op_id],
+                        format!(
+                            "{:?} op {} showed {} at seq {}, which no final read holds",
+                            op.f, op.op_id, m.client_msg_id, m.seq
+                        ),
+                    ),
+                );
             }
         }
     }

@@ -9,6 +9,7 @@ mod history;
 mod http;
 mod nemesis;
 mod net;
+mod prove;
 mod report;
 mod run;
 mod workload;
@@ -37,6 +38,10 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Show that the checker works: short runs against a fault-injection build of chatnode,
+    /// one per broken switch, each of which must be caught; then the real build must pass
+    /// the same runs.
+    Prove(prove::ProveOpts),
     /// Remove everything a run may have left behind (namespaces, processes in them, bridge).
     Cleanup,
 }
@@ -95,6 +100,13 @@ async fn main() {
                 }
             }
         }
+        Cmd::Prove(opts) => match prove::prove(opts) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("chatnode-jepsen prove: {e:#}");
+                2
+            }
+        },
         Cmd::Cleanup => {
             let removed = net::cleanup();
             if removed.is_empty() {

@@ -30,6 +30,8 @@ pub const ALL: &[&str] = &[
     "lossy",
     "partition+kill",
     "pause+kill",
+    "kill-all",
+    "isolate+kill-rest",
 ];
 
 pub fn parse_list(s: &str) -> Result<Vec<String>> {
@@ -235,6 +237,35 @@ impl Nemesis {
                     detail: "SIGSTOP; SIGCONT at heal".into(),
                     noop: false,
                 })
+            }
+            "kill-all" => {
+                let mut c = self.cluster.lock().await;
+                for &v in &members {
+                    c.kill(v).await;
+                }
+                Ok(Applied {
+                    targets: members.iter().map(|&v| node_name(v)).collect(),
+                    detail: "SIGKILL on every node at once (a power loss); restarted at heal"
+                        .into(),
+                    noop: false,
+                })
+            }
+            "isolate+kill-rest" => {
+                if let Some(a) = self.single_node(n) {
+                    return Ok(a);
+                }
+                let victim = *members.choose(&mut self.rng).unwrap();
+                let mut a = self.isolate(&members, victim, "random")?;
+                // The others crash and come back at once, while the isolated node, which
+                // remembers the latest term, is cut off: they must elect among themselves.
+                let mut c = self.cluster.lock().await;
+                for &v in members.iter().filter(|&&v| v != victim) {
+                    c.kill(v).await;
+                    c.start(v, false)?;
+                    a.targets.push(format!("restart {}", node_name(v)));
+                }
+                a.detail = format!("{}; every other node SIGKILLed and restarted at once", a.detail);
+                Ok(a)
             }
             "partition+kill" => {
                 let mut a = self.partition_halves(&members)?;
@@ -597,10 +628,11 @@ pub async fn busiest_leader(cluster: &Arc<Mutex<Cluster>>) -> Option<usize> {
                 }
             }
         }
+        // Shard groups carry the clients' traffic; the meta group (0) only breaks ties.
         let mut counts = std::collections::BTreeMap::<usize, usize>::new();
-        for (_, leader) in leaders.values() {
+        for (group, (_, leader)) in &leaders {
             if let Some(node) = by_id.get(leader) {
-                *counts.entry(*node).or_default() += 1;
+                *counts.entry(*node).or_default() += if group == "0" { 1 } else { 1000 };
             }
         }
         if let Some((&node, _)) = counts.iter().max_by_key(|(_, &c)| c) {

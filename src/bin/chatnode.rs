@@ -159,6 +159,13 @@ async fn main() -> anyhow::Result<()> {
         None => {}
     }
     let config = load_config(&args)?;
+    if let Some(switch) = chatnode::sabotage::from_env()? {
+        tracing::error!(
+            switch = switch.name(),
+            "BROKEN ON PURPOSE: a fault-injection switch is on; this node loses, duplicates \
+             or reorders messages (for checker tests only)"
+        );
+    }
     let node = Node::start(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(

@@ -33,6 +33,10 @@ pub const TRANSFER_WINDOW_MS: u64 = 4_000;
 /// Most hops one request follows (leader hints and retries) before giving up.
 pub const ROUTE_ATTEMPTS_MAX: u32 = 64;
 
+#[cfg(feature = "fault-injection")]
+#[path = "sabotaged_write.rs"]
+mod sabotaged_write;
+
 pub struct Cluster {
     pub node_id: NodeId,
     pub cluster_id: String,
@@ -108,8 +112,10 @@ impl Cluster {
             .map(|n| n.peer_addr.clone())
     }
 
-    /// Ready to serve: this node is in the meta state, and every group it holds a replica of
-    /// knows its leader.
+    /// Ready to serve: this node is in the meta state, and every group it holds a wanted
+    /// replica of knows its leader. A replica the placement moved away is left out: if it
+    /// was down or cut off when it was removed, it never learns that and still sees itself
+    /// as a voter without a leader.
     pub fn ready(&self) -> bool {
         if !self.meta.read().nodes.contains_key(&self.node_id) {
             return false;
@@ -117,8 +123,18 @@ impl Cluster {
         self.router.groups().all(|g| {
             let m = g.raft.metrics();
             let m = m.borrow();
-            !self.is_replica(&m) || m.current_leader.is_some()
+            !self.is_replica(&m) || !self.wanted_here(g.group) || m.current_leader.is_some()
         })
+    }
+
+    /// Whether the placement wants a replica of `group` on this node (yes while there is no
+    /// placement for it yet).
+    pub fn wanted_here(&self, group: GroupId) -> bool {
+        self.meta
+            .read()
+            .replicas
+            .get(&group)
+            .is_none_or(|r| r.contains(&self.node_id))
     }
 
     /// Whether this node is a voter or learner in the membership `m` knows.
@@ -137,8 +153,12 @@ impl Cluster {
             .unwrap_or(false)
     }
 
-    /// The leader this node's replica of `group` knows of, if this node is a replica.
+    /// The leader this node's replica of `group` knows of, if this node is a replica the
+    /// placement wants (a displaced one may be stuck with a leader of long ago).
     fn local_leader_view(&self, group: GroupId) -> Option<NodeId> {
+        if !self.wanted_here(group) {
+            return None;
+        }
         let g = self.router.group(group).ok()?;
         let m = g.raft.metrics();
         let m = m.borrow();
@@ -301,6 +321,16 @@ impl Cluster {
 
     /// A linearizable read of `group`, served by its leader.
     pub async fn query(&self, group: GroupId, q: ShardQuery) -> Result<QueryResult, RouteError> {
+        #[cfg(feature = "fault-injection")]
+        if crate::sabotage::on(crate::sabotage::Switch::FollowerReads)
+            && matches!(q, ShardQuery::History { .. } | ShardQuery::After { .. })
+            && self.router.group(group).is_ok()
+        {
+            return self.reader.query(group, q).await.map_err(|e| RouteError::Unavailable {
+                group,
+                reason: format!("storage: {e}"),
+            });
+        }
         match self.route(group, PeerRequest::Query(q)).await? {
             PeerReply::Query(r) => r,
             other => Err(mismatch(group, &other)),
@@ -315,6 +345,10 @@ impl Cluster {
     ) -> Result<ShardResponse, RouteError> {
         if !self.is_local_leader(group) || self.is_transferring(group) {
             return Err(self.not_leader(group));
+        }
+        #[cfg(feature = "fault-injection")]
+        if let Some(r) = self.sabotaged_write(group, &op).await {
+            return r;
         }
         self.proposals.write(group, op).await
     }

@@ -92,10 +92,7 @@ impl Controller {
         for g in &groups {
             // A replica the placement moved away must not campaign: it may never learn that
             // it was removed, and its rising term would later depose the group's leader.
-            let wanted = meta
-                .replicas
-                .get(&g.group)
-                .is_none_or(|r| r.contains(&c.node_id));
+            let wanted = c.wanted_here(g.group);
             g.raft
                 .runtime_config()
                 .elect(wanted && !c.elections_held(g.group));

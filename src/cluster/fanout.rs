@@ -118,6 +118,13 @@ impl Fanout {
         }
     }
 
+    /// Pushes `p` to this node's connections now, uncommitted and untracked: broken on
+    /// purpose (`sabotage::Switch::PushBeforeCommit`).
+    #[cfg(feature = "fault-injection")]
+    pub fn push_uncommitted(&self, p: &Pushed) {
+        self.hub.push_message(p);
+    }
+
     /// Delivers pushes (from peer `from`, or from this node's own apply) to local
     /// connections.
     pub fn receive(&self, cluster: &Arc<Cluster>, from: NodeId, items: Vec<PushItem>) {

@@ -97,6 +97,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SError> {
+        if crate::sabotage::on(crate::sabotage::Switch::ForgetVote) {
+            return Ok(None);
+        }
         let (store, group) = (self.store.clone(), self.group);
         blocking(move || match store.raft_get(group, TAG_VOTE)? {
             Some(b) => Ok(Some(decode::<Vote<NodeId>>(&b)?)),

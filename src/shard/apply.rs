@@ -46,6 +46,17 @@ pub fn apply_shard(txn: &mut SmTxn<'_>, op: &ShardOp) -> ApplyResult {
             members,
             ts,
         } => create_conversation(txn, conversation_id, *kind, title, creator, members, *ts),
+        #[cfg(feature = "fault-injection")]
+        ShardOp::SendAtSeq { seq, send } => {
+            // Broken on purpose (sabotage::Switch::SeqAtProposal): the proposer's seq wins.
+            if let ShardOp::Send {
+                conversation_id, ..
+            } = send.as_ref()
+            {
+                put(txn, keys::last_seq(conversation_id), &seq.saturating_sub(1))?;
+            }
+            apply_shard(txn, send)
+        }
         ShardOp::Send {
             conversation_id,
             sender,
@@ -324,8 +335,12 @@ fn join(conv: &mut ConversationState, user: &str, role: Role) {
 
 fn send(txn: &mut SmTxn<'_>, conversation_id: &str, a: EventArgs<'_>) -> ApplyResult {
     let dedup_key = keys::dedup(conversation_id, a.sender, a.client_msg_id);
-    if let Some(ack) = get::<Ack>(txn, &dedup_key)? {
-        return Ok(ShardResponse::Ack { ack, pushed: None });
+    let dedup_at_apply =
+        !crate::sabotage::on(crate::sabotage::Switch::LeaderMemoryDedup);
+    if dedup_at_apply {
+        if let Some(ack) = get::<Ack>(txn, &dedup_key)? {
+            return Ok(ShardResponse::Ack { ack, pushed: None });
+        }
     }
     let Some((mut conv, role)) = load_as_member(txn, conversation_id, a.sender)? else {
         return not_a_member();

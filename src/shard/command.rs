@@ -189,6 +189,11 @@ pub enum ShardOp {
     },
     /// Drops these outbox entries of this shard (they were delivered).
     OutboxDone { ids: Vec<u64> },
+    /// A `Send` whose seq the proposer chose: broken on purpose, only in fault-injection
+    /// builds (`sabotage::Switch::SeqAtProposal`). Last, so that it changes no other
+    /// variant's encoding.
+    #[cfg(feature = "fault-injection")]
+    SendAtSeq { seq: u64, send: Box<ShardOp> },
 }
 
 /// The response of an applied command. Deterministic: every replica computes the same one.

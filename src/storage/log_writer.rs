@@ -93,7 +93,12 @@ pub(crate) fn spawn(shared: Arc<Shared>) -> Result<Writer, StorageError> {
 
 fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<LogWriteReq>) {
     let mut sync = WriteOptions::default();
-    sync.set_sync(true);
+    if crate::sabotage::on(crate::sabotage::Switch::UnsyncedAppends) {
+        // Broken on purpose: in memory until the writeback thread flushes it.
+        sync.disable_wal(true);
+    } else {
+        sync.set_sync(true);
+    }
     let mut reqs: Vec<LogWriteReq> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut ops = first.op.ops();
@@ -132,6 +137,30 @@ fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<LogWriteReq>) {
             (r.done)(res.clone());
         }
     }
+}
+
+/// The writeback of [`crate::sabotage::Switch::UnsyncedAppends`]: flushes the `log` and
+/// `raft` memtables every `WRITEBACK_INTERVAL_MS`, like an OS writing back dirty pages; what
+/// came after the last flush is gone after a crash. Stops when the store is dropped.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn spawn_writeback(shared: std::sync::Weak<Shared>) {
+    let interval = std::time::Duration::from_millis(crate::sabotage::WRITEBACK_INTERVAL_MS);
+    let _ = std::thread::Builder::new()
+        .name("writeback".into())
+        .spawn(move || loop {
+            std::thread::sleep(interval);
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let (Ok(log), Ok(raft)) = (shared.cf(CF_LOG), shared.cf(CF_RAFT)) else {
+                return;
+            };
+            let mut fo = rocksdb::FlushOptions::default();
+            fo.set_wait(true);
+            if let Err(e) = shared.db.flush_cfs_opt(&[log, raft], &fo) {
+                tracing::warn!("writeback flush: {e}");
+            }
+        });
 }
 
 fn write_batch(

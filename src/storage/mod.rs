@@ -182,6 +182,12 @@ impl Store {
             cf_opts.set_memtable_prefix_bloom_ratio(0.05);
             ColumnFamilyDescriptor::new(name, cf_opts)
         });
+        let unsynced = crate::sabotage::on(crate::sabotage::Switch::UnsyncedAppends);
+        if unsynced {
+            // The writeback flushes log and vote together (atomic flush excludes pipelining).
+            opts.set_enable_pipelined_write(false);
+            opts.set_atomic_flush(true);
+        }
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let shared = Arc::new(Shared {
             db,
@@ -190,6 +196,10 @@ impl Store {
             next_seq: AtomicU64::new(1),
         });
         let writer = log_writer::spawn(shared.clone())?;
+        #[cfg(feature = "fault-injection")]
+        if unsynced {
+            log_writer::spawn_writeback(Arc::downgrade(&shared));
+        }
         Ok(Arc::new(Store {
             shared,
             writer: Some(writer),
