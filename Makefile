@@ -2,7 +2,8 @@
 #   make run    set up, build (release) and run a single node on 127.0.0.1:7070, data in ./data
 #   make cluster  the same, three nodes on 127.0.0.1:7070/7080/7090, data in ./data/node*
 #   make test   set up and run every test (unit, property, end-to-end, crash, cluster, a
-#               90 s jepsen smoke run when root)
+#               90 s jepsen smoke run and the checker proof, `chatnode-jepsen prove`,
+#               when root)
 
 DATA_DIR ?= ./data
 LISTEN ?= 127.0.0.1:7070
@@ -27,6 +28,7 @@ cluster: build
 test: setup
 	$(CARGO) test --workspace --no-fail-fast
 	bash scripts/jepsen-smoke.sh
+	bash scripts/jepsen-prove.sh
 
 # A full jepsen run (root): 5 nodes, all faults, 300 s. JEPSEN_ARGS="--time 120 --seed 7 --nemesis kill,pause"
 jepsen: build

@@ -3,13 +3,7 @@
 # SIGKILLs and pauses, then the checker (exit 0 = no anomaly). Needs root (namespaces,
 # nftables); skipped with a message otherwise. `make jepsen` is the full run.
 set -euo pipefail
-if [ "$(id -u)" != 0 ]; then
-    echo "jepsen smoke: SKIPPED (needs root for network namespaces and nftables)"
-    exit 0
-fi
-command -v nft >/dev/null || apt-get install -y nftables >/dev/null
-CARGO=${CARGO:-cargo}
-T=$($CARGO metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+source "$(dirname "$0")/jepsen-common.sh" "jepsen smoke"
 # The debug chatnode of the test build (no second, release build of RocksDB).
 $CARGO build --bin chatnode -p chatnode
 $CARGO build -p chatnode-jepsen

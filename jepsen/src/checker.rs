@@ -760,7 +760,7 @@ pub fn check(events: &[Event]) -> Report {
                 client_msg_id: None,
                 op_ids: vec![op.op_id],
                 message: format!(
-                    "GET /ready was not 200 on {} within 120 s after the final heal",
+                    "GET /ready was not 200 on {} within the recovery wait after the final heal",
                     stuck.join(",")
                 ),
             });

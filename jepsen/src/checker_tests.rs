@@ -548,3 +548,17 @@ fn unrecovered_node_not_ready_after_heal() {
     assert_found(&r, "unrecovered");
     assert!(r.anomalies["unrecovered"][0].message.contains("n2"));
 }
+
+#[test]
+fn uncommitted_message_pushed_but_never_stored() {
+    let mut h = H::default();
+    h.send(0, 10, "p0-1", Ok(1));
+    // Sent, never acknowledged, pushed to another connection, and in no final read (G4).
+    h.send(0, 10, "p0-2", Err(Type::Info));
+    h.push(1, 11, vec![m(1, "p0-1")]);
+    let pushed = h.push(1, 11, vec![m(2, "p0-2")]);
+    h.final_read("n1", vec![m(1, "p0-1")]);
+    let r = h.check();
+    assert_found(&r, "uncommitted");
+    assert_eq!(r.anomalies["uncommitted"][0].op_ids, vec![pushed]);
+}

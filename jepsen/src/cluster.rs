@@ -81,6 +81,8 @@ pub struct Cluster {
     /// Start nodes under libfaketime (for the clock-skew nemesis).
     pub skew: bool,
     pub join_port: u16,
+    /// The UDP relays in front of every peer port (for the flaky-links nemesis).
+    pub relays: Option<crate::relay::Relays>,
 }
 
 pub fn node_name(i: usize) -> String {
@@ -95,6 +97,7 @@ impl Cluster {
         total: usize,
         skew: bool,
         shards: Option<u32>,
+        relays: Option<crate::relay::Relays>,
     ) -> Result<Cluster> {
         let config = dir.join("chatnode.toml");
         let mut toml = String::from(
@@ -132,6 +135,7 @@ impl Cluster {
             join_token: None,
             skew,
             join_port: PEER_PORT,
+            relays,
         })
     }
 
@@ -174,6 +178,12 @@ impl Cluster {
             .arg(&self.config);
         if self.caps.peer_listen {
             cmd.arg("--peer-listen").arg(format!("{ip}:{PEER_PORT}"));
+        }
+        if self.relays.is_some() {
+            // The others reach this node through its relay.
+            let relay = crate::relay::relay_ip(i);
+            cmd.arg("--advertise-peer")
+                .arg(format!("{relay}:{PEER_PORT}"));
         }
         if join {
             let token = self

@@ -10,6 +10,7 @@ mod http;
 mod nemesis;
 mod net;
 mod prove;
+mod relay;
 mod report;
 mod run;
 mod workload;

@@ -32,6 +32,7 @@ pub const ALL: &[&str] = &[
     "pause+kill",
     "kill-all",
     "isolate+kill-rest",
+    "flaky-links",
 ];
 
 pub fn parse_list(s: &str) -> Result<Vec<String>> {
@@ -238,6 +239,33 @@ impl Nemesis {
                     noop: false,
                 })
             }
+            "flaky-links" => {
+                let c = self.cluster.lock().await;
+                let Some(relays) = c.relays.clone() else {
+                    return Ok(Applied {
+                        detail: "skipped: the run has no relays".into(),
+                        noop: true,
+                        ..Default::default()
+                    });
+                };
+                drop(c);
+                let lo = self.rng.gen_range(5..=50);
+                let hi = lo + self.rng.gen_range(50..=250);
+                let f = crate::relay::LinkFaults {
+                    delay_ms: Some((lo, hi)),
+                    duplicate_pct: self.rng.gen_range(5..=20),
+                    drop_pct: self.rng.gen_range(0..=5),
+                };
+                relays.set(f);
+                Ok(Applied {
+                    targets: vec![format!(
+                        "delay {lo}-{hi}ms dup {}% drop {}%",
+                        f.duplicate_pct, f.drop_pct
+                    )],
+                    detail: "every peer datagram through the UDP relays: delayed with jitter (so reordered), some duplicated, some dropped".into(),
+                    noop: false,
+                })
+            }
             "kill-all" => {
                 let mut c = self.cluster.lock().await;
                 for &v in &members {
@@ -264,7 +292,10 @@ impl Nemesis {
                     c.start(v, false)?;
                     a.targets.push(format!("restart {}", node_name(v)));
                 }
-                a.detail = format!("{}; every other node SIGKILLed and restarted at once", a.detail);
+                a.detail = format!(
+                    "{}; every other node SIGKILLed and restarted at once",
+                    a.detail
+                );
                 Ok(a)
             }
             "partition+kill" => {
@@ -648,6 +679,9 @@ pub async fn heal_all(cluster: &Arc<Mutex<Cluster>>, hist: &History) -> Result<(
     let mut c = cluster.lock().await;
     let total = c.nodes.len();
     let mut first_err = None;
+    if let Some(r) = &c.relays {
+        r.set(crate::relay::LinkFaults::default());
+    }
     for i in 1..=total {
         if let Err(e) = net::set_blocked(i, &[]) {
             first_err.get_or_insert(e);

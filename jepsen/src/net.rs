@@ -62,7 +62,8 @@ pub fn preflight() -> Result<()> {
 }
 
 /// Creates the bridge and `n` namespaces (1-based indices).
-pub fn setup(n: usize) -> Result<()> {
+/// With `relays`, the bridge also carries every node's relay address (`relay::relay_ip`).
+pub fn setup(n: usize, relays: bool) -> Result<()> {
     run(&["ip", "link", "add", BRIDGE, "type", "bridge"])?;
     run(&[
         "ip",
@@ -73,6 +74,12 @@ pub fn setup(n: usize) -> Result<()> {
         BRIDGE,
     ])?;
     run(&["ip", "link", "set", BRIDGE, "up"])?;
+    if relays {
+        for i in 1..=n {
+            let addr = format!("{}/24", crate::relay::relay_ip(i));
+            run(&["ip", "addr", "add", &addr, "dev", BRIDGE])?;
+        }
+    }
     for i in 1..=n {
         add_namespace(i)?;
     }
@@ -160,7 +167,24 @@ pub fn cleanup() -> Vec<String> {
 
 /// Makes node `i` drop all traffic to and from the given node addresses (replacing the rules
 /// it had). An empty list heals it.
+/// Node addresses plus the relay address of each (traffic to a node may go through its
+/// relay, see `relay`); the relay addresses are simply unused without relays.
+fn with_relays(addrs: &[String]) -> Vec<String> {
+    let mut out = addrs.to_vec();
+    for a in addrs {
+        let node = a
+            .strip_prefix("10.77.0.")
+            .and_then(|o| o.parse::<usize>().ok())
+            .filter(|o| *o > 10 && *o < 100);
+        if let Some(o) = node {
+            out.push(crate::relay::relay_ip(o - 10));
+        }
+    }
+    out
+}
+
 pub fn set_blocked(i: usize, blocked: &[String]) -> Result<()> {
+    let blocked = &with_relays(blocked);
     let rules = if blocked.is_empty() {
         None
     } else {
@@ -179,6 +203,9 @@ pub fn set_lossy(i: usize, from: &[String], pct: u32) -> Result<()> {
     if from.is_empty() || pct == 0 {
         return load_rules(i, None);
     }
+    // Through relays, what the others send arrives from this node's own relay address.
+    let mut from = with_relays(from);
+    from.push(crate::relay::relay_ip(i));
     let set = from.join(", ");
     load_rules(
         i,
@@ -234,4 +261,24 @@ pub fn apply_grid(nodes: &[usize], reach: &dyn Fn(usize, usize) -> bool) -> Resu
         set_blocked(na, &blocked)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_name_each_node_and_its_relay() {
+        let got = with_relays(&[node_ip(2), node_ip(5), HARNESS_IP.to_string()]);
+        assert_eq!(
+            got,
+            vec![
+                "10.77.0.12",
+                "10.77.0.15",
+                "10.77.0.1",
+                "10.77.0.102",
+                "10.77.0.105"
+            ]
+        );
+    }
 }

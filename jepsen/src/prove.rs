@@ -149,6 +149,7 @@ fn run_once(
         .args(["--nodes", &opts.nodes.to_string()])
         .args(["--shards", "1"])
         .args(["--interval", "4-6"])
+        .args(["--recovery-wait", "45"])
         .args(["--nemesis", c.nemesis])
         .args(["--seed", &opts.seed.to_string()])
         .arg("--bin")
@@ -165,8 +166,13 @@ fn run_once(
     let status = cmd.status().context("start the harness")?;
     let code = status.code().unwrap_or(2);
     let results = dir.join("latest").join("results.json");
-    let text = std::fs::read_to_string(&results)
-        .with_context(|| format!("{} (see {})", results.display(), dir.join("harness.log").display()))?;
+    let text = std::fs::read_to_string(&results).with_context(|| {
+        format!(
+            "{} (see {})",
+            results.display(),
+            dir.join("harness.log").display()
+        )
+    })?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
     let counts = v["counts"]
         .as_object()
@@ -187,13 +193,26 @@ pub fn prove(opts: ProveOpts) -> Result<u8> {
         .map(|s| s.split(',').map(|p| p.trim().to_string()).collect());
     let cases: Vec<&Case> = CASES
         .iter()
-        .filter(|c| only.as_ref().is_none_or(|o| o.iter().any(|s| s == c.switch)))
+        .filter(|c| {
+            only.as_ref()
+                .is_none_or(|o| o.iter().any(|s| s == c.switch))
+        })
         .collect();
     if cases.is_empty() {
-        bail!("no switch selected; known: {}", CASES.iter().map(|c| c.switch).collect::<Vec<_>>().join(", "));
+        bail!(
+            "no switch selected; known: {}",
+            CASES
+                .iter()
+                .map(|c| c.switch)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     let mut failed = Vec::new();
-    println!("{:<22} {:<18} {:<12} result", "switch", "nemesis", "must find");
+    println!(
+        "{:<22} {:<18} {:<12} result",
+        "switch", "nemesis", "must find"
+    );
     for c in &cases {
         let dir = opts.out.join(c.switch);
         let verdict = match run_once(&opts, &opts.broken_bin, c, Some(c.switch), &dir) {
@@ -207,13 +226,19 @@ pub fn prove(opts: ProveOpts) -> Result<u8> {
                 format!("HARNESS FAILED: {e:#}")
             }
         };
-        println!("{:<22} {:<18} {:<12} {verdict}", c.switch, c.nemesis, c.expect);
+        println!(
+            "{:<22} {:<18} {:<12} {verdict}",
+            c.switch, c.nemesis, c.expect
+        );
     }
     if !opts.skip_real {
         // The real build goes through each distinct run once.
         let mut runs: Vec<&Case> = Vec::new();
         for c in &cases {
-            if !runs.iter().any(|r| r.nemesis == c.nemesis && r.load == c.load) {
+            if !runs
+                .iter()
+                .any(|r| r.nemesis == c.nemesis && r.load == c.load)
+            {
                 runs.push(c);
             }
         }
@@ -231,7 +256,14 @@ pub fn prove(opts: ProveOpts) -> Result<u8> {
                     format!("HARNESS FAILED: {e:#}")
                 }
             };
-            println!("{:<22} {:<18} {:<12} {verdict}", "(real build)", n, "nothing");
+            let what = match c.load {
+                Some((clients, rate)) => format!("{n} ({clients} clients, {rate}/s)"),
+                None => n.to_string(),
+            };
+            println!(
+                "{:<22} {:<18} {:<12} {verdict}",
+                "(real build)", what, "nothing"
+            );
         }
     }
     println!("runs under {}", opts.out.display());

@@ -55,6 +55,10 @@ pub struct RunOpts {
     /// Shard groups of the new cluster (passed in the config file; chatnode's default if unset).
     #[arg(long)]
     pub shards: Option<u32>,
+    /// Seconds the cluster gets after the final heal to be ready, and each final read to
+    /// succeed; longer counts as `unrecovered`.
+    #[arg(long, default_value_t = 120)]
+    pub recovery_wait: u64,
 }
 
 pub fn default_out() -> PathBuf {
@@ -170,7 +174,15 @@ pub async fn run(opts: RunOpts) -> Result<u8> {
     }
     let spare = faults.iter().any(|f| f == "join-leave") && caps.clustered();
     let total = opts.nodes + usize::from(spare);
-    net::setup(total)?;
+    // Relays only when a fault needs them: otherwise peers talk directly.
+    let relays = (faults.iter().any(|f| f == "flaky-links") && caps.clustered())
+        .then(crate::relay::Relays::default);
+    net::setup(total, relays.is_some())?;
+    if let Some(r) = &relays {
+        for i in 1..=total {
+            r.start(i).await?;
+        }
+    }
     let mut c = Cluster::new(
         bin.clone(),
         dir.clone(),
@@ -178,6 +190,7 @@ pub async fn run(opts: RunOpts) -> Result<u8> {
         total,
         skew,
         opts.shards,
+        relays,
     )?;
     let formed = Instant::now();
     c.form(opts.nodes).await.context("forming the cluster")?;
@@ -299,12 +312,13 @@ pub async fn run(opts: RunOpts) -> Result<u8> {
             .map(|n| (n.idx, n.client_addr()))
             .collect()
     };
+    let recovery_wait = opts.recovery_wait;
     // Every member ready, waiting for all of them at once (one deadline).
     let ready_start = Instant::now();
     let waits = members.iter().map(|(i, addr)| async move {
         (
             *i,
-            cluster::wait_ready(addr, Duration::from_secs(120))
+            cluster::wait_ready(addr, Duration::from_secs(recovery_wait))
                 .await
                 .is_ok(),
         )
@@ -333,7 +347,11 @@ pub async fn run(opts: RunOpts) -> Result<u8> {
         );
     } else {
         let names: Vec<String> = not_ready.iter().map(|&i| cluster::node_name(i)).collect();
-        eprintln!("  NOT READY 120 s after healing: {}", names.join(","));
+        eprintln!(
+            "  NOT READY {} s after healing: {}",
+            opts.recovery_wait,
+            names.join(",")
+        );
     }
     // Nodes must agree; a write that committed late (a send given up at the end) can make
     // an earlier node's read shorter, so disagreeing reads are repeated (the checker judges
@@ -345,8 +363,15 @@ pub async fn run(opts: RunOpts) -> Result<u8> {
             async move {
                 (
                     *i,
-                    workload::final_read(*i, addr, user, convs, hist, Duration::from_secs(60))
-                        .await,
+                    workload::final_read(
+                        *i,
+                        addr,
+                        user,
+                        convs,
+                        hist,
+                        Duration::from_secs(recovery_wait.min(60)),
+                    )
+                    .await,
                 )
             }
         });

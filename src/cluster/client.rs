@@ -326,10 +326,14 @@ impl Cluster {
             && matches!(q, ShardQuery::History { .. } | ShardQuery::After { .. })
             && self.router.group(group).is_ok()
         {
-            return self.reader.query(group, q).await.map_err(|e| RouteError::Unavailable {
-                group,
-                reason: format!("storage: {e}"),
-            });
+            return self
+                .reader
+                .query(group, q)
+                .await
+                .map_err(|e| RouteError::Unavailable {
+                    group,
+                    reason: format!("storage: {e}"),
+                });
         }
         match self.route(group, PeerRequest::Query(q)).await? {
             PeerReply::Query(r) => r,

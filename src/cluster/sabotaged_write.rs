@@ -41,7 +41,11 @@ impl Cluster {
             return None;
         };
         if on(Switch::LeaderMemoryDedup) {
-            let key = (conversation_id.clone(), sender.clone(), client_msg_id.clone());
+            let key = (
+                conversation_id.clone(),
+                sender.clone(),
+                client_msg_id.clone(),
+            );
             if let Some(ack) = memory_dedup().lock().get(&key).cloned() {
                 return Some(Ok(ShardResponse::Ack { ack, pushed: None }));
             }
@@ -78,8 +82,7 @@ impl Cluster {
             let guess = self.guess_next(group, conversation_id).await;
             let (proposals, op2) = (self.proposals.clone(), op.clone());
             let mut handle = tokio::spawn(async move { proposals.write(group, op2).await });
-            match tokio::time::timeout(Duration::from_millis(EARLY_ACK_AFTER_MS), &mut handle)
-                .await
+            match tokio::time::timeout(Duration::from_millis(EARLY_ACK_AFTER_MS), &mut handle).await
             {
                 Ok(Ok(r)) => return Some(r),
                 Ok(Err(e)) => {
@@ -109,7 +112,11 @@ impl Cluster {
     }
 
     /// `last_seq + 1` of the conversation as this replica applied it, and its members.
-    async fn guess_next(&self, group: GroupId, conversation_id: &str) -> Option<(u64, Vec<UserId>)> {
+    async fn guess_next(
+        &self,
+        group: GroupId,
+        conversation_id: &str,
+    ) -> Option<(u64, Vec<UserId>)> {
         let q = ShardQuery::Conversation {
             conversation_id: conversation_id.to_string(),
         };

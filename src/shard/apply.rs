@@ -335,8 +335,7 @@ fn join(conv: &mut ConversationState, user: &str, role: Role) {
 
 fn send(txn: &mut SmTxn<'_>, conversation_id: &str, a: EventArgs<'_>) -> ApplyResult {
     let dedup_key = keys::dedup(conversation_id, a.sender, a.client_msg_id);
-    let dedup_at_apply =
-        !crate::sabotage::on(crate::sabotage::Switch::LeaderMemoryDedup);
+    let dedup_at_apply = !crate::sabotage::on(crate::sabotage::Switch::LeaderMemoryDedup);
     if dedup_at_apply {
         if let Some(ack) = get::<Ack>(txn, &dedup_key)? {
             return Ok(ShardResponse::Ack { ack, pushed: None });
