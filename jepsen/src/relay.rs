@@ -21,6 +21,8 @@ use tokio::net::UdpSocket;
 const DATAGRAM_BYTES_MAX: usize = 65_536;
 /// Senders (QUIC sockets) one relay serves: nodes × restarts; beyond it new ones are dropped.
 const SENDERS_PER_RELAY_MAX: usize = 256;
+/// Pause after a failed receive (e.g. the node behind the relay is down), so as not to spin.
+const RECV_ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// Datagrams held back (delayed) at once over all relays; beyond it they pass undelayed.
 const DELAYED_DATAGRAMS_MAX: usize = 100_000;
 
@@ -65,6 +67,7 @@ impl Relays {
             let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
             loop {
                 let Ok((n, from)) = listen.recv_from(&mut buf).await else {
+                    tokio::time::sleep(RECV_ERROR_PAUSE).await;
                     continue;
                 };
                 let up = match upstreams.get(&from) {
@@ -90,10 +93,15 @@ impl Relays {
         Ok(())
     }
 
+    /// Runs as long as the harness: a node that is down makes `recv` fail (ICMP port
+    /// unreachable) until it is back, and then its answers must flow again.
     async fn pump_back(self, up: Arc<UdpSocket>, listen: Arc<UdpSocket>, to: SocketAddr) {
         let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
-        while let Ok(n) = up.recv(&mut buf).await {
-            self.forward(buf[..n].to_vec(), Out::To(listen.clone(), to));
+        loop {
+            match up.recv(&mut buf).await {
+                Ok(n) => self.forward(buf[..n].to_vec(), Out::To(listen.clone(), to)),
+                Err(_) => tokio::time::sleep(RECV_ERROR_PAUSE).await,
+            }
         }
     }
 
