@@ -194,6 +194,22 @@ async fn wait_for_leader(g: &GroupHandle) -> Result<(), NodeError> {
         .map_err(|_| NodeError::Raft(format!("group {} elected no leader", g.group)))
 }
 
+/// Pause between the creating node's attempts to re-admit itself after a restart.
+const SELF_ADMIT_RETRY_MS: u64 = 1_000;
+/// Attempts before giving up (the controller's meta refresh also shows the node then).
+const SELF_ADMIT_ATTEMPTS_MAX: u32 = 600;
+
+async fn admit_self(cluster: Arc<Cluster>, admit: MetaOp) {
+    for _ in 0..SELF_ADMIT_ATTEMPTS_MAX {
+        match cluster.meta_write(admit.clone()).await {
+            Ok(_) => return,
+            Err(e) => tracing::debug!("re-admitting this node: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(SELF_ADMIT_RETRY_MS)).await;
+    }
+    tracing::warn!("could not re-admit this node to the meta state");
+}
+
 fn random_secret() -> Vec<u8> {
     (0..32).map(|_| rand::random::<u8>()).collect()
 }
@@ -333,6 +349,7 @@ impl Node {
         };
 
         let meta_group = start_group(META_GROUP).await?;
+        let creating = identity.is_none();
         let identity = match identity {
             Some(i) => i,
             None => {
@@ -395,7 +412,9 @@ impl Node {
         let reader = ShardReader::new(store.clone());
         let proposals = crate::cluster::ProposalBatcher::start(router.clone(), shard_map.groups());
         let fanout = Fanout::new(node_id, hub.clone(), shard_map.clone());
-        if identity.creator {
+        if meta_seed.nodes.is_empty() {
+            // A restart: the local meta replica's state (possibly behind; the controller
+            // refreshes it from the meta leader).
             meta_seed = meta::read_state(&store)?;
         }
         let cluster = Cluster::new(
@@ -457,19 +476,21 @@ impl Node {
         )?;
         let _ = transport_cell.set(transport);
 
-        if identity.creator {
-            // The creating node admits itself (id 1) once.
-            let meta_now = meta::read_state(&store)?;
-            if !meta_now.nodes.contains_key(&node_id) {
+        // The creating node admits itself (id 1). AddNode is idempotent by peer address.
+        if identity.creator && !meta::read_state(&store)?.nodes.contains_key(&node_id) {
+            let admit = MetaOp::AddNode {
+                peer_addr: peer_addr.clone(),
+                client_addr: client_addr.clone(),
+            };
+            if creating {
                 wait_for_leader(&router.group(META_GROUP).map_err(raft_err)?.clone()).await?;
-                cluster
-                    .meta_write(MetaOp::AddNode {
-                        peer_addr: peer_addr.clone(),
-                        client_addr: client_addr.clone(),
-                    })
-                    .await
-                    .map_err(raft_err)?;
+                cluster.meta_write(admit).await.map_err(raft_err)?;
                 cluster.set_meta(meta::read_state(&store)?);
+            } else {
+                // A restart after a crash: the local meta replica may be behind what was
+                // committed (its state machine skips the WAL), and the meta group may have
+                // no leader yet. Starting must not depend on either.
+                tokio::spawn(admit_self(cluster.clone(), admit));
             }
         }
         let controller = Controller::new(cluster.clone(), peer_addr.clone(), client_addr);

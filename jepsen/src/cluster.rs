@@ -160,6 +160,15 @@ impl Cluster {
         if self.node(i).running() {
             return Ok(());
         }
+        // A node whose first join never completed has no identity yet: started without
+        // --join it would found a cluster of its own.
+        let join = join || (i != 1 && !self.node(i).data_dir.join("cluster.json").exists());
+        // Any running member admits a joiner; n1 may be the one that is down.
+        let seed = (1..=self.nodes.len())
+            .find(|&s| {
+                s != i && self.node(s).member && self.node(s).running() && !self.node(s).paused
+            })
+            .unwrap_or(1);
         let ip = net::node_ip(i);
         let node = self.node(i);
         std::fs::create_dir_all(&node.data_dir)?;
@@ -191,7 +200,7 @@ impl Cluster {
                 .clone()
                 .ok_or_else(|| anyhow!("no join token to start n{i} with"))?;
             cmd.arg("--join")
-                .arg(format!("{}:{}", net::node_ip(1), self.join_port))
+                .arg(format!("{}:{}", net::node_ip(seed), self.join_port))
                 .arg("--token")
                 .arg(token);
         }

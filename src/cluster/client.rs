@@ -104,12 +104,29 @@ impl Cluster {
         }
     }
 
+    /// The peer address of `node`: from the meta state, else from any group's Raft
+    /// membership (a restarted node whose meta replica is behind, or was removed and is never
+    /// caught up, still has to reach the meta leader to learn the meta state).
     pub fn address_of(&self, node: NodeId) -> Option<String> {
-        self.meta
-            .read()
-            .nodes
-            .get(&node)
-            .map(|n| n.peer_addr.clone())
+        if let Some(n) = self.meta.read().nodes.get(&node) {
+            return Some(n.peer_addr.clone());
+        }
+        self.router.groups().find_map(|g| {
+            let m = g.raft.metrics();
+            let m = m.borrow();
+            let addr = m.membership_config.membership().get_node(&node);
+            addr.map(|n| n.addr.clone())
+        })
+    }
+
+    /// The voters this node's replica of `group` knows of (possibly out of date).
+    fn local_voters(&self, group: GroupId) -> Vec<NodeId> {
+        let Ok(g) = self.router.group(group) else {
+            return Vec::new();
+        };
+        let m = g.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().voter_ids().collect()
     }
 
     /// Ready to serve: this node is in the meta state, and every group it holds a wanted
@@ -185,6 +202,9 @@ impl Cluster {
                 .filter(|n| n.state != NodeState::Left)
                 .map(|n| n.node_id)
                 .collect();
+        }
+        if candidates.is_empty() {
+            candidates = self.local_voters(group);
         }
         if candidates.is_empty() {
             return self.node_id;
