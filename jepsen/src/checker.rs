@@ -62,7 +62,8 @@ pub struct Window {
     pub info: u64,
     /// (fail + info) / sends.
     pub unavailable_fraction: f64,
-    /// Per conversation: ms from the heal to the first ok send completed after it.
+    /// Per shard group ("group N"; per conversation id when the history does not say which
+    /// group a conversation is in): ms from the heal to the first ok send completed after it.
     pub heal_to_first_ok_ms: BTreeMap<String, f64>,
     pub heal_to_first_ok_max_ms: Option<f64>,
 }
@@ -1183,6 +1184,18 @@ pub fn check(events: &[Event]) -> Report {
             w.unavailable_fraction = (w.fail + w.info) as f64 / w.sends as f64;
         }
     };
+    // Recovery is timed per shard group when the history says which group each
+    // conversation is in: the first ok send to any conversation of the group.
+    let shard_of: HashMap<&str, String> = ops
+        .iter()
+        .filter(|o| o.f == F::Shards)
+        .filter_map(|o| o.value.and_then(|v| v.raw.as_ref()))
+        .filter_map(|raw| raw.as_object())
+        .flat_map(|m| {
+            m.iter()
+                .filter_map(|(c, g)| Some((c.as_str(), format!("group {}", g.as_u64()?))))
+        })
+        .collect();
     for w in &mut windows {
         let (from, to) = (w.start_s, w.end_s);
         count_into(w, from, to);
@@ -1190,8 +1203,13 @@ pub fn check(events: &[Event]) -> Report {
         for (conv, oks) in &ok_by_conv {
             let i = oks.partition_point(|&t| t < heal_ns);
             if let Some(&t) = oks.get(i) {
-                w.heal_to_first_ok_ms
-                    .insert(conv.to_string(), (t - heal_ns) as f64 / 1e6);
+                let key = shard_of
+                    .get(conv)
+                    .cloned()
+                    .unwrap_or_else(|| conv.to_string());
+                let ms = (t - heal_ns) as f64 / 1e6;
+                let e = w.heal_to_first_ok_ms.entry(key).or_insert(ms);
+                *e = e.min(ms);
             }
         }
         w.heal_to_first_ok_max_ms = w

@@ -562,3 +562,26 @@ fn uncommitted_message_pushed_but_never_stored() {
     assert_found(&r, "uncommitted");
     assert_eq!(r.anomalies["uncommitted"][0].op_ids, vec![pushed]);
 }
+
+#[test]
+fn recovery_is_timed_per_shard_group_when_known() {
+    let mut h = H::default();
+    let op = h.next();
+    let mut e = h.ev(op, HARNESS, Type::Ok, F::Shards);
+    e.value = Some(Value {
+        raw: Some(serde_json::json!({ C: 7 })),
+        ..Default::default()
+    });
+    h.events.push(e);
+    h.nemesis("start", "kill");
+    h.send(0, 10, "p0-1", Err(Type::Info));
+    h.nemesis("stop", "kill");
+    h.send(0, 10, "p0-2", Ok(1));
+    h.final_read("n1", vec![m(1, "p0-2")]);
+    let r = h.check();
+    let w = &r.windows[0];
+    assert_eq!(
+        w.heal_to_first_ok_ms.keys().collect::<Vec<_>>(),
+        vec!["group 7"]
+    );
+}

@@ -41,6 +41,8 @@ pub enum F {
     /// Which members answered `/ready` 200 within the wait after the final heal
     /// (`value.raw` = {node: true/false}).
     Ready,
+    /// The shard group of each conversation (`value.raw` = {conversation: group}).
+    Shards,
 }
 
 impl F {
@@ -55,6 +57,7 @@ impl F {
             F::Nemesis => "nemesis",
             F::Checksum => "checksum",
             F::Ready => "ready",
+            F::Shards => "shards",
         }
     }
 }

@@ -149,11 +149,21 @@ enum Out {
 
 impl Out {
     fn send_now(&self, data: &[u8]) {
-        // Best effort, like the network: a full socket buffer drops the datagram.
-        let _ = match self {
+        let r = match self {
             Out::Connected(s) => s.try_send(data),
             Out::To(s, to) => s.try_send_to(data, *to),
         };
+        // Not writable yet (a fresh socket the reactor has not polled, or a full buffer):
+        // send when it is, rather than lose the datagram.
+        if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+            let (out, data) = (self.clone(), data.to_vec());
+            tokio::spawn(async move {
+                let _ = match &out {
+                    Out::Connected(s) => s.send(&data).await,
+                    Out::To(s, to) => s.send_to(&data, *to).await,
+                };
+            });
+        }
     }
 }
 

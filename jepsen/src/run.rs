@@ -217,6 +217,7 @@ pub async fn run(opts: RunOpts) -> Result<u8> {
         setup.users.len(),
         setup.conversations.len()
     );
+    record_shards(&node_list[0].1, &setup.conversations, &hist).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let current = Arc::new(std::sync::Mutex::new("none".to_string()));
@@ -483,6 +484,28 @@ async fn collect_checksums(members: &[(usize, String)], hist: &History) {
         });
     }
     ev.error = error;
+    hist.record(ev);
+}
+
+/// Records which shard group each conversation hashes to (`GET /admin/shard`), so that the
+/// checker can time recovery per shard; builds without the endpoint are left out.
+async fn record_shards(addr: &str, conversations: &[String], hist: &History) {
+    let mut map = serde_json::Map::new();
+    for c in conversations {
+        let path = format!("/admin/shard?conversation_id={c}");
+        let Ok(r) = http::get(addr, &path, Duration::from_secs(5)).await else {
+            return;
+        };
+        let Some(group) = r.json().ok().and_then(|v| v["group"].as_u64()) else {
+            return;
+        };
+        map.insert(c.clone(), group.into());
+    }
+    let mut ev = Event::new(hist.next_op_id(), HARNESS, Type::Ok, F::Shards, 0);
+    ev.value = Some(Value {
+        raw: Some(serde_json::Value::Object(map)),
+        ..Default::default()
+    });
     hist.record(ev);
 }
 

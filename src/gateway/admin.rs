@@ -4,6 +4,8 @@
 //!   and applied indexes, replication lag), asked over the peer transport.
 //! - `GET /admin/checksum`: this node's per-group checksum of state-machine data with the
 //!   applied index (replicas at the same applied index must agree).
+//! - `GET /admin/shard?conversation_id=<id>`: the shard group a conversation hashes to (for
+//!   tools that report per shard, like the jepsen checker's availability).
 //! - `POST /admin/leave` (`Authorization: Bearer <join token>`): drains this node — its
 //!   replicas move away first — and then stops it.
 //! - `POST /admin/faults` (same auth; only when `[testing] fault_injection = true`): blocks,
@@ -77,6 +79,27 @@ pub async fn status(State(gw): State<Arc<Gateway>>) -> Response {
         "node_statuses": statuses,
     }))
     .into_response()
+}
+
+#[derive(Deserialize)]
+pub struct ShardParams {
+    conversation_id: String,
+}
+
+pub async fn shard(
+    State(gw): State<Arc<Gateway>>,
+    axum::extract::Query(p): axum::extract::Query<ShardParams>,
+) -> Response {
+    if !crate::protocol::is_valid_id(&p.conversation_id) {
+        let message = "conversation_id must be a valid id";
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"code": "bad_request", "message": message})),
+        )
+            .into_response();
+    }
+    let group = gw.shard_map.shard_for_conversation(&p.conversation_id);
+    Json(json!({"conversation_id": p.conversation_id, "group": group})).into_response()
 }
 
 pub async fn checksum(State(gw): State<Arc<Gateway>>) -> Response {

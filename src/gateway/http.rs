@@ -37,6 +37,7 @@ pub fn routes(gw: Arc<Gateway>) -> Router {
         .route("/v1/ws", get(ws))
         .route("/admin/status", get(super::admin::status))
         .route("/admin/checksum", get(super::admin::checksum))
+        .route("/admin/shard", get(super::admin::shard))
         .route("/admin/leave", post(super::admin::leave))
         .route("/admin/faults", post(super::admin::faults))
         .layer(DefaultBodyLimit::max(HTTP_BODY_BYTES_MAX))
