@@ -196,23 +196,35 @@ mod tests {
             got
         };
         let r = Relays::default();
-        count(r.clone(), 50).await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(drain(&sink), 50, "healthy relays pass everything once");
-        r.set(LinkFaults {
-            duplicate_pct: 100,
-            ..Default::default()
-        });
-        count(r.clone(), 50).await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(drain(&sink), 100, "100 % duplication doubles");
-        r.set(LinkFaults {
-            drop_pct: 100,
-            ..Default::default()
-        });
-        count(r.clone(), 50).await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(drain(&sink), 0, "100 % loss drops all");
+        let cases = [
+            (
+                LinkFaults::default(),
+                50,
+                "healthy relays pass everything once",
+            ),
+            (
+                LinkFaults {
+                    duplicate_pct: 100,
+                    ..Default::default()
+                },
+                100,
+                "100 % duplication doubles",
+            ),
+            (
+                LinkFaults {
+                    drop_pct: 100,
+                    ..Default::default()
+                },
+                0,
+                "100 % loss drops all",
+            ),
+        ];
+        for (faults, expected, what) in cases {
+            r.set(faults);
+            count(r.clone(), 50).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(drain(&sink), expected, "{what}");
+        }
         r.set(LinkFaults {
             delay_ms: Some((20, 40)),
             ..Default::default()
