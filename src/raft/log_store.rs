@@ -15,6 +15,7 @@ type SError = openraft::StorageError<NodeId>;
 /// `raft` CF tags.
 pub(crate) const TAG_VOTE: u8 = 1;
 pub(crate) const TAG_LAST_PURGED: u8 = 2;
+pub(crate) const TAG_COMMITTED: u8 = 3;
 
 fn io(e: StorageIOError<NodeId>) -> SError {
     SError::IO { source: e }
@@ -25,11 +26,17 @@ fn io(e: StorageIOError<NodeId>) -> SError {
 pub struct LogStore {
     group: GroupId,
     store: Arc<Store>,
+    /// The last committed log id openraft reported, also queued for the log writer.
+    committed: Arc<parking_lot::Mutex<Option<LogId<NodeId>>>>,
 }
 
 impl LogStore {
     pub fn new(group: GroupId, store: Arc<Store>) -> Self {
-        Self { group, store }
+        Self {
+            group,
+            store,
+            committed: Arc::new(parking_lot::Mutex::new(None)),
+        }
     }
 
     pub fn group(&self) -> GroupId {
@@ -107,6 +114,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(|e| io(StorageIOError::read_vote(AnyError::new(&e))))
+    }
+
+    /// Keeps the committed log id so that a restart re-applies everything committed before
+    /// the crash (the state machine skips the WAL) without waiting for a leader to say what
+    /// is committed. Not waited for: openraft calls this before every apply, and a lost or
+    /// older value only means less is re-applied at start; entries up to it are durable
+    /// first, since they went through the same log-writer queue earlier.
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SError> {
+        *self.committed.lock() = committed;
+        if let Some(c) = committed {
+            let b = encode(&c).map_err(|e| io(StorageIOError::write(AnyError::new(&e))))?;
+            // A full queue skips this hint; a later commit writes a newer one.
+            let _ = self.store.raft_put_hint(self.group, TAG_COMMITTED, b);
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SError> {
+        if let Some(c) = *self.committed.lock() {
+            return Ok(Some(c));
+        }
+        let (store, group) = (self.store.clone(), self.group);
+        blocking(move || match store.raft_get(group, TAG_COMMITTED)? {
+            Some(b) => Ok(Some(decode::<LogId<NodeId>>(&b)?)),
+            None => Ok(None),
+        })
+        .await
+        .map_err(|e| io(StorageIOError::read(AnyError::new(&e))))
     }
 
     async fn append<I>(

@@ -345,3 +345,23 @@ async fn three_nodes_replicate_and_seed_from_snapshot() {
         h.raft.shutdown().await.expect("shutdown");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_log_id_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let committed = openraft::testing::log_id(2, 1, 7);
+    {
+        let store = Store::open(dir.path()).expect("open");
+        let mut log = LogStore::new(4, store.clone());
+        log.save_committed(Some(committed)).await.expect("save");
+        // The hint is not waited for; a synced write queued after it is written after it.
+        log.save_vote(&openraft::Vote::new_committed(2, 1))
+            .await
+            .expect("vote");
+    }
+    let store = Store::open(dir.path()).expect("reopen");
+    let mut log = LogStore::new(4, store.clone());
+    assert_eq!(log.read_committed().await.expect("read"), Some(committed));
+    let mut other = LogStore::new(5, store);
+    assert_eq!(other.read_committed().await.expect("read"), None);
+}

@@ -408,6 +408,21 @@ impl Store {
             .await
     }
 
+    /// Queues a `raft` CF value for the log writer's next batch and returns at once,
+    /// without waiting for it to be written: for hints whose loss costs nothing but a little
+    /// work after a crash (the committed log id). `false` when the queue is full (skipped).
+    pub fn raft_put_hint(&self, group: GroupId, tag: u8, value: Vec<u8>) -> bool {
+        let Some(w) = self.writer.as_ref() else {
+            return false;
+        };
+        let req = LogWriteReq {
+            seq: self.shared.next_seq.fetch_add(1, Ordering::Relaxed),
+            op: LogOp::PutRaft { group, tag, value },
+            done: Box::new(|_| {}),
+        };
+        w.tx.try_send(req).is_ok()
+    }
+
     // ---------------------------------------------------------------- raft log (log CF)
 
     /// Hands encoded entries `(index, bytes)` of one group to the log writer and returns as
