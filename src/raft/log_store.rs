@@ -42,6 +42,19 @@ impl LogStore {
     pub fn group(&self) -> GroupId {
         self.group
     }
+
+    /// Reads and decodes one of this group's `raft` CF values (vote, committed log id).
+    async fn read_raft_value<T>(&self, tag: u8) -> Result<Option<T>, crate::storage::StorageError>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let (store, group) = (self.store.clone(), self.group);
+        blocking(move || match store.raft_get(group, tag)? {
+            Some(b) => Ok(Some(decode::<T>(&b)?)),
+            None => Ok(None),
+        })
+        .await
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -107,13 +120,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if crate::sabotage::on(crate::sabotage::Switch::ForgetVote) {
             return Ok(None);
         }
-        let (store, group) = (self.store.clone(), self.group);
-        blocking(move || match store.raft_get(group, TAG_VOTE)? {
-            Some(b) => Ok(Some(decode::<Vote<NodeId>>(&b)?)),
-            None => Ok(None),
-        })
-        .await
-        .map_err(|e| io(StorageIOError::read_vote(AnyError::new(&e))))
+        self.read_raft_value(TAG_VOTE)
+            .await
+            .map_err(|e| io(StorageIOError::read_vote(AnyError::new(&e))))
     }
 
     /// Keeps the committed log id so that a restart re-applies everything committed before
@@ -135,13 +144,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(c) = *self.committed.lock() {
             return Ok(Some(c));
         }
-        let (store, group) = (self.store.clone(), self.group);
-        blocking(move || match store.raft_get(group, TAG_COMMITTED)? {
-            Some(b) => Ok(Some(decode::<LogId<NodeId>>(&b)?)),
-            None => Ok(None),
-        })
-        .await
-        .map_err(|e| io(StorageIOError::read(AnyError::new(&e))))
+        self.read_raft_value(TAG_COMMITTED)
+            .await
+            .map_err(|e| io(StorageIOError::read(AnyError::new(&e))))
     }
 
     async fn append<I>(
