@@ -222,7 +222,7 @@ impl Nemesis {
                     c.kill(v).await;
                 }
                 Ok(Applied {
-                    targets: victims.iter().map(|&v| node_name(v)).collect(),
+                    targets: node_names(&victims),
                     detail: "SIGKILL; restarted at heal".into(),
                     noop: false,
                 })
@@ -234,7 +234,7 @@ impl Nemesis {
                     c.pause(v);
                 }
                 Ok(Applied {
-                    targets: victims.iter().map(|&v| node_name(v)).collect(),
+                    targets: node_names(&victims),
                     detail: "SIGSTOP; SIGCONT at heal".into(),
                     noop: false,
                 })
@@ -272,7 +272,7 @@ impl Nemesis {
                     c.kill(v).await;
                 }
                 Ok(Applied {
-                    targets: members.iter().map(|&v| node_name(v)).collect(),
+                    targets: node_names(&members),
                     detail: "SIGKILL on every node at once (a power loss); restarted at heal"
                         .into(),
                     noop: false,
@@ -394,12 +394,6 @@ impl Nemesis {
         let mut big: Vec<usize> = m[half..].to_vec();
         small.sort();
         big.sort();
-        let names = |v: &[usize]| {
-            v.iter()
-                .map(|&i| node_name(i))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
         Ok(Applied {
             targets: vec![names(&small), names(&big)],
             detail: format!("{} | {}", names(&small), names(&big)),
@@ -436,12 +430,6 @@ impl Nemesis {
         m.shuffle(&mut self.rng);
         let mid = m.len() / 2;
         net::apply_grid(&m, &|a, b| bridge_reach(m.len(), a, b))?;
-        let names = |v: &[usize]| {
-            v.iter()
-                .map(|&i| node_name(i))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
         Ok(Applied {
             targets: vec![names(&m[..mid]), node_name(m[mid]), names(&m[mid + 1..])],
             detail: format!(
@@ -471,13 +459,9 @@ impl Nemesis {
         let mut m = members.to_vec();
         m.shuffle(&mut self.rng);
         net::apply_grid(&m, &|a, b| ring_reach(n, a, b))?;
-        let ring = m
-            .iter()
-            .map(|&i| node_name(i))
-            .collect::<Vec<_>>()
-            .join("-");
+        let ring = node_names(&m).join("-");
         Ok(Applied {
-            targets: m.iter().map(|&i| node_name(i)).collect(),
+            targets: node_names(&m),
             detail: format!("ring {ring}, each node sees its neighbours"),
             noop: false,
         })
@@ -602,6 +586,16 @@ pub fn ring_reach(n: usize, a: usize, b: usize) -> bool {
     let reach = (n / 2).div_ceil(2);
     let d = a.abs_diff(b);
     d.min(n - d) <= reach
+}
+
+/// The names of node numbers, in order.
+fn node_names(nodes: &[usize]) -> Vec<String> {
+    nodes.iter().map(|&i| node_name(i)).collect()
+}
+
+/// Node names joined by commas, for a fault's targets and detail.
+fn names(nodes: &[usize]) -> String {
+    node_names(nodes).join(",")
 }
 
 /// The node leading the most groups, from `/admin/status` of any node that answers.
