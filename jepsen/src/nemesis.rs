@@ -356,11 +356,7 @@ impl Nemesis {
                 }
                 let pct = self.rng.gen_range(10..=40);
                 for &i in &members {
-                    let others: Vec<String> = members
-                        .iter()
-                        .filter(|&&o| o != i)
-                        .map(|&o| net::node_ip(o))
-                        .collect();
+                    let others: Vec<usize> = members.iter().copied().filter(|&o| o != i).collect();
                     net::set_lossy(i, &others, pct)?;
                 }
                 Ok(Applied {

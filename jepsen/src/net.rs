@@ -165,26 +165,17 @@ pub fn cleanup() -> Vec<String> {
     removed
 }
 
-/// Makes node `i` drop all traffic to and from the given node addresses (replacing the rules
-/// it had). An empty list heals it.
-/// Node addresses plus the relay address of each (traffic to a node may go through its
-/// relay, see `relay`); the relay addresses are simply unused without relays.
-fn with_relays(addrs: &[String]) -> Vec<String> {
-    let mut out = addrs.to_vec();
-    for a in addrs {
-        let node = a
-            .strip_prefix("10.77.0.")
-            .and_then(|o| o.parse::<usize>().ok())
-            .filter(|o| *o > 10 && *o < 100);
-        if let Some(o) = node {
-            out.push(crate::relay::relay_ip(o - 10));
-        }
-    }
-    out
+/// The addresses of these nodes and of their relays: traffic to a node may go through its
+/// relay (see `relay`); without relays those addresses are simply unused.
+fn addrs_of(nodes: &[usize]) -> Vec<String> {
+    let relays = nodes.iter().map(|&n| crate::relay::relay_ip(n));
+    nodes.iter().map(|&n| node_ip(n)).chain(relays).collect()
 }
 
-pub fn set_blocked(i: usize, blocked: &[String]) -> Result<()> {
-    let blocked = &with_relays(blocked);
+/// Makes node `i` drop all traffic to and from the given nodes (replacing the rules it
+/// had). An empty list heals it.
+pub fn set_blocked(i: usize, blocked: &[usize]) -> Result<()> {
+    let blocked = &addrs_of(blocked);
     let rules = if blocked.is_empty() {
         None
     } else {
@@ -197,14 +188,14 @@ pub fn set_blocked(i: usize, blocked: &[String]) -> Result<()> {
     load_rules(i, rules)
 }
 
-/// Makes node `i` drop `pct` % of the packets it receives from the given node addresses
-/// (an nftables `numgen` rule), replacing the rules it had.
-pub fn set_lossy(i: usize, from: &[String], pct: u32) -> Result<()> {
+/// Makes node `i` drop `pct` % of the packets it receives from the given nodes (an
+/// nftables `numgen` rule), replacing the rules it had.
+pub fn set_lossy(i: usize, from: &[usize], pct: u32) -> Result<()> {
     if from.is_empty() || pct == 0 {
         return load_rules(i, None);
     }
     // Through relays, what the others send arrives from this node's own relay address.
-    let mut from = with_relays(from);
+    let mut from = addrs_of(from);
     from.push(crate::relay::relay_ip(i));
     let set = from.join(", ");
     load_rules(
@@ -252,11 +243,11 @@ fn load_rules(i: usize, rules: Option<(String, String)>) -> Result<()> {
 /// (indices 0-based into `nodes`, which holds 1-based node numbers).
 pub fn apply_grid(nodes: &[usize], reach: &dyn Fn(usize, usize) -> bool) -> Result<()> {
     for (a, &na) in nodes.iter().enumerate() {
-        let blocked: Vec<String> = nodes
+        let blocked: Vec<usize> = nodes
             .iter()
             .enumerate()
             .filter(|&(b, _)| b != a && !reach(a, b))
-            .map(|(_, &nb)| node_ip(nb))
+            .map(|(_, &nb)| nb)
             .collect();
         set_blocked(na, &blocked)?;
     }
@@ -269,16 +260,9 @@ mod tests {
 
     #[test]
     fn rules_name_each_node_and_its_relay() {
-        let got = with_relays(&[node_ip(2), node_ip(5), HARNESS_IP.to_string()]);
         assert_eq!(
-            got,
-            vec![
-                "10.77.0.12",
-                "10.77.0.15",
-                "10.77.0.1",
-                "10.77.0.102",
-                "10.77.0.105"
-            ]
+            addrs_of(&[2, 5]),
+            vec!["10.77.0.12", "10.77.0.15", "10.77.0.102", "10.77.0.105"]
         );
     }
 }
