@@ -53,8 +53,8 @@ pub trait Applier: Send + Sync + 'static {
     /// failure: nothing of the batch is written and the group's Raft stops (fatal).
     fn apply(&self, txn: &mut SmTxn<'_>, req: &Request) -> Result<Response, StorageError>;
     /// Called after the batch holding these entries' effects was written, in log order
-    /// (one response per entry, `Response::None` for blank/membership entries). Runs on a
-    /// blocking-pool thread: must not block for long.
+    /// (one response per entry, `Response::None` for blank/membership entries). Runs on the
+    /// store's apply thread, which every group shares: must not block for long.
     fn after_write(&self, group: GroupId, responses: &[Response]);
 }
 

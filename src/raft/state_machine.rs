@@ -2,8 +2,9 @@
 //!
 //! The group's `sm` range holds the application data (written by the [`Applier`] through an
 //! [`SmTxn`](crate::storage::SmTxn)) and, under the reserved `0x00` prefix, the last applied
-//! log id, the last membership and a marker that a snapshot was built or installed. Applied
-//! batches are written without sync: the synced log replays them after a crash.
+//! log id, the last membership and a marker that a snapshot was built or installed. Applies
+//! run on the store's apply thread, which writes the batches of many groups at once and without
+//! sync: the synced log replays them after a crash.
 //!
 //! Snapshots are not stored separately: a snapshot is the group's data range, dumped from one
 //! consistent view. `get_current_snapshot` rebuilds it from the current state once a snapshot
@@ -20,9 +21,11 @@ use openraft::{
     StoredMembership,
 };
 
-use super::{blocking, Applier, Entry, GroupId, NodeId, TypeConfig};
+use tokio::sync::oneshot;
+
+use super::{blocking, Applier, Entry, GroupId, NodeId, SmTxn, TypeConfig};
 use crate::shard::command::Response;
-use crate::storage::{decode, encode, StorageError, Store};
+use crate::storage::{decode, encode, SmJob, StorageError, Store};
 
 type SError = openraft::StorageError<NodeId>;
 type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
@@ -38,6 +41,68 @@ const SNAPSHOT_MAGIC: &[u8] = b"CNSNAP01";
 
 fn io(e: StorageIOError<NodeId>) -> SError {
     SError::IO { source: e }
+}
+
+/// One `apply` call of a group, run on the store's apply thread (merged with other groups'
+/// applies into one write), answered after the write.
+struct ApplyJob {
+    group: GroupId,
+    entries: Vec<Entry>,
+    applier: Arc<dyn Applier>,
+    responses: Vec<Response>,
+    /// The entry whose apply failed (an IO error: the group's Raft stops).
+    failed: Option<LogId<NodeId>>,
+    reply: oneshot::Sender<Result<Vec<Response>, SError>>,
+}
+
+impl SmJob for ApplyJob {
+    fn group(&self) -> GroupId {
+        self.group
+    }
+
+    fn apply(&mut self, txn: &mut SmTxn<'_>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let mut membership = None;
+        self.responses.reserve(self.entries.len());
+        for e in &self.entries {
+            match &e.payload {
+                EntryPayload::Blank => self.responses.push(Response::None),
+                EntryPayload::Normal(req) => match self.applier.apply(txn, req) {
+                    Ok(r) => self.responses.push(r),
+                    Err(err) => {
+                        self.failed = Some(e.log_id);
+                        return Err(err);
+                    }
+                },
+                EntryPayload::Membership(m) => {
+                    membership = Some(Membership::new(Some(e.log_id), m.clone()));
+                    self.responses.push(Response::None);
+                }
+            }
+        }
+        let Some(last) = self.entries.last().map(|e| e.log_id) else {
+            return Ok(Vec::new());
+        };
+        let mut reserved = vec![(KEY_APPLIED.to_vec(), encode(&last)?)];
+        if let Some(m) = &membership {
+            reserved.push((KEY_MEMBERSHIP.to_vec(), encode(m)?));
+        }
+        Ok(reserved)
+    }
+
+    fn done(self: Box<Self>, result: Result<(), StorageError>) {
+        let answer = match result {
+            Ok(()) => {
+                self.applier.after_write(self.group, &self.responses);
+                Ok(self.responses)
+            }
+            Err(e) => Err(io(match self.failed {
+                Some(at) => StorageIOError::apply(at, AnyError::new(&e)),
+                None => StorageIOError::write_state_machine(AnyError::new(&e)),
+            })),
+        };
+        // The caller may be gone (the group shut down): nothing to answer then.
+        let _ = self.reply.send(answer);
+    }
 }
 
 /// One group's state machine: a cheap, cloneable handle (also its own snapshot builder).
@@ -187,42 +252,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let Some(last) = entries.last().map(|e| e.log_id) else {
             return Ok(Vec::new());
         };
-        let (store, group, applier) = (self.store.clone(), self.group, self.applier.clone());
-        let res = tokio::task::spawn_blocking(move || {
-            let mut txn = store.txn(group);
-            let mut responses = Vec::with_capacity(entries.len());
-            let mut membership = None;
-            for e in &entries {
-                match &e.payload {
-                    EntryPayload::Blank => responses.push(Response::None),
-                    EntryPayload::Normal(req) => match applier.apply(&mut txn, req) {
-                        Ok(r) => responses.push(r),
-                        Err(err) => {
-                            return Err(io(StorageIOError::apply(e.log_id, AnyError::new(&err))))
-                        }
-                    },
-                    EntryPayload::Membership(m) => {
-                        membership = Some(Membership::new(Some(e.log_id), m.clone()));
-                        responses.push(Response::None);
-                    }
-                }
-            }
-            let write = || -> Result<(), StorageError> {
-                let mut reserved = vec![(KEY_APPLIED.to_vec(), encode(&last)?)];
-                if let Some(m) = &membership {
-                    reserved.push((KEY_MEMBERSHIP.to_vec(), encode(m)?));
-                }
-                store.sm_commit(txn, reserved)
-            };
-            write().map_err(|e| io(StorageIOError::write_state_machine(AnyError::new(&e))))?;
-            applier.after_write(group, &responses);
-            Ok(responses)
-        })
-        .await;
-        match res {
-            Ok(r) => r,
-            Err(e) => Err(io(StorageIOError::apply(last, AnyError::new(&e)))),
-        }
+        let (reply, answer) = oneshot::channel();
+        let job = ApplyJob {
+            group: self.group,
+            entries,
+            applier: self.applier.clone(),
+            responses: Vec::new(),
+            failed: None,
+            reply,
+        };
+        let closed = |e: &dyn std::fmt::Display| {
+            io(StorageIOError::apply(last, AnyError::error(e.to_string())))
+        };
+        self.store
+            .sm_submit(Box::new(job))
+            .await
+            .map_err(|e| closed(&e))?;
+        answer.await.map_err(|e| closed(&e))?
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

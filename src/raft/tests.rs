@@ -38,6 +38,11 @@ impl Applier for CountingApplier {
     }
 
     fn after_write(&self, _group: GroupId, responses: &[Response]) {
+        // Completions spawn tasks (gap fills of pushes): they must run inside the runtime.
+        assert!(
+            tokio::runtime::Handle::try_current().is_ok(),
+            "after_write runs outside the runtime"
+        );
         self.after_write
             .fetch_add(responses.len(), Ordering::SeqCst);
     }

@@ -189,16 +189,25 @@ pub fn apply_shard(txn: &mut SmTxn<'_>, op: &ShardOp) -> ApplyResult {
     }
 }
 
+/// Like [`get`], through the store's cache of hot values (read by nearly every apply).
+fn get_cached<T: serde::de::DeserializeOwned>(
+    txn: &SmTxn<'_>,
+    key: &[u8],
+) -> Result<Option<T>, StorageError> {
+    txn.get_cached(key)?.map(|v| decode(&v)).transpose()
+}
+
 /// The conversation's state; its `last_seq` lives under its own key (see `keys::last_seq`).
 fn load_conversation(
     txn: &SmTxn<'_>,
     conversation_id: &str,
 ) -> Result<Option<ConversationState>, StorageError> {
-    let Some(mut conv) = get::<ConversationState>(txn, &keys::conversation(conversation_id))?
+    let Some(mut conv) =
+        get_cached::<ConversationState>(txn, &keys::conversation(conversation_id))?
     else {
         return Ok(None);
     };
-    conv.last_seq = get(txn, &keys::last_seq(conversation_id))?.unwrap_or(0);
+    conv.last_seq = get_cached(txn, &keys::last_seq(conversation_id))?.unwrap_or(0);
     Ok(Some(conv))
 }
 

@@ -19,6 +19,8 @@
 
 pub mod keys;
 mod log_writer;
+mod sm_cache;
+mod sm_writer;
 mod txn;
 
 use std::ops::Bound;
@@ -34,11 +36,15 @@ use rocksdb::{
 use tokio::sync::oneshot;
 
 pub use log_writer::{Completion, LOG_BATCH_OPS_MAX, LOG_WRITE_QUEUE_MAX};
+pub use sm_cache::SM_CACHE_BYTES_MAX;
+pub use sm_writer::{SmJob, SM_APPLY_QUEUE_MAX, SM_ROUND_JOBS_MAX};
 pub use txn::SmTxn;
 
 use crate::shard::command::GroupId;
 use keys::{group_prefix, log_key, parse_log_key, raft_key, sm_key};
 use log_writer::{LogOp, LogWriteReq, PendingLog, Writer};
+use sm_cache::SmCache;
+use sm_writer::SmWriter;
 
 pub const CF_LOG: &str = "log";
 pub const CF_RAFT: &str = "raft";
@@ -64,6 +70,8 @@ pub enum StorageError {
     #[error("blocking task failed: {0}")]
     Task(String),
 }
+
+type SmResult = Result<(), StorageError>;
 
 /// Encodes a value with bincode 2 (serde, standard config): the format of every stored value.
 pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
@@ -114,12 +122,17 @@ impl Shared {
     }
 }
 
-/// The node's storage: one RocksDB instance and its log-writer thread. Share it as
-/// `Arc<Store>`; dropping the last handle stops the writer (after it wrote everything
-/// queued) and closes the DB.
+/// The node's storage: one RocksDB instance, its log-writer thread and its state-machine
+/// apply thread. Share it as `Arc<Store>`; dropping the last handle stops both threads
+/// (after the log writer wrote everything queued) and closes the DB.
 pub struct Store {
     shared: Arc<Shared>,
     writer: Option<Writer>,
+    sm_writer: Option<SmWriter>,
+    sm_cache: Mutex<SmCache>,
+    sm_writes: AtomicU64,
+    /// The runtime of the first submitter: the apply thread runs completions inside it.
+    sm_runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for Store {
@@ -132,15 +145,24 @@ impl std::fmt::Debug for Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        if let Some(mut w) = self.writer.take() {
-            let thread = w.thread.take();
-            drop(w);
-            if let Some(t) = thread {
-                // A completion run by the writer may hold the last handle: never self-join.
+        // Dropping a sender ends its thread's loop; a completion run by either thread may
+        // hold the last handle, so a thread never joins itself.
+        let join = |t: Option<std::thread::JoinHandle<()>>| {
+            if let Some(t) = t {
                 if t.thread().id() != std::thread::current().id() {
                     let _ = t.join();
                 }
             }
+        };
+        if let Some(mut w) = self.sm_writer.take() {
+            let thread = w.thread.take();
+            drop(w);
+            join(thread);
+        }
+        if let Some(mut w) = self.writer.take() {
+            let thread = w.thread.take();
+            drop(w);
+            join(thread);
         }
     }
 }
@@ -200,10 +222,38 @@ impl Store {
         if unsynced {
             log_writer::spawn_writeback(Arc::downgrade(&shared));
         }
-        Ok(Arc::new(Store {
+        let mut spawn_error = None;
+        let store = Arc::new_cyclic(|weak| Store {
             shared,
             writer: Some(writer),
-        }))
+            sm_writer: sm_writer::spawn(weak.clone())
+                .map_err(|e| spawn_error = Some(e))
+                .ok(),
+            sm_cache: Mutex::new(SmCache::default()),
+            sm_writes: AtomicU64::new(0),
+            sm_runtime: std::sync::OnceLock::new(),
+        });
+        match spawn_error {
+            Some(e) => Err(e),
+            None => Ok(store),
+        }
+    }
+
+    /// Number of state-machine writes so far (metrics; one per apply round).
+    pub fn sm_writes(&self) -> u64 {
+        self.sm_writes.load(Ordering::Relaxed)
+    }
+
+    /// Queues a state-machine job for the apply thread (see [`SmJob`]); it completes through
+    /// its `done`. Waits (asynchronously) while the queue is full.
+    pub async fn sm_submit(&self, job: Box<dyn SmJob>) -> Result<(), StorageError> {
+        self.sm_runtime.get_or_init(tokio::runtime::Handle::current);
+        let tx = self
+            .sm_writer
+            .as_ref()
+            .map(|w| w.tx.clone())
+            .ok_or(StorageError::Closed)?;
+        tx.send(job).await.map_err(|_| StorageError::Closed)
     }
 
     /// Number of synced log-writer writes so far (metrics; one per merged batch).
@@ -322,32 +372,69 @@ impl Store {
         SmTxn::new(self, group)
     }
 
+    /// Point read of a state-machine key through the write-through cache of hot values
+    /// (blocking). For keys read by every apply (a conversation's state); see `sm_cache`
+    /// for why this is safe only from the group's apply.
+    pub fn sm_get_cached(
+        &self,
+        group: GroupId,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let full = sm_key(group, key);
+        if let Some(v) = self.sm_cache.lock().get(&full) {
+            return Ok(Some(v.to_vec()));
+        }
+        let cf = self.shared.cf(CF_SM)?;
+        let value = self.shared.db.get_cf(cf, &full)?;
+        if let Some(v) = &value {
+            self.sm_cache.lock().insert(full, Arc::from(v.as_slice()));
+        }
+        Ok(value)
+    }
+
     /// Writes a transaction's effects plus `reserved` pairs (keys starting with 0x00: the
-    /// applied log id, membership…) in one non-synced batch (blocking).
+    /// applied log id, membership…) in one non-synced batch (blocking). Applies go through
+    /// the apply thread ([`Store::sm_submit`]) instead, which merges many groups' writes.
     pub fn sm_commit(
         &self,
         txn: SmTxn<'_>,
         reserved: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<(), StorageError> {
         let (group, writes) = txn.into_parts()?;
+        self.sm_write(vec![(group, writes, reserved)])
+    }
+
+    /// Writes the effects and reserved pairs of several groups in one non-synced batch and
+    /// updates the cache (blocking).
+    fn sm_write(&self, parts: Vec<(GroupId, txn::Writes, Vec<(Vec<u8>, Vec<u8>)>)>) -> SmResult {
         let cf = self.shared.cf(CF_SM)?;
         let mut wb = WriteBatch::default();
-        for (k, v) in writes {
-            match v {
-                Some(v) => wb.put_cf(cf, sm_key(group, &k), v),
-                None => wb.delete_cf(cf, sm_key(group, &k)),
+        let mut written = Vec::new();
+        for (group, writes, reserved) in parts {
+            for (k, v) in writes {
+                let key = sm_key(group, &k);
+                match &v {
+                    Some(v) => wb.put_cf(cf, &key, v),
+                    None => wb.delete_cf(cf, &key),
+                }
+                written.push((key, v));
             }
-        }
-        for (k, v) in reserved {
-            if txn::is_user_key(&k) || k.is_empty() {
-                return Err(StorageError::ReservedKey(k));
+            for (k, v) in reserved {
+                if txn::is_user_key(&k) || k.is_empty() {
+                    return Err(StorageError::ReservedKey(k));
+                }
+                wb.put_cf(cf, sm_key(group, &k), v);
             }
-            wb.put_cf(cf, sm_key(group, &k), v);
         }
         // No WAL: see the module comment (the synced log is the durable copy).
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
         self.shared.db.write_opt(wb, &wo)?;
+        self.sm_writes.fetch_add(1, Ordering::Relaxed);
+        let mut cache = self.sm_cache.lock();
+        for (key, v) in &written {
+            cache.written(key, v.as_deref());
+        }
         Ok(())
     }
 
@@ -385,6 +472,7 @@ impl Store {
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         self.shared.db.write_opt(wb, &sync)?;
+        self.sm_cache.lock().remove_prefix(&group_prefix(group));
         Ok(())
     }
 

@@ -264,3 +264,86 @@ fn reserved_commit_keys_must_be_reserved() {
         Err(StorageError::ReservedKey(_))
     ));
 }
+
+/// A job of the apply-thread tests: puts `value` under key `[1]`, or fails.
+struct PutJob {
+    group: GroupId,
+    value: Option<u8>,
+    done: std::sync::mpsc::Sender<(GroupId, Result<(), StorageError>)>,
+}
+
+impl SmJob for PutJob {
+    fn group(&self) -> GroupId {
+        self.group
+    }
+
+    fn apply(&mut self, txn: &mut SmTxn<'_>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let v = self.value.ok_or(StorageError::Corrupt("refused".into()))?;
+        txn.put(vec![1], vec![v]);
+        Ok(vec![(vec![0, 1], vec![v])])
+    }
+
+    fn done(self: Box<Self>, result: Result<(), StorageError>) {
+        let _ = self.done.send((self.group, result));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_thread_writes_every_group_and_isolates_a_failing_job() {
+    let (_dir, store) = open();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (group, value) in [(1, Some(10)), (2, None), (3, Some(30)), (1, Some(11))] {
+        let job = PutJob {
+            group,
+            value,
+            done: tx.clone(),
+        };
+        store.sm_submit(Box::new(job)).await.expect("submit");
+    }
+    let mut results: Vec<(GroupId, bool)> = (0..4)
+        .map(|_| {
+            let (g, r) = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("done");
+            (g, r.is_ok())
+        })
+        .collect();
+    results.sort();
+    assert_eq!(results, vec![(1, true), (1, true), (2, false), (3, true)]);
+    // The second job of group 1 ran after the first: its value is the last one.
+    assert_eq!(store.sm_get(1, &[1]).expect("get"), Some(vec![11]));
+    assert_eq!(store.sm_get(1, &[0, 1]).expect("get"), Some(vec![11]));
+    assert_eq!(store.sm_get(2, &[1]).expect("get"), None);
+    assert_eq!(store.sm_get(3, &[1]).expect("get"), Some(vec![30]));
+    assert!(store.sm_writes() >= 2);
+}
+
+#[test]
+fn cached_reads_follow_commits_deletes_and_snapshots() {
+    let (_dir, store) = open();
+    let put = |v: Option<u8>| {
+        let mut t = store.txn(4);
+        match v {
+            Some(v) => t.put(vec![1, 1], vec![v]),
+            None => t.delete(vec![1, 1]),
+        }
+        store.sm_commit(t, vec![]).expect("commit");
+    };
+    assert_eq!(store.sm_get_cached(4, &[1, 1]).expect("get"), None);
+    put(Some(1));
+    assert_eq!(store.sm_get_cached(4, &[1, 1]).expect("get"), Some(vec![1]));
+    put(Some(2));
+    assert_eq!(store.sm_get_cached(4, &[1, 1]).expect("get"), Some(vec![2]));
+    put(None);
+    assert_eq!(store.sm_get_cached(4, &[1, 1]).expect("get"), None);
+    put(Some(3));
+    assert_eq!(store.sm_get_cached(4, &[1, 1]).expect("get"), Some(vec![3]));
+    store
+        .sm_replace(4, vec![(vec![1, 1], vec![9])])
+        .expect("replace");
+    assert_eq!(store.sm_get_cached(4, &[1, 1]).expect("get"), Some(vec![9]));
+    assert_eq!(
+        store.txn(4).get_cached(&[1, 1]).expect("get"),
+        Some(vec![9])
+    );
+}

@@ -17,10 +17,12 @@ use crate::shard::command::GroupId;
 pub struct SmTxn<'a> {
     store: &'a Store,
     group: GroupId,
-    /// key -> Some(value) for a put, None for a delete.
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    writes: Writes,
     error: Option<StorageError>,
 }
+
+/// A transaction's pending writes: key -> `Some(value)` for a put, `None` for a delete.
+pub(crate) type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 pub(crate) fn is_user_key(key: &[u8]) -> bool {
     key.first().is_some_and(|b| *b != SM_RESERVED_PREFIX)
@@ -45,6 +47,15 @@ impl<'a> SmTxn<'a> {
         match self.writes.get(key) {
             Some(w) => Ok(w.clone()),
             None => self.store.sm_get(self.group, key),
+        }
+    }
+
+    /// [`SmTxn::get`] through the store's cache of hot values: for keys read by nearly every
+    /// apply (a conversation's state), never for keys read once.
+    pub fn get_cached(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.writes.get(key) {
+            Some(w) => Ok(w.clone()),
+            None => self.store.sm_get_cached(self.group, key),
         }
     }
 
@@ -144,9 +155,7 @@ impl<'a> SmTxn<'a> {
         ok
     }
 
-    pub(crate) fn into_parts(
-        self,
-    ) -> Result<(GroupId, BTreeMap<Vec<u8>, Option<Vec<u8>>>), StorageError> {
+    pub(crate) fn into_parts(self) -> Result<(GroupId, Writes), StorageError> {
         match self.error {
             Some(e) => Err(e),
             None => Ok((self.group, self.writes)),
