@@ -92,7 +92,10 @@ impl Applier for NodeApplier {
             return;
         }
         if cluster.is_local_leader(group) {
-            cluster.fanout.broadcast(cluster, &items);
+            // Replicas that keep up push from their own apply: only the other gateways
+            // need the leader's copy.
+            let skip = cluster.replicas_pushing_by_apply(group);
+            cluster.fanout.broadcast_except(cluster, &items, &skip);
         }
         cluster.fanout.receive(cluster, cluster.node_id, items);
     }

@@ -7,7 +7,7 @@
 //! answer is `unavailable` (retryable). Sends are idempotent by `client_msg_id`, so a
 //! forwarded send that may have been applied is safe to retry.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use openraft::ServerState;
 use parking_lot::{Mutex, RwLock};
 
 use super::fanout::{Fanout, PushItem};
+use super::forward::{ForwardedWrite, WriteForwarder};
 use super::peer::{NodeId, PeerReply, PeerRequest, PeerTransport};
 use super::router::REQUEST_TIMEOUT_MS;
 use super::status::{GroupStatus, NodeStatus};
@@ -32,6 +33,10 @@ pub const RETRY_BACKOFF_MAX_MS: u64 = 400;
 pub const TRANSFER_WINDOW_MS: u64 = 4_000;
 /// Most hops one request follows (leader hints and retries) before giving up.
 pub const ROUTE_ATTEMPTS_MAX: u32 = 64;
+/// A replica whose log is at most this many entries behind the leader's pushes the group's
+/// messages to its own connections when it applies them; the leader does not send it its
+/// copy (see [`Cluster::replicas_pushing_by_apply`]).
+pub const PUSH_BY_APPLY_LAG_MAX: u64 = 64;
 
 #[cfg(feature = "fault-injection")]
 #[path = "sabotaged_write.rs"]
@@ -49,6 +54,7 @@ pub struct Cluster {
     /// Leader of each group as last learned; at most one entry per group.
     leaders: Mutex<HashMap<GroupId, NodeId>>,
     pub fanout: Arc<Fanout>,
+    forwarder: WriteForwarder,
     /// Groups whose leadership this node is handing over, until when (at most one entry per
     /// group).
     transferring: Mutex<HashMap<GroupId, Instant>>,
@@ -75,6 +81,7 @@ impl Cluster {
             router,
             proposals,
             reader,
+            forwarder: WriteForwarder::new(transport.clone()),
             transport,
             meta: RwLock::new(Arc::new(meta)),
             leaders: Mutex::new(HashMap::new()),
@@ -168,6 +175,30 @@ impl Cluster {
             .group(group)
             .map(|g| g.raft.metrics().borrow().state == ServerState::Leader)
             .unwrap_or(false)
+    }
+
+    /// On the leader of `group`: the other replicas whose log is within
+    /// [`PUSH_BY_APPLY_LAG_MAX`] entries of the leader's. Their own apply pushes the group's
+    /// messages to their connections, so the leader's fan-out skips them; a replica further
+    /// behind (catching up, maybe through a snapshot whose messages are never applied one by
+    /// one) still gets the pushes. Empty when this node does not lead `group`.
+    pub fn replicas_pushing_by_apply(&self, group: GroupId) -> BTreeSet<NodeId> {
+        let Ok(g) = self.router.group(group) else {
+            return BTreeSet::new();
+        };
+        let m = g.raft.metrics();
+        let m = m.borrow();
+        let (Some(replication), Some(last)) = (m.replication.as_ref(), m.last_log_index) else {
+            return BTreeSet::new();
+        };
+        replication
+            .iter()
+            .filter(|(n, matched)| {
+                **n != self.node_id
+                    && matched.is_some_and(|l| l.index + PUSH_BY_APPLY_LAG_MAX >= last)
+            })
+            .map(|(n, _)| *n)
+            .collect()
     }
 
     /// The leader this node's replica of `group` knows of, if this node is a replica the
@@ -318,6 +349,19 @@ impl Cluster {
         let Some(addr) = self.address_of(target) else {
             return Err(unavailable(format!("no address for node {target}")));
         };
+        if let PeerRequest::Write(op) = req {
+            let write = ForwardedWrite {
+                group,
+                trace_id: trace_id.to_string(),
+                op,
+            };
+            return self
+                .forwarder
+                .write(target, &addr, write, timeout)
+                .await
+                .map(PeerReply::Write)
+                .map_err(|e| unavailable(format!("node {target}: {e}")));
+        }
         t.call(target, &addr, group, trace_id, req, timeout)
             .await
             .map_err(|e| unavailable(format!("node {target}: {e}")))

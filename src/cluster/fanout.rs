@@ -11,7 +11,7 @@
 //!   last seq of that group's conversations, so a message whose push died with the old
 //!   leader still arrives.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,13 +92,24 @@ impl Fanout {
 
     /// Queues `items` for every other node that is not gone.
     pub fn broadcast(&self, cluster: &Arc<Cluster>, items: &[PushItem]) {
+        self.broadcast_except(cluster, items, &BTreeSet::new());
+    }
+
+    /// Queues `items` for every other node that is not gone and not in `skip`.
+    pub fn broadcast_except(
+        &self,
+        cluster: &Arc<Cluster>,
+        items: &[PushItem],
+        skip: &BTreeSet<NodeId>,
+    ) {
         if items.is_empty() {
             return;
         }
         let meta = cluster.meta();
         let mut peers = self.peers.lock();
         for n in meta.nodes.values() {
-            if n.node_id == self.node_id || n.state == NodeState::Left {
+            if n.node_id == self.node_id || n.state == NodeState::Left || skip.contains(&n.node_id)
+            {
                 continue;
             }
             let tx = peers.entry(n.node_id).or_insert_with(|| {

@@ -8,12 +8,14 @@
 //! - `peer`: the node-to-node request/reply types and the serving side.
 //! - `controller`: the control loop (placement, membership steps, leader balance, leave).
 //! - `fanout`: committed messages to every gateway, in order, with gap filling.
+//! - `forward`: client writes forwarded to a group's leader, batched per leader node.
 //! - `router`, `batcher`, `outbox`: the local groups, proposal batching, cross-shard updates.
 pub mod balance;
 pub mod batcher;
 pub mod client;
 pub mod controller;
 pub mod fanout;
+pub mod forward;
 pub mod identity;
 pub mod meta;
 pub mod outbox;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::client::Cluster;
 use super::fanout::PushItem;
+use super::forward::{ForwardedWrite, FORWARD_BATCH_MAX};
 use super::status::NodeStatus;
 use super::RouteError;
 use crate::raft::{handle_rpc, PeerError, PeerNetwork, RaftRpc, RaftRpcReply};
@@ -43,6 +44,9 @@ pub enum PeerRequest {
     HoldElections { hold_ms: u64 },
     /// Campaign in the header's group now (the target of a leadership transfer).
     Elect,
+    /// Forwarded shard commands of any groups (each names its own), proposed by the
+    /// receiver where it leads; answered in order by `PeerReply::WriteBatch`.
+    WriteBatch(Vec<ForwardedWrite>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -56,6 +60,8 @@ pub enum PeerReply {
     Drained(Result<(), RouteError>),
     /// The request could not be served at all (e.g. unknown group).
     Error(String),
+    /// One answer per command of a `PeerRequest::WriteBatch`, in its order.
+    WriteBatch(Vec<Result<ShardResponse, RouteError>>),
 }
 
 /// The node's transport, once bound. Raft groups start before the transport exists (they
@@ -95,6 +101,21 @@ impl Handler<PeerRequest, PeerReply> for PeerService {
                 PeerRequest::Push(items) => {
                     cluster.receive_push(from, items);
                     PeerReply::Pushed
+                }
+                PeerRequest::WriteBatch(writes) if writes.len() > FORWARD_BATCH_MAX => {
+                    PeerReply::Error(format!(
+                        "{} forwarded writes in one batch (at most {FORWARD_BATCH_MAX})",
+                        writes.len()
+                    ))
+                }
+                PeerRequest::WriteBatch(writes) => {
+                    let answers = writes.into_iter().map(|w| {
+                        let cluster = cluster.clone();
+                        super::trace::remote_scope(w.trace_id, async move {
+                            cluster.serve_write(w.group, w.op).await
+                        })
+                    });
+                    PeerReply::WriteBatch(futures_util::future::join_all(answers).await)
                 }
             }
         }))

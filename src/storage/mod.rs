@@ -49,6 +49,10 @@ use sm_writer::SmWriter;
 pub const CF_LOG: &str = "log";
 pub const CF_RAFT: &str = "raft";
 pub const CF_SM: &str = "sm";
+/// Background writes (flushes, compactions) are written back every this many bytes.
+pub const FLUSH_SYNC_EVERY_BYTES: u64 = 1024 * 1024;
+/// Size of one memtable of each column family.
+pub const MEMTABLE_BYTES: usize = 16 * 1024 * 1024;
 /// The block cache shared by the column families.
 pub const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -189,6 +193,9 @@ impl Store {
         // write of one batch overlaps the memtable insert of the previous one.
         opts.set_enable_write_thread_adaptive_yield(false);
         opts.set_enable_pipelined_write(true);
+        // A memtable flush writes ~60 MB; synced in one go at the end it can hold up the log
+        // writer's fsyncs (every commit). Written back as it goes, it leaves the disk to them.
+        opts.set_bytes_per_sync(FLUSH_SYNC_EVERY_BYTES);
         // Point reads of missing keys (the dedup check of every new message) are answered by
         // bloom filters instead of reading every SST file.
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
@@ -202,6 +209,9 @@ impl Store {
             // memtable search.
             cf_opts.set_memtable_whole_key_filtering(true);
             cf_opts.set_memtable_prefix_bloom_ratio(0.05);
+            // Smaller memtables: each flush is short (a long one held up the commits behind
+            // it on a busy machine), and inserts walk a shallower skip list.
+            cf_opts.set_write_buffer_size(MEMTABLE_BYTES);
             ColumnFamilyDescriptor::new(name, cf_opts)
         });
         let unsynced = crate::sabotage::on(crate::sabotage::Switch::UnsyncedAppends);

@@ -1,0 +1,182 @@
+//! Forwarded writes, batched per leader node.
+//!
+//! A gateway whose client writes to a group led elsewhere forwards the command to the leader.
+//! One QUIC stream per command cost a stream setup, a few packets and their encryption each;
+//! under load that was a large share of a node's CPU. So forwarded writes bound for the same
+//! node travel together: a writer task per peer sends whatever queued while its previous
+//! batches were in flight as one `PeerRequest::WriteBatch`, and the leader answers every
+//! command of it in one `PeerReply::WriteBatch` (in order). Each command keeps its own trace
+//! id, group and deadline; an answer is exactly what a single forwarded write would have
+//! returned, so the caller's retry logic (`Cluster::route`) does not change.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::peer::{NodeId, PeerReply, PeerRequest, PeerTransport};
+use super::RouteError;
+use crate::shard::command::{GroupId, ShardOp, ShardResponse};
+
+/// Forwarded writes waiting for a peer's writer task; past it, callers wait.
+pub const FORWARD_QUEUE_MAX: usize = 4096;
+/// Most commands in one forwarded batch (the receiver refuses longer ones).
+pub const FORWARD_BATCH_MAX: usize = 256;
+/// Batches to one peer in flight at once: the first commands of an idle peer go at once,
+/// later ones gather while these are answered.
+pub const FORWARD_BATCHES_IN_FLIGHT_MAX: usize = 4;
+/// Bound of one batch call (every command's own deadline is enforced by its caller too).
+pub const FORWARD_BATCH_TIMEOUT_MS: u64 = 10_000;
+
+/// One forwarded command in a batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardedWrite {
+    pub group: GroupId,
+    pub trace_id: String,
+    pub op: ShardOp,
+}
+
+type WriteResult = Result<ShardResponse, RouteError>;
+
+struct Item {
+    addr: String,
+    write: ForwardedWrite,
+    reply: oneshot::Sender<Result<WriteResult, String>>,
+}
+
+/// The per-peer writer tasks of this node.
+pub struct WriteForwarder {
+    transport: Arc<OnceLock<PeerTransport>>,
+    peers: Mutex<HashMap<NodeId, mpsc::Sender<Item>>>,
+}
+
+impl WriteForwarder {
+    pub fn new(transport: Arc<OnceLock<PeerTransport>>) -> Self {
+        Self {
+            transport,
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Forwards `write` to node `target` at `addr` and waits for its answer: the leader's
+    /// `serve_write` result, or `Err` with why the batch did not get there (network).
+    pub async fn write(
+        &self,
+        target: NodeId,
+        addr: &str,
+        write: ForwardedWrite,
+        timeout: Duration,
+    ) -> Result<WriteResult, String> {
+        let queue = {
+            let mut peers = self.peers.lock();
+            peers
+                .entry(target)
+                .or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel(FORWARD_QUEUE_MAX);
+                    tokio::spawn(run_peer(self.transport.clone(), target, rx));
+                    tx
+                })
+                .clone()
+        };
+        let (reply, answer) = oneshot::channel();
+        let item = Item {
+            addr: addr.to_string(),
+            write,
+            reply,
+        };
+        let sent = async {
+            queue
+                .send(item)
+                .await
+                .map_err(|_| "forwarder stopped".to_string())?;
+            answer
+                .await
+                .map_err(|_| "forwarded batch dropped".to_string())?
+        };
+        match tokio::time::timeout(timeout, sent).await {
+            Ok(r) => r,
+            Err(_) => Err("timed out".into()),
+        }
+    }
+}
+
+async fn run_peer(
+    transport: Arc<OnceLock<PeerTransport>>,
+    target: NodeId,
+    mut rx: mpsc::Receiver<Item>,
+) {
+    let in_flight = Arc::new(Semaphore::new(FORWARD_BATCHES_IN_FLIGHT_MAX));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < FORWARD_BATCH_MAX {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let transport = transport.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            send_batch(&transport, target, batch).await;
+        });
+    }
+}
+
+async fn send_batch(transport: &OnceLock<PeerTransport>, target: NodeId, batch: Vec<Item>) {
+    let Some(t) = transport.get() else {
+        for item in batch {
+            let _ = item.reply.send(Err("transport not started".into()));
+        }
+        return;
+    };
+    // All items name the same node; its latest address is the last one given.
+    let addr = batch.last().map(|i| i.addr.clone()).unwrap_or_default();
+    let group = batch.first().map_or(0, |i| i.write.group);
+    let trace_id = batch
+        .first()
+        .map(|i| i.write.trace_id.clone())
+        .unwrap_or_default();
+    let (writes, replies): (Vec<ForwardedWrite>, Vec<_>) =
+        batch.into_iter().map(|i| (i.write, i.reply)).unzip();
+    let expected = writes.len();
+    let timeout = Duration::from_millis(FORWARD_BATCH_TIMEOUT_MS);
+    let answer = t
+        .call(
+            target,
+            &addr,
+            group,
+            &trace_id,
+            PeerRequest::WriteBatch(writes),
+            timeout,
+        )
+        .await;
+    match answer {
+        Ok(PeerReply::WriteBatch(results)) if results.len() == expected => {
+            for (reply, r) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(r));
+            }
+        }
+        Ok(PeerReply::Error(e)) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+        Ok(_) => {
+            for reply in replies {
+                let _ = reply.send(Err("reply does not match the request".into()));
+            }
+        }
+        Err(e) => {
+            let e = e.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
