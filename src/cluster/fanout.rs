@@ -277,13 +277,7 @@ async fn run_peer(
     mut rx: mpsc::Receiver<PushItem>,
 ) {
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < PUSH_BATCH_ITEMS_MAX {
-            match rx.try_recv() {
-                Ok(i) => batch.push(i),
-                Err(_) => break,
-            }
-        }
+        let batch = super::with_queued(first, &mut rx, PUSH_BATCH_ITEMS_MAX);
         let Some(cluster) = cluster.upgrade() else {
             return;
         };

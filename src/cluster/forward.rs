@@ -113,13 +113,7 @@ async fn run_peer(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let mut batch = vec![first];
-        while batch.len() < FORWARD_BATCH_MAX {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
+        let batch = super::with_queued(first, &mut rx, FORWARD_BATCH_MAX);
         let transport = transport.clone();
         tokio::spawn(async move {
             let _permit = permit;

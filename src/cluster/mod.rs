@@ -31,3 +31,20 @@ pub use controller::Controller;
 pub use outbox::OutboxRelay;
 pub use placement::ShardMap;
 pub use router::{RouteError, Router};
+
+/// `first` and whatever else is queued in `rx` right now, at most `max` items in all: how the
+/// proposer, the write forwarder and the push sender cut their batches.
+pub(crate) fn with_queued<T>(
+    first: T,
+    rx: &mut tokio::sync::mpsc::Receiver<T>,
+    max: usize,
+) -> Vec<T> {
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    batch
+}
