@@ -18,6 +18,7 @@ use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::mpsc;
 
 use super::keys::{log_key, raft_key};
+use super::queue_thread::QueueThread;
 use super::{Shared, StorageError, CF_LOG, CF_RAFT};
 use crate::shard::command::GroupId;
 
@@ -74,21 +75,8 @@ pub(crate) struct LogWriteReq {
     pub done: Completion,
 }
 
-pub(crate) struct Writer {
-    pub tx: mpsc::Sender<LogWriteReq>,
-    pub thread: Option<std::thread::JoinHandle<()>>,
-}
-
-pub(crate) fn spawn(shared: Arc<Shared>) -> Result<Writer, StorageError> {
-    let (tx, rx) = mpsc::channel(LOG_WRITE_QUEUE_MAX);
-    let thread = std::thread::Builder::new()
-        .name("log-writer".into())
-        .spawn(move || run(shared, rx))
-        .map_err(|e| StorageError::Rocks(format!("spawn log writer: {e}")))?;
-    Ok(Writer {
-        tx,
-        thread: Some(thread),
-    })
+pub(crate) fn spawn(shared: Arc<Shared>) -> Result<QueueThread<LogWriteReq>, StorageError> {
+    QueueThread::spawn("log-writer", LOG_WRITE_QUEUE_MAX, move |rx| run(shared, rx))
 }
 
 fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<LogWriteReq>) {

@@ -19,6 +19,7 @@
 
 pub mod keys;
 mod log_writer;
+mod queue_thread;
 mod sm_cache;
 mod sm_writer;
 mod txn;
@@ -42,9 +43,9 @@ pub use txn::SmTxn;
 
 use crate::shard::command::GroupId;
 use keys::{group_prefix, log_key, parse_log_key, raft_key, sm_key};
-use log_writer::{LogOp, LogWriteReq, PendingLog, Writer};
+use log_writer::{LogOp, LogWriteReq, PendingLog};
+use queue_thread::QueueThread;
 use sm_cache::SmCache;
-use sm_writer::SmWriter;
 
 pub const CF_LOG: &str = "log";
 pub const CF_RAFT: &str = "raft";
@@ -131,8 +132,9 @@ impl Shared {
 /// (after the log writer wrote everything queued) and closes the DB.
 pub struct Store {
     shared: Arc<Shared>,
-    writer: Option<Writer>,
-    sm_writer: Option<SmWriter>,
+    writer: QueueThread<LogWriteReq>,
+    /// `None` only if its thread could not be started (then `open` fails).
+    sm_writer: Option<QueueThread<Box<dyn SmJob>>>,
     sm_cache: Mutex<SmCache>,
     sm_writes: AtomicU64,
     /// The runtime of the first submitter: the apply thread runs completions inside it.
@@ -149,25 +151,11 @@ impl std::fmt::Debug for Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        // Dropping a sender ends its thread's loop; a completion run by either thread may
-        // hold the last handle, so a thread never joins itself.
-        let join = |t: Option<std::thread::JoinHandle<()>>| {
-            if let Some(t) = t {
-                if t.thread().id() != std::thread::current().id() {
-                    let _ = t.join();
-                }
-            }
-        };
-        if let Some(mut w) = self.sm_writer.take() {
-            let thread = w.thread.take();
-            drop(w);
-            join(thread);
+        // The apply thread first; the log writer then writes everything still queued.
+        if let Some(w) = self.sm_writer.as_mut() {
+            w.stop();
         }
-        if let Some(mut w) = self.writer.take() {
-            let thread = w.thread.take();
-            drop(w);
-            join(thread);
-        }
+        self.writer.stop();
     }
 }
 
@@ -235,7 +223,7 @@ impl Store {
         let mut spawn_error = None;
         let store = Arc::new_cyclic(|weak| Store {
             shared,
-            writer: Some(writer),
+            writer,
             sm_writer: sm_writer::spawn(weak.clone())
                 .map_err(|e| spawn_error = Some(e))
                 .ok(),
@@ -261,7 +249,7 @@ impl Store {
         let tx = self
             .sm_writer
             .as_ref()
-            .map(|w| w.tx.clone())
+            .and_then(|w| w.sender())
             .ok_or(StorageError::Closed)?;
         tx.send(job).await.map_err(|_| StorageError::Closed)
     }
@@ -510,7 +498,7 @@ impl Store {
     /// without waiting for it to be written: for hints whose loss costs nothing but a little
     /// work after a crash (the committed log id). `false` when the queue is full (skipped).
     pub fn raft_put_hint(&self, group: GroupId, tag: u8, value: Vec<u8>) -> bool {
-        let Some(w) = self.writer.as_ref() else {
+        let Some(tx) = self.writer.sender() else {
             return false;
         };
         let req = LogWriteReq {
@@ -518,7 +506,7 @@ impl Store {
             op: LogOp::PutRaft { group, tag, value },
             done: Box::new(|_| {}),
         };
-        w.tx.try_send(req).is_ok()
+        tx.try_send(req).is_ok()
     }
 
     // ---------------------------------------------------------------- raft log (log CF)
@@ -710,8 +698,8 @@ impl Store {
     }
 
     async fn send(&self, req: LogWriteReq) -> Result<(), StorageError> {
-        let w = self.writer.as_ref().ok_or(StorageError::Closed)?;
-        w.tx.send(req).await.map_err(|_| StorageError::Closed)
+        let tx = self.writer.sender().ok_or(StorageError::Closed)?;
+        tx.send(req).await.map_err(|_| StorageError::Closed)
     }
 
     async fn submit_and_wait(&self, op: LogOp) -> Result<(), StorageError> {

@@ -13,6 +13,7 @@ use std::sync::Weak;
 
 use tokio::sync::mpsc;
 
+use super::queue_thread::QueueThread;
 use super::{SmTxn, StorageError, Store};
 use crate::shard::command::GroupId;
 
@@ -32,21 +33,8 @@ pub trait SmJob: Send + 'static {
     fn done(self: Box<Self>, result: Result<(), StorageError>);
 }
 
-pub(crate) struct SmWriter {
-    pub tx: mpsc::Sender<Box<dyn SmJob>>,
-    pub thread: Option<std::thread::JoinHandle<()>>,
-}
-
-pub(crate) fn spawn(store: Weak<Store>) -> Result<SmWriter, StorageError> {
-    let (tx, rx) = mpsc::channel(SM_APPLY_QUEUE_MAX);
-    let thread = std::thread::Builder::new()
-        .name("sm-apply".into())
-        .spawn(move || run(store, rx))
-        .map_err(|e| StorageError::Rocks(format!("spawn apply thread: {e}")))?;
-    Ok(SmWriter {
-        tx,
-        thread: Some(thread),
-    })
+pub(crate) fn spawn(store: Weak<Store>) -> Result<QueueThread<Box<dyn SmJob>>, StorageError> {
+    QueueThread::spawn("sm-apply", SM_APPLY_QUEUE_MAX, move |rx| run(store, rx))
 }
 
 fn run(store: Weak<Store>, mut rx: mpsc::Receiver<Box<dyn SmJob>>) {
