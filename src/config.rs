@@ -76,13 +76,22 @@ pub struct Auth {
     /// Lifetime of tokens issued by `/v1/login`.
     pub token_ttl_secs: u64,
     pub external: ExternalAuth,
+    // accounts: refresh tokens and the live re-check of sessions
+    /// Lifetime of a refresh token (`POST /v1/login`, `POST /v1/refresh`), in seconds.
+    pub refresh_token_ttl_secs: u64,
+    /// How often a live WebSocket re-checks its token's expiry and its session (revoked by
+    /// `logout` / `logout_all`); a revoked or expired token's socket closes within about
+    /// twice this long.
+    pub session_check_interval_ms: u64,
 }
 
 impl Default for Auth {
     fn default() -> Self {
         Auth {
-            token_ttl_secs: 7 * 24 * 3600,
+            token_ttl_secs: 3600,
             external: ExternalAuth::default(),
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            session_check_interval_ms: 30_000,
         }
     }
 }
@@ -109,7 +118,74 @@ pub struct Config {
     pub limits: Limits,
     pub auth: Auth,
     pub testing: Testing,
+    // accounts
+    pub accounts: Accounts,
 }
+
+/// Who may create an account with `POST /v1/register`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Anyone.
+    Open,
+    /// Only with an unused invite created by the operator (`chatnode invite`).
+    Invite,
+    /// Nobody (accounts come from an external issuer, or registration is paused).
+    Closed,
+}
+
+/// Accounts: registration mode, login/register throttles, the password hashing queue.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Accounts {
+    /// Unset: `open` when the client listener is a loopback address, `invite` otherwise
+    /// (see [`Accounts::registration_for`]).
+    pub registration: Option<Registration>,
+    /// Lifetime of an invite when `chatnode invite` names none, in seconds.
+    pub invite_ttl_secs: u64,
+    /// Failed logins (or refused registrations) per client IP, and per username, within
+    /// 15 minutes; past it `429` with `Retry-After` until the window ends.
+    pub login_failures_per_15min: u32,
+    /// Registration attempts per client IP per hour.
+    pub registrations_per_ip_per_hour: u32,
+    /// Requests that may wait for a password hashing slot (logins and registrations each);
+    /// past it `503 overloaded` at once.
+    pub password_hash_queue_max: usize,
+    /// Longest wait for a password hashing slot before `503 overloaded`.
+    pub password_hash_wait_ms: u64,
+}
+
+impl Default for Accounts {
+    fn default() -> Self {
+        Accounts {
+            registration: None,
+            invite_ttl_secs: 7 * 24 * 3600,
+            login_failures_per_15min: 5,
+            registrations_per_ip_per_hour: 30,
+            password_hash_queue_max: 64,
+            password_hash_wait_ms: 2_000,
+        }
+    }
+}
+
+impl Accounts {
+    /// The registration mode in force for a client listener on `listen`: the configured one,
+    /// else `open` on loopback and `invite` on any other address.
+    pub fn registration_for(&self, listen: SocketAddr) -> Registration {
+        self.registration.unwrap_or(if listen.ip().is_loopback() {
+            Registration::Open
+        } else {
+            Registration::Invite
+        })
+    }
+}
+
+/// Longest invite lifetime (`invite_ttl_secs` and `chatnode invite --ttl-secs`).
+pub const INVITE_TTL_SECS_MAX: u64 = 365 * 24 * 3600;
+/// Bounds of `[auth] session_check_interval_ms` (the upper one keeps "closed within a
+/// minute" true).
+pub const SESSION_CHECK_INTERVAL_MS_MIN: u64 = 100;
+pub const SESSION_CHECK_INTERVAL_MS_MAX: u64 = 30_000;
 
 /// Switches for test harnesses; never needed in production.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -133,6 +209,7 @@ impl Default for Config {
             limits: Limits::default(),
             auth: Auth::default(),
             testing: Testing::default(),
+            accounts: Accounts::default(),
         }
     }
 }
@@ -178,6 +255,33 @@ impl Config {
                 "limits must be positive (max_frame_bytes >= 1024)".into(),
             ));
         }
+        self.validate_accounts()?;
+        Ok(())
+    }
+
+    fn validate_accounts(&self) -> Result<(), ConfigError> {
+        let a = &self.accounts;
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if a.invite_ttl_secs == 0 || a.invite_ttl_secs > INVITE_TTL_SECS_MAX {
+            return invalid("accounts.invite_ttl_secs must be 1..=31536000");
+        }
+        if a.login_failures_per_15min == 0 || a.registrations_per_ip_per_hour == 0 {
+            return invalid("accounts throttles must be positive");
+        }
+        if a.password_hash_queue_max == 0 || a.password_hash_wait_ms == 0 {
+            return invalid(
+                "accounts.password_hash_queue_max and password_hash_wait_ms must be positive",
+            );
+        }
+        let t = &self.auth;
+        if t.token_ttl_secs == 0 || t.refresh_token_ttl_secs < t.token_ttl_secs {
+            return invalid("auth.token_ttl_secs must be positive and <= refresh_token_ttl_secs");
+        }
+        if !(SESSION_CHECK_INTERVAL_MS_MIN..=SESSION_CHECK_INTERVAL_MS_MAX)
+            .contains(&t.session_check_interval_ms)
+        {
+            return invalid("auth.session_check_interval_ms must be 100..=30000");
+        }
         Ok(())
     }
 }
@@ -205,6 +309,18 @@ mod tests {
             );
             assert_eq!(c.listen.port(), 7060 + 10 * n);
         }
+    }
+
+    #[test]
+    fn registration_defaults_to_open_only_on_loopback() {
+        let a = Accounts::default();
+        let lo: SocketAddr = "127.0.0.1:7070".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:7070".parse().unwrap();
+        assert_eq!(a.registration_for(lo), Registration::Open);
+        assert_eq!(a.registration_for(any), Registration::Invite);
+        let closed: Config = toml::from_str("[accounts]\nregistration = \"closed\"\n").unwrap();
+        assert_eq!(closed.accounts.registration_for(lo), Registration::Closed);
+        assert!(toml::from_str::<Config>("[accounts]\nregistration = \"maybe\"\n").is_err());
     }
 
     #[test]

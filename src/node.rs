@@ -537,6 +537,7 @@ impl Node {
             fault_injection: config.testing.fault_injection,
             stop: Arc::new(tokio::sync::Notify::new()),
             store: store.clone(),
+            accounts: gateway::accounts::AccountsState::new(config),
         });
         gateway::receipts::ReceiptBatcher::spawn_flusher(&gateway);
         Ok(Node {
@@ -562,6 +563,8 @@ impl Node {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), NodeError> {
         let app = gateway::http::routes(self.gateway.clone());
+        // With the peer's address (`ConnectInfo`): the account throttles count per IP.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await?;

@@ -84,6 +84,23 @@ enum Command {
         #[arg(long, default_value = "./data")]
         data_dir: PathBuf,
     },
+    /// Creates an invite code for `[accounts] registration = "invite"`; prints it.
+    Invite {
+        /// Client (HTTP) address of any node.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        addr: String,
+        /// The admin credential (default: read from --data-dir).
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// Accounts the invite may create.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Lifetime in seconds (default: the node's [accounts] invite_ttl_secs).
+        #[arg(long)]
+        ttl_secs: Option<u64>,
+    },
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
@@ -156,6 +173,13 @@ async fn main() -> anyhow::Result<()> {
             token,
             data_dir,
         }) => return admin::leave(addr, token.as_deref(), data_dir).await,
+        Some(Command::Invite {
+            addr,
+            token,
+            data_dir,
+            uses,
+            ttl_secs,
+        }) => return admin::invite(addr, token.as_deref(), data_dir, *uses, *ttl_secs).await,
         None => {}
     }
     let config = load_config(&args)?;

@@ -62,6 +62,11 @@ impl ShardMap {
     pub fn shard_for_username(&self, username: &str) -> GroupId {
         self.shard_of("n", username)
     }
+
+    /// The shard that holds an invite code's state.
+    pub fn shard_for_invite(&self, code: &str) -> GroupId {
+        self.shard_of("i", code)
+    }
 }
 
 #[cfg(test)]

@@ -186,3 +186,16 @@ pub async fn faults(
     }
     Json(json!({"ok": true})).into_response()
 }
+
+/// `POST /admin/invites?uses=<n>&ttl_secs=<s>` (same auth): creates an invite code for
+/// `[accounts] registration = "invite"` (`chatnode invite`).
+pub async fn invites(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    axum::extract::Query(p): axum::extract::Query<super::accounts::InviteParams>,
+) -> Response {
+    if !authorized(&gw, &headers) {
+        return forbidden();
+    }
+    super::accounts::create_invite(&gw, p).await
+}

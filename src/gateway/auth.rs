@@ -20,6 +20,9 @@ pub const PASSWORD_BYTES_MIN: usize = 8;
 pub const PASSWORD_BYTES_MAX: usize = 256;
 
 const ISSUER: &str = "chatnode";
+/// The issuer of refresh tokens: never accepted where an access token is expected, and the
+/// other way round.
+const REFRESH_ISSUER: &str = "chatnode-refresh";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -39,6 +42,34 @@ struct Claims {
     iat: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
+    // accounts: the session (refresh token id) and the user's token epoch at issue; absent
+    // in tokens of an external issuer and in tokens issued before sessions existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ep: Option<u64>,
+    /// A refresh token's generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gen: Option<u64>,
+}
+
+/// What a verified access token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessClaims {
+    pub user_id: String,
+    pub external: bool,
+    pub session_id: Option<String>,
+    pub epoch: u64,
+    /// Expiry, ms since the epoch.
+    pub expires_at: u64,
+}
+
+/// What a verified refresh token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshClaims {
+    pub user_id: String,
+    pub session_id: String,
+    pub generation: u64,
 }
 
 pub fn valid_username(name: &str) -> bool {
@@ -85,6 +116,7 @@ pub struct TokenAuthority {
     validation: Validation,
     ttl_secs: u64,
     external: Option<ExternalVerifier>,
+    refresh_validation: Validation,
 }
 
 impl TokenAuthority {
@@ -92,12 +124,103 @@ impl TokenAuthority {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);
         validation.leeway = 5;
+        let mut refresh_validation = Validation::new(Algorithm::HS256);
+        refresh_validation.set_issuer(&[REFRESH_ISSUER]);
+        refresh_validation.leeway = 0;
         Ok(TokenAuthority {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
             ttl_secs,
             external: external_verifier(external)?,
+            refresh_validation,
+        })
+    }
+
+    /// The lifetime of access tokens, in seconds.
+    pub fn ttl_secs(&self) -> u64 {
+        self.ttl_secs
+    }
+
+    fn sign(&self, claims: &Claims) -> Result<String, AuthError> {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .map_err(|e| AuthError::InvalidToken(e.to_string()))
+    }
+
+    /// An access token of session `session_id` at token epoch `epoch`; returns it and its
+    /// expiry in ms.
+    pub fn issue_access(
+        &self,
+        user_id: &str,
+        session_id: &str,
+        epoch: u64,
+        now_ms: u64,
+    ) -> Result<(String, u64), AuthError> {
+        let iat = now_ms / 1000;
+        let exp = iat + self.ttl_secs;
+        let claims = Claims {
+            sub: user_id.to_string(),
+            exp,
+            iat,
+            iss: Some(ISSUER.to_string()),
+            sid: Some(session_id.to_string()),
+            ep: Some(epoch),
+            gen: None,
+        };
+        Ok((self.sign(&claims)?, exp * 1000))
+    }
+
+    /// A refresh token of generation `generation` of a session, valid until `expires_at`
+    /// (ms).
+    pub fn issue_refresh(
+        &self,
+        user_id: &str,
+        session_id: &str,
+        generation: u64,
+        expires_at: u64,
+        now_ms: u64,
+    ) -> Result<String, AuthError> {
+        let claims = Claims {
+            sub: user_id.to_string(),
+            exp: expires_at / 1000,
+            iat: now_ms / 1000,
+            iss: Some(REFRESH_ISSUER.to_string()),
+            sid: Some(session_id.to_string()),
+            ep: None,
+            gen: Some(generation),
+        };
+        self.sign(&claims)
+    }
+
+    /// A refresh token this cluster signed and that has not expired (whether its session
+    /// still allows it is decided at apply).
+    pub fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.refresh_validation)
+            .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+        let c = data.claims;
+        match (c.sid, c.gen) {
+            (Some(session_id), Some(generation))
+                if valid_sub(&c.sub) && is_valid_id(&session_id) =>
+            {
+                Ok(RefreshClaims {
+                    user_id: c.sub,
+                    session_id,
+                    generation,
+                })
+            }
+            _ => Err(AuthError::InvalidToken("not a refresh token".into())),
+        }
+    }
+
+    /// Like [`TokenAuthority::verify`], with the session, epoch and expiry.
+    pub fn verify_access(&self, token: &str) -> Result<AccessClaims, AuthError> {
+        let (claims, external) = self.decode_access(token)?;
+        Ok(AccessClaims {
+            user_id: claims.sub,
+            external,
+            session_id: claims.sid,
+            epoch: claims.ep.unwrap_or(0),
+            expires_at: claims.exp.saturating_mul(1000),
         })
     }
 
@@ -110,14 +233,20 @@ impl TokenAuthority {
             exp,
             iat,
             iss: Some(ISSUER.to_string()),
+            sid: None,
+            ep: None,
+            gen: None,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
-        Ok((token, exp * 1000))
+        Ok((self.sign(&claims)?, exp * 1000))
     }
 
     /// The user id of a valid token, and whether it came from the external issuer.
     pub fn verify(&self, token: &str) -> Result<(String, bool), AuthError> {
+        let (claims, external) = self.decode_access(token)?;
+        Ok((claims.sub, external))
+    }
+
+    fn decode_access(&self, token: &str) -> Result<(Claims, bool), AuthError> {
         let own = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation);
         let (claims, external) = match (own, &self.external) {
             (Ok(data), _) => (data.claims, false),
@@ -128,13 +257,20 @@ impl TokenAuthority {
             }
             (Err(e), None) => return Err(AuthError::InvalidToken(e.to_string())),
         };
-        if !is_valid_id(&claims.sub) || claims.sub.len() > USER_ID_CHARS_MAX {
+        if !valid_sub(&claims.sub) {
             return Err(AuthError::InvalidToken(format!(
                 "sub must be 1..{USER_ID_CHARS_MAX} characters of [A-Za-z0-9_-]"
             )));
         }
-        Ok((claims.sub, external))
+        if claims.sid.as_deref().is_some_and(|s| !is_valid_id(s)) {
+            return Err(AuthError::InvalidToken("malformed sid".into()));
+        }
+        Ok((claims, external))
     }
+}
+
+fn valid_sub(sub: &str) -> bool {
+    is_valid_id(sub) && sub.len() <= USER_ID_CHARS_MAX
 }
 
 fn external_verifier(ext: &ExternalAuth) -> Result<Option<ExternalVerifier>, AuthError> {
@@ -219,6 +355,9 @@ mod tests {
                 exp: crate::gateway::now_ms() / 1000 + 60,
                 iat: 0,
                 iss: iss.map(str::to_string),
+                sid: None,
+                ep: None,
+                gen: None,
             };
             let key = EncodingKey::from_secret(b"ext");
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
@@ -228,6 +367,26 @@ mod tests {
         assert!(
             ours.verify(&sign(None)).is_err(),
             "token without iss accepted"
+        );
+    }
+
+    #[test]
+    fn access_and_refresh_tokens_are_not_interchangeable() {
+        let a = TokenAuthority::new(b"s", 60, &ExternalAuth::default()).unwrap();
+        let now = crate::gateway::now_ms();
+        let (access, exp) = a.issue_access("u1", "S1", 3, now).unwrap();
+        let c = a.verify_access(&access).unwrap();
+        assert_eq!(c.session_id.as_deref(), Some("S1"));
+        assert_eq!((c.epoch, c.expires_at), (3, exp));
+        let refresh = a.issue_refresh("u1", "S1", 7, now + 60_000, now).unwrap();
+        assert_eq!(a.verify_refresh(&refresh).unwrap().generation, 7);
+        assert!(
+            a.verify(&refresh).is_err(),
+            "refresh token accepted as access"
+        );
+        assert!(
+            a.verify_refresh(&access).is_err(),
+            "access token accepted as refresh"
         );
     }
 

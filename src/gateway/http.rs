@@ -9,14 +9,10 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use axum::Router;
 
-use super::auth::{hash_password, valid_password, valid_username, verify_password};
-use super::{now_ms, session, Gateway};
+use super::{session, Gateway};
 use crate::protocol::{ErrorCode, ProtocolError, ServerFrame};
-use crate::shard::command::{Rejection, ShardOp};
 
 /// Largest HTTP request body (register/login are tiny).
 pub const HTTP_BODY_BYTES_MAX: usize = 16 * 1024;
@@ -29,8 +25,12 @@ pub const ADMISSION_RETRY_AFTER_MS: u64 = 1_000;
 
 pub fn routes(gw: Arc<Gateway>) -> Router {
     Router::new()
-        .route("/v1/register", post(register))
-        .route("/v1/login", post(login))
+        .route("/v1/register", post(super::accounts::register))
+        .route("/v1/login", post(super::accounts::login))
+        .route("/v1/refresh", post(super::accounts::refresh))
+        .route("/v1/logout", post(super::accounts::logout))
+        .route("/v1/logout_all", post(super::accounts::logout_all))
+        .route("/admin/invites", post(super::admin::invites))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -42,144 +42,6 @@ pub fn routes(gw: Arc<Gateway>) -> Router {
         .route("/admin/faults", post(super::admin::faults))
         .layer(DefaultBodyLimit::max(HTTP_BODY_BYTES_MAX))
         .with_state(gw)
-}
-
-#[derive(Deserialize)]
-struct Credentials {
-    username: String,
-    password: String,
-}
-
-fn error_json(status: StatusCode, e: &ProtocolError) -> Response {
-    let mut body = json!({
-        "type": "error",
-        "code": e.code,
-        "message": e.message,
-        "retryable": e.code.retryable(),
-    });
-    if let Some(ms) = e.retry_after_ms {
-        body["retry_after_ms"] = json!(ms);
-    }
-    (status, Json(body)).into_response()
-}
-
-fn status_of(e: &ProtocolError) -> StatusCode {
-    match e.code {
-        ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
-        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-        ErrorCode::NotFound => StatusCode::NOT_FOUND,
-        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::Unavailable | ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-fn parse_credentials(body: &[u8]) -> Result<Credentials, ProtocolError> {
-    let c: Credentials = serde_json::from_slice(body)
-        .map_err(|e| ProtocolError::bad_request(format!("invalid body: {e}")))?;
-    if !valid_username(&c.username) {
-        return Err(ProtocolError::bad_request(
-            "username must be 1..32 characters of [A-Za-z0-9_.-]",
-        ));
-    }
-    if !valid_password(&c.password) {
-        return Err(ProtocolError::bad_request("password must be 8..256 bytes"));
-    }
-    Ok(c)
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ProtocolError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ProtocolError::internal(format!("worker failed: {e}")))
-}
-
-fn shutting_down() -> ProtocolError {
-    ProtocolError::unavailable("node is shutting down")
-}
-
-async fn register(State(gw): State<Arc<Gateway>>, body: axum::body::Bytes) -> Response {
-    match do_register(&gw, &body).await {
-        Ok(user_id) => (StatusCode::CREATED, Json(json!({ "user_id": user_id }))).into_response(),
-        Err(e) if e.message == "username is taken" => error_json(StatusCode::CONFLICT, &e),
-        Err(e) => error_json(status_of(&e), &e),
-    }
-}
-
-/// The user record goes to the user id's shard first, then the username is claimed in the
-/// username's shard: a crash in between leaves an unreachable record, never a name that
-/// points nowhere.
-async fn do_register(gw: &Gateway, body: &[u8]) -> Result<String, ProtocolError> {
-    let c = parse_credentials(body)?;
-    let name_group = gw.shard_map.shard_for_username(&c.username);
-    if gw.read_username(&c.username).await?.is_some() {
-        return Err(ProtocolError::bad_request("username is taken"));
-    }
-    let password = c.password.clone();
-    let _permit = gw
-        .password_hashing
-        .acquire()
-        .await
-        .map_err(|_| shutting_down())?;
-    let hash = blocking(move || hash_password(&password))
-        .await?
-        .map_err(|e| ProtocolError::internal(e.to_string()))?;
-    let user_id = ulid::Ulid::new().to_string();
-    let user_group = gw.shard_map.shard_for_user(&user_id);
-    gw.write_shard(
-        user_group,
-        ShardOp::CreateUser {
-            user_id: user_id.clone(),
-            username: c.username.clone(),
-            password_hash: hash,
-            ts: now_ms(),
-        },
-    )
-    .await?;
-    let claim = ShardOp::ClaimUsername {
-        username: c.username,
-        user_id: user_id.clone(),
-    };
-    match gw.write_shard(name_group, claim).await {
-        Ok(_) => Ok(user_id),
-        Err(e) if e.code == ErrorCode::BadRequest => Err(ProtocolError::from(Rejection::Conflict(
-            "username is taken".into(),
-        ))),
-        Err(e) => Err(e),
-    }
-}
-
-async fn login(State(gw): State<Arc<Gateway>>, body: axum::body::Bytes) -> Response {
-    match do_login(&gw, &body).await {
-        Ok(v) => (StatusCode::OK, Json(v)).into_response(),
-        Err(e) => error_json(status_of(&e), &e),
-    }
-}
-
-async fn do_login(gw: &Gateway, body: &[u8]) -> Result<serde_json::Value, ProtocolError> {
-    let denied = || ProtocolError::unauthorized("wrong username or password");
-    let c = parse_credentials(body).map_err(|_| denied())?;
-    let user_id = gw.read_username(&c.username).await?.ok_or_else(denied)?;
-    let record = gw.read_user(&user_id).await?.ok_or_else(denied)?;
-    let password = c.password;
-    let _permit = gw
-        .password_hashing
-        .acquire()
-        .await
-        .map_err(|_| shutting_down())?;
-    let ok = blocking(move || verify_password(&password, &record.password_hash)).await?;
-    if !ok {
-        return Err(denied());
-    }
-    let (token, expires_at) = gw
-        .tokens
-        .issue(&user_id, now_ms())
-        .map_err(|e| ProtocolError::internal(e.to_string()))?;
-    Ok(json!({ "token": token, "user_id": user_id, "expires_at": expires_at }))
 }
 
 async fn health() -> StatusCode {

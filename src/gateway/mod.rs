@@ -9,6 +9,7 @@
 //! - `hub`: connection registry and pushes (messages, receipts, typing, presence).
 //! - `auth`, `ratelimit`: accounts/tokens and token buckets.
 
+pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod handlers;
@@ -73,6 +74,9 @@ pub struct Gateway {
     pub password_hashing: tokio::sync::Semaphore,
     /// Synced writes so far (for `/metrics`).
     pub synced_writes: Box<dyn Fn() -> u64 + Send + Sync>,
+    // accounts
+    /// Registration mode, throttles, the password hashing queue, the session cache.
+    pub accounts: accounts::AccountsState,
 }
 
 /// Maps a routing failure onto the protocol: all are retryable `unavailable`.

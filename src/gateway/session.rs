@@ -92,8 +92,8 @@ pub async fn run(gw: Arc<Gateway>, socket: WebSocket, _permit: OwnedSemaphorePer
     let (tx, rx) = mpsc::channel(gw.limits.connection_send_queue_max);
     let writer_task = tokio::spawn(writer(sink, rx));
     gw.metrics.connections.inc();
-    if let Some(session) = authenticate(&gw, &mut stream, &tx).await {
-        serve(&gw, &session, &mut stream).await;
+    if let Some((session, claims)) = authenticate(&gw, &mut stream, &tx).await {
+        serve(&gw, &session, &claims, &mut stream).await;
         gw.hub
             .unregister(&session.user_id, session.conn_id, now_ms());
     }
@@ -153,7 +153,7 @@ async fn authenticate(
     gw: &Arc<Gateway>,
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     tx: &mpsc::Sender<OutFrame>,
-) -> Option<Session> {
+) -> Option<(Session, super::auth::AccessClaims)> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(AUTH_TIMEOUT_MS);
     loop {
         let mut heard = tokio::time::Instant::now();
@@ -183,24 +183,31 @@ async fn authenticate(
                 return None;
             }
         };
-        let user_id = match gw.tokens.verify(&token) {
-            Ok((user_id, external)) => {
-                if external {
-                    if let Err(e) = ensure_external_user(gw, &user_id).await {
+        // accounts: signature, expiry, and the user's token epoch and session.
+        let claims = match super::accounts::verify_ws_token(gw, &token).await {
+            Ok(c) => {
+                if c.external {
+                    if let Err(e) = ensure_external_user(gw, &c.user_id).await {
                         gw.metrics.error(e.code);
                         queue(tx, &ServerFrame::error(id, e));
                         continue;
                     }
                 }
-                user_id
+                c
+            }
+            Err(e) if e.code != ErrorCode::Unauthorized => {
+                // The session could not be read (unavailable): the client may retry.
+                gw.metrics.error(e.code);
+                queue(tx, &ServerFrame::error(id, e));
+                continue;
             }
             Err(e) => {
-                let e = ProtocolError::unauthorized(e.to_string());
                 gw.metrics.error(e.code);
                 queue(tx, &ServerFrame::error(id, e));
                 return None;
             }
         };
+        let user_id = claims.user_id.clone();
         let auth_ok = ServerFrame::AuthOk {
             id: id.clone(),
             user_id: user_id.clone(),
@@ -211,13 +218,14 @@ async fn authenticate(
             .register(&user_id, &device_id, tx.clone(), &auth_ok, now_ms())
         {
             Ok(handle) => {
-                return Some(Session {
+                let session = Session {
                     user_id,
                     device_id,
                     conn_id: handle.id,
                     tx: tx.clone(),
                     kill: handle.kill,
-                });
+                };
+                return Some((session, claims));
             }
             Err(e) => {
                 let e = ProtocolError::rate_limited(e.to_string(), 1_000);
@@ -248,8 +256,12 @@ async fn ensure_external_user(gw: &Gateway, user_id: &str) -> Result<(), Protoco
 async fn serve(
     gw: &Arc<Gateway>,
     session: &Session,
+    claims: &super::auth::AccessClaims,
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
 ) {
+    // accounts: the token's expiry and session are checked again this often.
+    let mut token_check = tokio::time::interval(gw.accounts.session_check_interval);
+    token_check.tick().await;
     let in_flight = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_PER_CONN_MAX));
     let session = Arc::new(Session {
         user_id: session.user_id.clone(),
@@ -274,6 +286,16 @@ async fn serve(
                     return;
                 }
                 let _ = session.tx.try_send(OutFrame::Ping);
+                continue;
+            }
+            _ = token_check.tick() => {
+                if let Err(e) = super::accounts::recheck_ws_token(gw, claims).await {
+                    // Tells the client to refresh (or log in) before the socket closes.
+                    tracing::debug!(user = %session.user_id, reason = %e.message, "closing: token no longer valid");
+                    gw.metrics.error(e.code);
+                    queue(&session.tx, &ServerFrame::error(None, e));
+                    return;
+                }
                 continue;
             }
         };

@@ -37,6 +37,9 @@ fn put<T: serde::Serialize>(
 
 /// Applies one shard command.
 pub fn apply_shard(txn: &mut SmTxn<'_>, op: &ShardOp) -> ApplyResult {
+    if let Some(r) = super::accounts::apply_account(txn, op) {
+        return r;
+    }
     match op {
         ShardOp::CreateConversation {
             conversation_id,
@@ -186,6 +189,13 @@ pub fn apply_shard(txn: &mut SmTxn<'_>, op: &ShardOp) -> ApplyResult {
             }
             Ok(ShardResponse::Done)
         }
+        // accounts: applied by `super::accounts::apply_account` above.
+        ShardOp::CreateInvite { .. }
+        | ShardOp::UseInvite { .. }
+        | ShardOp::CreateSession { .. }
+        | ShardOp::RefreshSession { .. }
+        | ShardOp::RevokeSession { .. }
+        | ShardOp::RevokeAllSessions { .. } => Ok(ShardResponse::Done),
     }
 }
 

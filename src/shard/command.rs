@@ -189,6 +189,46 @@ pub enum ShardOp {
     },
     /// Drops these outbox entries of this shard (they were delivered).
     OutboxDone { ids: Vec<u64> },
+    // accounts: invites (in the shard the invite code hashes to) and sessions (in the
+    // user's shard). Every time is chosen by the proposer.
+    /// Stores an invite; refused if the code exists.
+    CreateInvite {
+        code: String,
+        expires_at: u64,
+        uses: u32,
+        ts: u64,
+    },
+    /// Consumes one use of an invite, refused (`Forbidden`) if it is missing, used up or
+    /// expired at `ts`.
+    UseInvite {
+        code: String,
+        user_id: UserId,
+        ts: u64,
+    },
+    /// Opens a session (a refresh token's identity) at the user's current token epoch;
+    /// answers `Session`. Drops the user's expired sessions, and the oldest past
+    /// `SESSIONS_PER_USER_MAX`.
+    CreateSession {
+        user_id: UserId,
+        session_id: String,
+        expires_at: u64,
+        ts: u64,
+    },
+    /// Rotates a session's refresh token: applied only if `generation` is the session's
+    /// current one (else the session is revoked: a rotated refresh token was reused);
+    /// answers `Session` with the next generation.
+    RefreshSession {
+        user_id: UserId,
+        session_id: String,
+        generation: u64,
+        expires_at: u64,
+        ts: u64,
+    },
+    /// Revokes one session (logout).
+    RevokeSession { user_id: UserId, session_id: String },
+    /// Revokes every session of the user and every access token issued before: the user's
+    /// token epoch moves on (logout_all). Answers `Session` with the new epoch.
+    RevokeAllSessions { user_id: UserId },
     /// A `Send` whose seq the proposer chose: broken on purpose, only in fault-injection
     /// builds (`sabotage::Switch::SeqAtProposal`). Last, so that it changes no other
     /// variant's encoding.
@@ -235,6 +275,13 @@ pub enum ShardResponse {
     },
     Done,
     Rejected(Rejection),
+    // accounts
+    /// A session after `CreateSession` / `RefreshSession`, or (`RevokeAllSessions`) only
+    /// the new epoch.
+    Session {
+        epoch: u64,
+        session: Option<SessionRecord>,
+    },
 }
 
 /// A deterministic refusal decided at apply time.
@@ -323,4 +370,33 @@ pub struct UserRecord {
 pub struct OutboxEntry {
     pub user_id: UserId,
     pub conversation_id: ConversationId,
+}
+
+// accounts
+
+/// An invite code's state, in the shard the code hashes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invite {
+    pub expires_at: u64,
+    pub uses_left: u32,
+    pub created_ts: u64,
+}
+
+/// A login session (what a refresh token names), in the user's shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub session_id: String,
+    /// The user's token epoch when the session was opened.
+    pub epoch: u64,
+    /// The refresh token generation that may rotate it next.
+    pub generation: u64,
+    pub expires_at: u64,
+    pub created_ts: u64,
+}
+
+/// What the WebSocket checks a token against: the user's token epoch and live sessions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthState {
+    pub epoch: u64,
+    pub sessions: Vec<SessionRecord>,
 }

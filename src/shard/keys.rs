@@ -17,6 +17,10 @@ const TAG_USERNAME: u8 = 0x21;
 const TAG_USER_CONVERSATION: u8 = 0x22;
 const TAG_OUTBOX: u8 = 0x30;
 const TAG_OUTBOX_NEXT: u8 = 0x31;
+// accounts
+const TAG_INVITE: u8 = 0x40;
+const TAG_TOKEN_EPOCH: u8 = 0x41;
+const TAG_SESSION: u8 = 0x42;
 
 fn tagged(tag: u8) -> Vec<u8> {
     let mut k = Vec::with_capacity(64);
@@ -103,6 +107,35 @@ pub fn outbox_range() -> (Vec<u8>, Vec<u8>) {
 
 pub fn outbox_next() -> Vec<u8> {
     tagged(TAG_OUTBOX_NEXT)
+}
+
+// accounts
+
+pub fn invite(code: &str) -> Vec<u8> {
+    let mut k = tagged(TAG_INVITE);
+    push_str(&mut k, code);
+    k
+}
+
+/// A user's token epoch (kept apart from the user's record so that records written before
+/// it still decode).
+pub fn token_epoch(user_id: &str) -> Vec<u8> {
+    let mut k = tagged(TAG_TOKEN_EPOCH);
+    push_str(&mut k, user_id);
+    k
+}
+
+/// The prefix of a user's sessions.
+pub fn session_prefix(user_id: &str) -> Vec<u8> {
+    let mut k = tagged(TAG_SESSION);
+    push_str(&mut k, user_id);
+    k
+}
+
+pub fn session(user_id: &str, session_id: &str) -> Vec<u8> {
+    let mut k = session_prefix(user_id);
+    push_str(&mut k, session_id);
+    k
 }
 
 /// The conversation id in a user-conversation index key.

@@ -3,6 +3,7 @@
 //! Everything here is deterministic and knows nothing of Raft or the network: `apply` turns
 //! one committed command into writes on a [`crate::storage::SmTxn`] and a response; `read`
 //! serves history, sync and lookups from the local state machine.
+pub mod accounts;
 pub mod apply;
 pub mod codec;
 pub mod command;

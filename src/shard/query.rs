@@ -53,6 +53,11 @@ pub enum ShardQuery {
     },
     /// The meta group's state (group 0 only).
     Meta,
+    // accounts
+    /// A user's token epoch and live sessions.
+    AuthState {
+        user_id: UserId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +73,8 @@ pub enum QueryResult {
     Username(Option<UserId>),
     UserConversations(Vec<ConversationId>),
     Meta(MetaState),
+    // accounts
+    AuthState(AuthState),
 }
 
 impl ShardReader {
@@ -130,6 +137,16 @@ impl ShardReader {
                     tokio::task::spawn_blocking(move || crate::cluster::meta::read_state(&store))
                         .await
                         .map_err(|e| StorageError::Corrupt(format!("read task failed: {e}")))??,
+                )
+            }
+            ShardQuery::AuthState { user_id } => {
+                let store = self.store().clone();
+                QueryResult::AuthState(
+                    tokio::task::spawn_blocking(move || {
+                        super::accounts::read_auth_state(&store, group, &user_id)
+                    })
+                    .await
+                    .map_err(|e| StorageError::Corrupt(format!("read task failed: {e}")))??,
                 )
             }
             ShardQuery::UserConversations { user_id } => {

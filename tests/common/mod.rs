@@ -35,6 +35,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     c.shards = 4;
     c.limits.user_messages_per_minute = 100_000;
     c.limits.conversation_messages_per_minute = 100_000;
+    c.accounts.registrations_per_ip_per_hour = 100_000;
     c
 }
 

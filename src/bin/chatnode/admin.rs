@@ -1,4 +1,4 @@
-//! `chatnode status` and `chatnode leave`: small HTTP clients of a node's admin endpoints.
+//! `chatnode status`, `chatnode leave` and `chatnode invite`: small HTTP clients of a node's admin endpoints.
 
 use std::path::Path;
 use std::time::Duration;
@@ -151,5 +151,44 @@ pub async fn leave(addr: &str, token: Option<&str>, data_dir: &Path) -> anyhow::
         bail!("{addr} answered {code}: {body}");
     }
     println!("{addr} is leaving: its replicas move to other nodes, then it stops");
+    Ok(())
+}
+
+/// `chatnode invite`: `POST /admin/invites` with the same credential as `leave`.
+pub async fn invite(
+    addr: &str,
+    token: Option<&str>,
+    data_dir: &Path,
+    uses: u32,
+    ttl_secs: Option<u64>,
+) -> anyhow::Result<()> {
+    let token = match token {
+        Some(t) => t.to_string(),
+        None => std::fs::read_to_string(data_dir.join("join-token"))
+            .with_context(|| {
+                format!(
+                    "reading {}/join-token (or pass --token)",
+                    data_dir.display()
+                )
+            })?
+            .trim()
+            .to_string(),
+    };
+    let mut path = format!("/admin/invites?uses={uses}");
+    if let Some(t) = ttl_secs {
+        path.push_str(&format!("&ttl_secs={t}"));
+    }
+    let (code, body) = http(addr, "POST", &path, Some(&token)).await?;
+    if code != 201 {
+        bail!("{addr} answered {code}: {body}");
+    }
+    let v: Value = serde_json::from_str(&body)?;
+    let invite = v["invite"].as_str().context("no invite in the answer")?;
+    println!("{invite}");
+    eprintln!(
+        "invite for {} account(s), valid until {} (ms since the epoch); register with \
+         {{\"username\": ..., \"password\": ..., \"invite\": \"{invite}\"}}",
+        v["uses"], v["expires_at"]
+    );
     Ok(())
 }
