@@ -109,7 +109,8 @@ impl Cluster {
         }
         toml.push_str(
             "\n[limits]\nuser_messages_per_minute = 10000000\nconversation_messages_per_minute = 10000000\n\
-             devices_per_user = 50\nnew_connections_per_second = 100000\n",
+             devices_per_user = 50\nnew_connections_per_second = 100000\n\
+             connections_per_ip = 1000000\n",
         );
         std::fs::write(&config, toml)?;
         let nodes = (1..=total)
