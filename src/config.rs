@@ -39,6 +39,17 @@ pub struct Limits {
     pub new_connections_per_second: u32,
     /// Frames queued towards one connection before it is dropped as too slow.
     pub connection_send_queue_max: usize,
+    // listener (issue 12 points 4, 6): the client port's accept loop.
+    /// Most TCP connections the client port holds at once (HTTP and WebSocket alike).
+    pub http_connections_max: usize,
+    /// Most TCP connections from one source address (IPv4 address, or IPv6 /64) at once.
+    pub connections_per_ip: usize,
+    /// A request's head (and a TLS handshake) must arrive within this long of the server
+    /// starting to wait for it; also bounds an idle keep-alive connection.
+    pub http_header_timeout_ms: u64,
+    /// A connection (before any WebSocket upgrade) on which no byte moves for this long is
+    /// closed: stalled request bodies, unread responses, stuck handlers.
+    pub http_idle_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -52,6 +63,10 @@ impl Default for Limits {
             connections_max: 100_000,
             new_connections_per_second: 2_000,
             connection_send_queue_max: 1024,
+            http_connections_max: 110_000,
+            connections_per_ip: 50,
+            http_header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 60_000,
         }
     }
 }
@@ -120,6 +135,21 @@ pub struct Config {
     pub testing: Testing,
     // accounts
     pub accounts: Accounts,
+    // listener (issue 12 points 4, 5): TLS on the client port, a separate metrics port.
+    pub tls: Tls,
+    /// When set, `GET /metrics` is served on this address only (not on the client port).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// TLS for clients (HTTPS and WSS on the client port). Both files or neither; the node
+/// reloads them on SIGHUP.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
 }
 
 /// Who may create an account with `POST /v1/register`.
@@ -210,6 +240,8 @@ impl Default for Config {
             auth: Auth::default(),
             testing: Testing::default(),
             accounts: Accounts::default(),
+            tls: Tls::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -253,6 +285,27 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "limits must be positive (max_frame_bytes >= 1024)".into(),
+            ));
+        }
+        if l.http_connections_max == 0
+            || l.connections_per_ip == 0
+            || l.http_header_timeout_ms == 0
+            || l.http_idle_timeout_ms == 0
+        {
+            return Err(ConfigError::Invalid(
+                "http_connections_max, connections_per_ip, http_header_timeout_ms and \
+                 http_idle_timeout_ms must be positive"
+                    .into(),
+            ));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls cert_file and key_file go together (--tls-cert <pem> --tls-key <pem>)".into(),
+            ));
+        }
+        if self.metrics_listen.is_some_and(|m| m == self.listen) {
+            return Err(ConfigError::Invalid(
+                "metrics_listen must differ from listen".into(),
             ));
         }
         self.validate_accounts()?;
@@ -321,6 +374,17 @@ mod tests {
         let closed: Config = toml::from_str("[accounts]\nregistration = \"closed\"\n").unwrap();
         assert_eq!(closed.accounts.registration_for(lo), Registration::Closed);
         assert!(toml::from_str::<Config>("[accounts]\nregistration = \"maybe\"\n").is_err());
+    }
+
+    #[test]
+    fn tls_files_go_together() {
+        let mut c = Config::default();
+        c.tls.cert_file = Some("cert.pem".into());
+        assert!(c.validate().is_err());
+        c.tls.key_file = Some("key.pem".into());
+        assert!(c.validate().is_ok());
+        c.limits.connections_per_ip = 0;
+        assert!(c.validate().is_err());
     }
 
     #[test]

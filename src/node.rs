@@ -10,6 +10,8 @@ use crate::cluster::identity::{write_private, Identity, JoinWelcome, JOIN_TOKEN_
 use crate::cluster::peer::{PeerService, PeerTransport, RaftNet};
 use crate::cluster::{meta, Cluster, Controller, OutboxRelay, Router, ShardMap};
 use crate::config::Config;
+use crate::gateway::client_tls::ReloadableCert;
+use crate::gateway::listener::{self, ListenerLimits};
 use crate::gateway::{self, auth::TokenAuthority, ratelimit::RateLimiter, Gateway, Hub};
 use crate::metrics::Metrics;
 use crate::protocol::TextLimits;
@@ -51,6 +53,9 @@ pub enum NodeError {
     Identity(#[from] crate::cluster::identity::IdentityError),
     #[error("transport: {0}")]
     Transport(#[from] TransportError),
+    // listener
+    #[error("client tls: {0}")]
+    ClientTls(#[from] gateway::client_tls::ClientTlsError),
 }
 
 /// The chat and meta logic plugged into every group's state machine; after a batch is
@@ -178,6 +183,12 @@ pub struct Node {
     pub identity: Identity,
     /// The address other nodes dial (QUIC).
     pub peer_addr: String,
+    // listener: how the client port is served.
+    /// The client port's certificate when it serves TLS (reloaded on SIGHUP).
+    pub client_tls: Option<Arc<ReloadableCert>>,
+    listener_limits: ListenerLimits,
+    /// `/metrics` is on its own listener (`metrics_listen`), not on the client port.
+    metrics_separate: bool,
 }
 
 async fn wait_for_leader(g: &GroupHandle) -> Result<(), NodeError> {
@@ -280,6 +291,11 @@ impl Node {
     /// the peer transport and builds the gateway (not yet listening for clients).
     pub async fn start(config: &Config) -> Result<Node, NodeError> {
         config.validate()?;
+        // A certificate that does not load stops the start before anything else happens.
+        let client_tls = match (&config.tls.cert_file, &config.tls.key_file) {
+            (Some(cert), Some(key)) => Some(ReloadableCert::load(cert, key)?),
+            _ => None,
+        };
         std::fs::create_dir_all(&config.data_dir)?;
         let peer_listen = concrete_peer_listen(config.peer_listen)?;
         let peer_addr = config
@@ -548,6 +564,9 @@ impl Node {
             controller,
             identity,
             peer_addr,
+            client_tls,
+            listener_limits: ListenerLimits::from(&config.limits),
+            metrics_separate: config.metrics_listen.is_some(),
         })
     }
 
@@ -556,19 +575,55 @@ impl Node {
         &self.gateway.join_token
     }
 
-    /// Serves HTTP + WebSocket on `listener` until `shutdown` resolves.
+    /// Serves HTTP + WebSocket (HTTPS + WSS with a certificate) on `listener` until
+    /// `shutdown` resolves, through the accept loop of `gateway::listener`.
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), NodeError> {
-        let app = gateway::http::routes(self.gateway.clone());
-        // With the peer's address (`ConnectInfo`): the account throttles count per IP.
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let addr = listener.local_addr()?;
+        if self.client_tls.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "!!! CLIENT PORT WITHOUT TLS ON A NON-LOOPBACK ADDRESS: passwords and tokens \
+                 cross the network in clear text. Set [tls] cert_file and key_file \
+                 (--tls-cert, --tls-key) or put a TLS proxy in front of this port !!!"
+            );
+        }
+        let mut app = gateway::http::routes(self.gateway.clone());
+        if self.metrics_separate {
+            app = listener::without_metrics(app);
+        }
+        let tls = match &self.client_tls {
+            Some(cert) => Some(Arc::new(cert.server_config()?)),
+            None => None,
+        };
+        listener::serve(listener, app, self.listener_limits.clone(), tls, shutdown).await?;
         Ok(())
+    }
+
+    /// Serves `GET /metrics` alone on `listener` (`metrics_listen`), plain HTTP, until
+    /// `shutdown` resolves.
+    pub async fn serve_metrics(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), NodeError> {
+        let app = axum::Router::new()
+            .route("/metrics", axum::routing::get(gateway::http::metrics))
+            .with_state(self.gateway.clone());
+        listener::serve(listener, app, self.listener_limits.clone(), None, shutdown).await?;
+        Ok(())
+    }
+
+    /// Reloads the client certificate (SIGHUP). `Ok(false)` when the port has no TLS; on
+    /// an error the old certificate stays in use.
+    pub fn reload_tls(&self) -> Result<bool, gateway::client_tls::ClientTlsError> {
+        match &self.client_tls {
+            Some(cert) => cert.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Stops every Raft group and the transport (acknowledged writes are already synced).

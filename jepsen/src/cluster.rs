@@ -110,6 +110,7 @@ impl Cluster {
         toml.push_str(
             "\n[limits]\nuser_messages_per_minute = 10000000\nconversation_messages_per_minute = 10000000\n\
              devices_per_user = 50\nnew_connections_per_second = 100000\n\
+             connections_per_ip = 1000000\n\
              \n[accounts]\nregistration = \"open\"\nregistrations_per_ip_per_hour = 10000000\n\
              \n[auth]\ntoken_ttl_secs = 86400\n",
         );

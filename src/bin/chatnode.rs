@@ -60,6 +60,15 @@ struct Args {
     /// The join token (the creating node prints it and writes <data-dir>/join-token).
     #[arg(long)]
     token: Option<String>,
+    /// PEM certificate chain for the client port (HTTPS/WSS); reloaded on SIGHUP.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve GET /metrics on this address instead of the client port.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -132,6 +141,15 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     if let Some(t) = &args.token {
         config.token = Some(t.clone());
     }
+    if let Some(c) = &args.tls_cert {
+        config.tls.cert_file = Some(c.clone());
+    }
+    if let Some(k) = &args.tls_key {
+        config.tls.key_file = Some(k.clone());
+    }
+    if let Some(m) = args.metrics_listen {
+        config.metrics_listen = Some(m);
+    }
     config.validate()?;
     Ok(config)
 }
@@ -155,6 +173,31 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Reloads the client certificate on every SIGHUP; a certificate that does not load is
+/// logged and the old one stays in use.
+#[cfg(unix)]
+fn spawn_tls_reloader(cert: std::sync::Arc<chatnode::gateway::client_tls::ReloadableCert>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: the certificate cannot be reloaded");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match cert.reload() {
+                Ok(()) => tracing::info!("SIGHUP: client TLS certificate reloaded"),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: the new client TLS certificate did not load; keeping the old one"
+                ),
+            }
+        }
+    });
 }
 
 #[tokio::main]
@@ -192,8 +235,18 @@ async fn main() -> anyhow::Result<()> {
     }
     let node = Node::start(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    #[cfg(unix)]
+    if let Some(cert) = &node.client_tls {
+        spawn_tls_reloader(cert.clone());
+    }
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        None => None,
+    };
     tracing::info!(
         listen = %listener.local_addr()?,
+        tls = node.client_tls.is_some(),
+        metrics_listen = ?metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
         peer_listen = %node.peer_addr,
         node_id = node.identity.node_id,
         data_dir = %config.data_dir.display(),
@@ -209,6 +262,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::watch::channel(false);
     let hub = node.gateway.hub.clone();
     let left = node.gateway.stop.clone();
     tokio::spawn(async move {
@@ -219,7 +273,21 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("draining: asking clients to reconnect");
         hub.drain_all(DRAIN_RETRY_AFTER_MS);
         let _ = stop_tx.send(());
+        let _ = metrics_stop_tx.send(true);
     });
+    let node = std::sync::Arc::new(node);
+    if let Some(ml) = metrics_listener {
+        let n = node.clone();
+        let mut stop = metrics_stop_rx;
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = n.serve_metrics(ml, stopped).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
     node.serve(listener, async {
         let _ = stop_rx.await;
     })

@@ -56,7 +56,7 @@ async fn ready(State(gw): State<Arc<Gateway>>) -> StatusCode {
     }
 }
 
-async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     let text = gw.metrics.render((gw.synced_writes)());
     (
         [(

@@ -8,6 +8,8 @@
 //! - `handlers`: what each request does (routing writes and reads to shards).
 //! - `hub`: connection registry and pushes (messages, receipts, typing, presence).
 //! - `auth`, `ratelimit`: accounts/tokens and token buckets.
+//! - `listener`: the client port's accept loop (timeouts, connection caps, TLS);
+//!   `client_tls`: the client certificate, reloadable.
 
 pub mod accounts;
 pub mod admin;
@@ -19,6 +21,9 @@ pub mod ratelimit;
 pub mod reads;
 pub mod receipts;
 pub mod session;
+// listener (issue 12 points 4, 6)
+pub mod client_tls;
+pub mod listener;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -30,6 +30,7 @@ user_messages_per_minute = 1000000
 conversation_messages_per_minute = 1000000
 devices_per_user = 50
 new_connections_per_second = 10000
+connections_per_ip = 1000000
 [accounts]
 registrations_per_ip_per_hour = 1000000
 [testing]

@@ -36,6 +36,8 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     c.limits.user_messages_per_minute = 100_000;
     c.limits.conversation_messages_per_minute = 100_000;
     c.accounts.registrations_per_ip_per_hour = 100_000;
+    // Every test client connects from 127.0.0.1.
+    c.limits.connections_per_ip = 1_000_000;
     c
 }
 
