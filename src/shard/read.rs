@@ -211,6 +211,44 @@ impl ShardReader {
         .await
     }
 
+    /// One page of a user's conversation index (key order), after `after` (exclusive), at
+    /// most `limit`; and whether more follow. Nothing is cut off: paging by the last id of
+    /// each page reaches every entry, however many there are.
+    pub async fn user_conversations_page(
+        &self,
+        group: GroupId,
+        user_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<ConversationId>, bool), StorageError> {
+        let store = self.store.clone();
+        let prefix = keys::user_conversation_prefix(user_id);
+        let start = match after {
+            // The smallest key above the cursor's own: its key with a 0 byte appended.
+            Some(c) if crate::storage::keys::try_push_str(&mut Vec::new(), c).is_ok() => {
+                let mut k = keys::user_conversation(user_id, c);
+                k.push(0);
+                k
+            }
+            _ => prefix.clone(),
+        };
+        let end = crate::storage::keys::prefix_successor(&prefix);
+        blocking(move || {
+            let rows = match end {
+                Some(end) => store.sm_scan(group, &start, &end, false, limit + 1)?,
+                None => Vec::new(),
+            };
+            let has_more = rows.len() > limit;
+            let ids = rows
+                .iter()
+                .take(limit)
+                .map(|(k, _)| keys::conversation_of_user_index(k))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((ids, has_more))
+        })
+        .await
+    }
+
     /// Pending outbox entries of a shard, oldest first.
     pub async fn outbox(&self, group: GroupId) -> Result<Vec<(u64, OutboxEntry)>, StorageError> {
         let store = self.store.clone();
