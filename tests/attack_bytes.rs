@@ -59,7 +59,11 @@ fn spawn(dir: &Path) -> (Server, SocketAddr) {
     )
     .unwrap();
     let addr = free_addr();
-    let child = Command::new(env!("CARGO_BIN_EXE_chatnode"))
+    // ATTACK_CHATNODE_BIN runs the attacks against another build (e.g. one without the
+    // defences, to see the test fail there).
+    let bin = std::env::var("ATTACK_CHATNODE_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_chatnode").to_string());
+    let child = Command::new(bin)
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--listen")

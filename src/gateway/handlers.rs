@@ -1,15 +1,14 @@
 //! What each client request does. Identity comes from the session, never from the frame.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::time::Instant;
 
-use super::hub::{presence_status, ConnId};
+use super::hub::ConnId;
 use super::queue::OutQueue;
 use super::{now_ms, Gateway};
 use crate::protocol::client::{WireConvKind, WireRole, HISTORY_LIMIT_DEFAULT};
 use crate::protocol::{
-    ClientFrame, ConversationSummary, ConversationView, ErrorCode, MessageView, ProtocolError,
-    RequestId, ServerFrame, SyncEntry,
+    ClientFrame, ConversationView, ErrorCode, ProtocolError, RequestId, ServerFrame,
 };
 use crate::shard::command::*;
 
