@@ -262,24 +262,33 @@ async fn large_replies_to_a_stalled_reader_keep_rss_bounded() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let mut growths = Vec::new();
+    // ATTACK_ONLY=<name> runs one attack alone (to measure each on a build without defences).
+    let only = std::env::var("ATTACK_ONLY").ok();
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
     // sync: every conversation from seq 0, ~4 MB of messages per reply on an unbounded node.
-    let frames = (0..24)
+    let frames = (0..48)
         .map(|i| json!({"type":"sync","id":i,"conversations":{}}).to_string())
         .collect();
-    growths.push(("sync", attack(&server, addr, &at, &mut b, frames).await));
+    if wanted("sync") {
+        growths.push(("sync", attack(&server, addr, &at, &mut b, frames).await));
+    }
     // history: 100 large messages per reply.
-    let frames = (0..240)
+    let frames = (0..600)
         .map(|i| {
             json!({"type":"history","id":i,"conversation_id":convs[i % convs.len()],"limit":100})
                 .to_string()
         })
         .collect();
-    growths.push(("history", attack(&server, addr, &at, &mut b, frames).await));
+    if wanted("history") {
+        growths.push(("history", attack(&server, addr, &at, &mut b, frames).await));
+    }
     // list_conversations with a huge id: the id echoed on every reply.
-    let frames = (0..100)
+    let frames = (0..300)
         .map(|i| json!({"type":"list_conversations","id":huge_id(i)}).to_string())
         .collect();
-    growths.push(("list_conversations", attack(&server, addr, &at, &mut b, frames).await));
+    if wanted("list_conversations") {
+        growths.push(("list_conversations", attack(&server, addr, &at, &mut b, frames).await));
+    }
     // history with a huge id.
     let frames = (0..100)
         .map(|i| {
@@ -287,7 +296,9 @@ async fn large_replies_to_a_stalled_reader_keep_rss_bounded() {
                 .to_string()
         })
         .collect();
-    growths.push(("history, huge id", attack(&server, addr, &at, &mut b, frames).await));
+    if wanted("history, huge id") {
+        growths.push(("history, huge id", attack(&server, addr, &at, &mut b, frames).await));
+    }
     eprintln!("RSS growth by attack (KiB): {:?}", growths.iter().map(|(n, g)| (n, g / 1024)).collect::<Vec<_>>());
     for (name, growth) in &growths {
         assert!(
