@@ -41,8 +41,8 @@ impl Drop for Server {
 
 impl Server {
     fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
-            .unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -207,9 +207,7 @@ async fn presence_amplification_keeps_rss_bounded() {
 
     let own: Vec<&str> = vec![alice.as_str(); 1000];
     let frames = (0..8)
-        .map(|i| {
-            json!({"type":"subscribe_presence","id":huge_id(i),"user_ids":own}).to_string()
-        })
+        .map(|i| json!({"type":"subscribe_presence","id":huge_id(i),"user_ids":own}).to_string())
         .collect();
     let growth = attack(&server, addr, &at, &mut b, frames).await;
     eprintln!("presence amplification: RSS growth {} KiB", growth / 1024);
@@ -287,7 +285,10 @@ async fn large_replies_to_a_stalled_reader_keep_rss_bounded() {
         .map(|i| json!({"type":"list_conversations","id":huge_id(i)}).to_string())
         .collect();
     if wanted("list_conversations") {
-        growths.push(("list_conversations", attack(&server, addr, &at, &mut b, frames).await));
+        growths.push((
+            "list_conversations",
+            attack(&server, addr, &at, &mut b, frames).await,
+        ));
     }
     // history with a huge id.
     let frames = (0..100)
@@ -297,9 +298,18 @@ async fn large_replies_to_a_stalled_reader_keep_rss_bounded() {
         })
         .collect();
     if wanted("history, huge id") {
-        growths.push(("history, huge id", attack(&server, addr, &at, &mut b, frames).await));
+        growths.push((
+            "history, huge id",
+            attack(&server, addr, &at, &mut b, frames).await,
+        ));
     }
-    eprintln!("RSS growth by attack (KiB): {:?}", growths.iter().map(|(n, g)| (n, g / 1024)).collect::<Vec<_>>());
+    eprintln!(
+        "RSS growth by attack (KiB): {:?}",
+        growths
+            .iter()
+            .map(|(n, g)| (n, g / 1024))
+            .collect::<Vec<_>>()
+    );
     for (name, growth) in &growths {
         assert!(
             *growth <= RSS_GROWTH_MAX_BYTES,
@@ -354,7 +364,10 @@ async fn paging_reaches_every_conversation_within_the_reply_budget() {
             req["cursor"] = json!(c);
         }
         let r = a.request(req).await;
-        assert!(r.to_string().len() <= REPLY_BYTES_MAX, "list reply over 1 MiB");
+        assert!(
+            r.to_string().len() <= REPLY_BYTES_MAX,
+            "list reply over 1 MiB"
+        );
         pages += 1;
         for c in r["conversations"].as_array().unwrap() {
             assert!(
@@ -372,7 +385,10 @@ async fn paging_reaches_every_conversation_within_the_reply_budget() {
         }
         assert!(pages < 20, "list paging does not end");
     }
-    assert!(pages >= 2, "the listing fit one reply: the test does not exercise paging");
+    assert!(
+        pages >= 2,
+        "the listing fit one reply: the test does not exercise paging"
+    );
     assert_eq!(listed, all, "list_conversations left conversations out");
 
     // sync: follow the cursor; a named conversation is answered exactly once.
@@ -392,7 +408,10 @@ async fn paging_reaches_every_conversation_within_the_reply_budget() {
             req["cursor"] = json!(c);
         }
         let r = a.request(req).await;
-        assert!(r.to_string().len() <= REPLY_BYTES_MAX, "sync reply over 1 MiB");
+        assert!(
+            r.to_string().len() <= REPLY_BYTES_MAX,
+            "sync reply over 1 MiB"
+        );
         pages += 1;
         for e in r["conversations"].as_array().unwrap() {
             if e["error"] == "forbidden" {

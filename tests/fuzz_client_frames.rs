@@ -144,7 +144,10 @@ fn check_frame(f: &ClientFrame, l: &TextLimits) -> Result<(), TestCaseError> {
         } => {
             prop_assert!(is_valid_id(conversation_id) && is_valid_id(user_id));
         }
-        ClientFrame::Leave { conversation_id } | ClientFrame::Typing { conversation_id, .. } => {
+        ClientFrame::Leave { conversation_id }
+        | ClientFrame::Typing {
+            conversation_id, ..
+        } => {
             prop_assert!(is_valid_id(conversation_id));
         }
         ClientFrame::Delivered {
@@ -246,8 +249,12 @@ fn hostile_value() -> impl Strategy<Value = Value> {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..16).prop_map(Value::Array),
             // One id repeated many times (the amplification's shape).
-            ("[A-Za-z0-9]{1,30}", 0usize..1500)
-                .prop_map(|(s, n)| Value::Array(vec![Value::String(s); n])),
+            ("[A-Za-z0-9]{1,30}", 0usize..1500).prop_map(|(s, n)| Value::Array(vec![
+                Value::String(
+                    s
+                );
+                n
+            ])),
             prop::collection::btree_map("[A-Za-z0-9_-]{0,130}", inner, 0..8)
                 .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
@@ -356,8 +363,8 @@ fn hand_picked_hostile_frames() {
         "]".repeat(100_000)
     );
     let own = vec!["01J9Z8K2W5T3M4N6P7Q8R9S0AB"; 1000];
-    let amplification = json!({"type":"subscribe_presence","id":"x".repeat(900 * 1024),"user_ids":own})
-        .to_string();
+    let amplification =
+        json!({"type":"subscribe_presence","id":"x".repeat(900 * 1024),"user_ids":own}).to_string();
     let huge_type = json!({"type":"t".repeat(500_000),"id":1}).to_string();
     let huge_unknown = json!({"type":"send","id":2,"conversation_id":1,"client_msg_id":"m","body":"b".repeat(900_000)})
         .to_string();

@@ -100,7 +100,9 @@ impl OutQueue {
             }
             return Err(TrySendError::Full(frame));
         }
-        self.tx.try_send(frame).inspect_err(|_| self.shared.release(n))
+        self.tx
+            .try_send(frame)
+            .inspect_err(|_| self.shared.release(n))
     }
 
     /// Enqueues, waiting at most `wait` for room under both bounds.

@@ -186,7 +186,11 @@ fn error_messages_quote_nothing_large() {
     let huge = "t".repeat(100_000);
     let d = decode(&json!({"type":huge,"id":1}).to_string());
     let e = d.frame.unwrap_err();
-    assert!(e.message.chars().count() <= client::ERROR_MESSAGE_CHARS_MAX + 1, "{}", e.message.len());
+    assert!(
+        e.message.chars().count() <= client::ERROR_MESSAGE_CHARS_MAX + 1,
+        "{}",
+        e.message.len()
+    );
     let f = ServerFrame::error(None, ProtocolError::bad_request("m".repeat(10_000)));
     assert!(f.to_json().len() < 400);
 }
@@ -203,7 +207,8 @@ fn id_lists_are_deduplicated_in_order() {
         Ok(ClientFrame::AddMembers { members, .. }) => assert_eq!(members, ["u"]),
         other => panic!("{other:?}"),
     }
-    let f = json!({"type":"create_conversation","kind":"group","members":["x","y","x"]}).to_string();
+    let f =
+        json!({"type":"create_conversation","kind":"group","members":["x","y","x"]}).to_string();
     match decode(&f).frame {
         Ok(ClientFrame::CreateConversation { members, .. }) => assert_eq!(members, ["x", "y"]),
         other => panic!("{other:?}"),
@@ -212,6 +217,8 @@ fn id_lists_are_deduplicated_in_order() {
 
 #[test]
 fn json_len_is_the_length_of_the_text() {
-    let f = ServerFrame::Pong { id: Some(json!("é\"x")) };
+    let f = ServerFrame::Pong {
+        id: Some(json!("é\"x")),
+    };
     assert_eq!(f.json_len(), f.to_json().len());
 }

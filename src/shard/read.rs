@@ -8,7 +8,9 @@ use super::command::*;
 use super::keys;
 use crate::storage::{StorageError, Store};
 
-/// Most conversations listed for one user (a bound on `list_conversations` and `sync`).
+/// Most entries of the whole-index read [`ShardReader::user_conversations`] (kept for
+/// peers that still send `ShardQuery::UserConversations`); the gateway reads the index in
+/// pages ([`ShardReader::user_conversations_page`]), which cut nothing off.
 pub const USER_CONVERSATIONS_MAX: usize = 10_000;
 /// Most outbox entries taken in one relay round.
 pub const OUTBOX_BATCH_MAX: usize = 256;
