@@ -50,6 +50,10 @@ pub struct Limits {
     /// A connection (before any WebSocket upgrade) on which no byte moves for this long is
     /// closed: stalled request bodies, unread responses, stuck handlers.
     pub http_idle_timeout_ms: u64,
+    // bytes (issue 12 point 1)
+    /// Bytes queued towards one connection before it is dropped as too slow (a push that
+    /// does not fit kills it; a reply waits up to 5 s for room, then kills it).
+    pub connection_send_queue_bytes: usize,
 }
 
 impl Default for Limits {
@@ -67,6 +71,7 @@ impl Default for Limits {
             connections_per_ip: 50,
             http_header_timeout_ms: 10_000,
             http_idle_timeout_ms: 60_000,
+            connection_send_queue_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -246,6 +251,13 @@ impl Default for Config {
     }
 }
 
+/// Smallest `limits.connection_send_queue_bytes` (a few replies' worth).
+pub const CONNECTION_SEND_QUEUE_BYTES_MIN: usize = 64 * 1024;
+/// Largest `limits.max_body_chars`: a message's JSON (at most 4 bytes per code point) must
+/// fit well inside one reply's byte budget (`REPLY_BYTES_MAX`, 1 MiB), so that sync and
+/// history always make progress.
+pub const BODY_CHARS_MAX: usize = 16_000;
+
 /// Most shard groups a cluster may have (each costs heartbeats and a Raft task).
 pub const SHARDS_MAX: u32 = 1024;
 
@@ -286,6 +298,16 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "limits must be positive (max_frame_bytes >= 1024)".into(),
             ));
+        }
+        if l.connection_send_queue_bytes < CONNECTION_SEND_QUEUE_BYTES_MIN {
+            return Err(ConfigError::Invalid(format!(
+                "limits.connection_send_queue_bytes must be at least {CONNECTION_SEND_QUEUE_BYTES_MIN}"
+            )));
+        }
+        if l.max_body_chars > BODY_CHARS_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_body_chars must be at most {BODY_CHARS_MAX} (a message must fit a reply)"
+            )));
         }
         if l.http_connections_max == 0
             || l.connections_per_ip == 0

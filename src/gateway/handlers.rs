@@ -1,28 +1,26 @@
 //! What each client request does. Identity comes from the session, never from the frame.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-
-use super::hub::{presence_status, ConnId, OutFrame};
+use super::hub::ConnId;
+use super::queue::OutQueue;
 use super::{now_ms, Gateway};
 use crate::protocol::client::{WireConvKind, WireRole, HISTORY_LIMIT_DEFAULT};
 use crate::protocol::{
-    ClientFrame, ConversationSummary, ConversationView, ErrorCode, MessageView, ProtocolError,
-    RequestId, ServerFrame, SyncEntry,
+    ClientFrame, ConversationView, ErrorCode, ProtocolError, RequestId, ServerFrame,
 };
 use crate::shard::command::*;
 
 /// Messages per conversation in one `sync` reply.
-pub const SYNC_PAGE_MAX: u64 = 100;
+pub use super::replies::SYNC_PAGE_MAX;
 
 /// The authenticated side of a connection.
 pub struct Session {
     pub user_id: String,
     pub device_id: String,
     pub conn_id: ConnId,
-    pub tx: mpsc::Sender<OutFrame>,
+    pub tx: OutQueue,
     /// Notified by the hub when this connection is replaced or too slow.
     pub kill: std::sync::Arc<tokio::sync::Notify>,
 }
@@ -84,39 +82,6 @@ impl Gateway {
             }
         }
         Ok(())
-    }
-
-    /// The conversations `user` belongs to (linearizable), with the user's receipt
-    /// watermarks: the user's index, filtered by actual membership in each conversation's
-    /// shard (one read per shard).
-    async fn user_conversations(
-        &self,
-        user: &str,
-    ) -> Result<Vec<(GroupId, ConversationState, (u64, u64))>, ProtocolError> {
-        let ids = self.read_user_conversations(user).await?;
-        let mut by_group: BTreeMap<GroupId, Vec<ConversationId>> = BTreeMap::new();
-        for id in ids {
-            by_group
-                .entry(self.shard_map.shard_for_conversation(&id))
-                .or_default()
-                .push(id);
-        }
-        let mut out = Vec::new();
-        for (group, ids) in by_group {
-            for chunk in ids.chunks(crate::shard::query::CONVERSATIONS_PER_QUERY_MAX) {
-                for (c, receipt) in self
-                    .read_conversations(group, chunk.to_vec(), user)
-                    .await?
-                    .into_iter()
-                    .flatten()
-                {
-                    if c.members.iter().any(|m| m.user_id == user) {
-                        out.push((group, c, receipt));
-                    }
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// Gives back the tokens of a send that was refused (not a member…): refused sends must
@@ -277,20 +242,17 @@ impl Gateway {
                 before_seq,
                 limit,
             } => {
-                let (group, conv) = self
-                    .member_conversation(&s.user_id, &conversation_id)
-                    .await?;
                 let limit = u64::from(limit.unwrap_or(HISTORY_LIMIT_DEFAULT));
-                let page = self.read_history(group, &conv, before_seq, limit).await?;
-                one(ServerFrame::History {
-                    id,
-                    conversation_id,
-                    messages: page.messages.iter().map(MessageView::from).collect(),
-                    has_more: page.has_more,
-                })
+                self.history(s, id, conversation_id, before_seq, limit)
+                    .await
             }
-            ClientFrame::Sync { conversations } => self.sync(s, id, conversations).await,
-            ClientFrame::ListConversations => self.list_conversations(s, id).await,
+            ClientFrame::Sync {
+                conversations,
+                cursor,
+            } => self.sync(s, id, conversations, cursor).await,
+            ClientFrame::ListConversations { cursor } => {
+                self.list_conversations(s, id, cursor).await
+            }
             ClientFrame::Delivered {
                 conversation_id,
                 seq,
@@ -332,28 +294,7 @@ impl Gateway {
             }
             ClientFrame::SubscribePresence { user_ids } => {
                 // Only users who share a conversation with the subscriber; others silently skipped.
-                let mut shared: BTreeSet<String> = BTreeSet::new();
-                for (_, c, _) in self.user_conversations(&s.user_id).await? {
-                    shared.extend(c.members.into_iter().map(|m| m.user_id));
-                }
-                let allowed: Vec<String> = user_ids
-                    .into_iter()
-                    .filter(|u| shared.contains(u))
-                    .collect();
-                let status = self.hub.subscribe_presence(s.conn_id, &s.tx, &allowed);
-                if status.is_empty() {
-                    // Nothing to report: still answer, so a client waiting on the id is not stuck.
-                    return one(ServerFrame::Ok { id });
-                }
-                Ok(status
-                    .into_iter()
-                    .map(|(user_id, online, last_seen)| ServerFrame::Presence {
-                        id: id.clone(),
-                        user_id,
-                        status: presence_status(online),
-                        last_seen,
-                    })
-                    .collect())
+                self.subscribe_presence(s, id, user_ids).await
             }
         }
     }
@@ -513,74 +454,6 @@ impl Gateway {
         Ok(match id {
             Some(id) => vec![ServerFrame::Ok { id: Some(id) }],
             None => Vec::new(),
-        })
-    }
-
-    async fn sync(
-        &self,
-        s: &Session,
-        id: Option<RequestId>,
-        asked: BTreeMap<String, u64>,
-    ) -> Reply {
-        let mut mine = self.user_conversations(&s.user_id).await?;
-        // A named conversation missing from the user's index (its outbox entry not yet
-        // delivered) is checked on its own shard: membership there is the truth.
-        let indexed: HashSet<String> = mine
-            .iter()
-            .map(|(_, c, _)| c.conversation_id.clone())
-            .collect();
-        for conversation_id in asked.keys().filter(|c| !indexed.contains(*c)) {
-            if let Ok((group, conv)) = self.member_conversation(&s.user_id, conversation_id).await {
-                mine.push((group, conv, (0, 0)));
-            }
-        }
-        let mut out = Vec::with_capacity(mine.len());
-        let mut seen = HashSet::new();
-        for (group, conv, _) in &mine {
-            seen.insert(conv.conversation_id.clone());
-            let after = asked.get(&conv.conversation_id).copied().unwrap_or(0);
-            let page = self.read_after(*group, conv, after, SYNC_PAGE_MAX).await?;
-            out.push(SyncEntry {
-                conversation_id: conv.conversation_id.clone(),
-                last_seq: Some(conv.last_seq),
-                messages: Some(page.messages.iter().map(MessageView::from).collect()),
-                has_more: Some(page.has_more),
-                error: None,
-            });
-        }
-        for conversation_id in asked.keys().filter(|c| !seen.contains(*c)) {
-            out.push(SyncEntry {
-                conversation_id: conversation_id.clone(),
-                last_seq: None,
-                messages: None,
-                has_more: None,
-                error: Some("forbidden"),
-            });
-        }
-        one(ServerFrame::Sync {
-            id,
-            conversations: out,
-        })
-    }
-
-    async fn list_conversations(&self, s: &Session, id: Option<RequestId>) -> Reply {
-        let mine = self.user_conversations(&s.user_id).await?;
-        let mut out = Vec::with_capacity(mine.len());
-        for (_, conv, (_, read_seq)) in mine {
-            let view = ConversationView::from(&conv);
-            out.push(ConversationSummary {
-                conversation_id: view.conversation_id,
-                kind: view.kind,
-                title: view.title,
-                last_seq: conv.last_seq,
-                read_seq,
-                unread: conv.last_seq.saturating_sub(read_seq),
-                members: view.members,
-            });
-        }
-        one(ServerFrame::Conversations {
-            id,
-            conversations: out,
         })
     }
 }

@@ -4,8 +4,8 @@
 //! Invariants:
 //! - Pushes of one conversation enter every queue in seq order: they come from one group's
 //!   `after_write`, which runs in log order, and each is enqueued before the call returns.
-//! - A connection whose queue is full is killed (it reconnects and syncs), never waited on:
-//!   one slow client must not hold up the others.
+//! - A connection whose queue is full (in frames or in bytes, see `queue`) is killed (it
+//!   reconnects and syncs), never waited on: one slow client must not hold up the others.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
+
+use super::queue::OutQueue;
 
 use crate::metrics::Metrics;
 use crate::protocol::{MessageView, ServerFrame};
@@ -53,7 +55,7 @@ pub struct ConnHandle {
 struct Conn {
     id: ConnId,
     device: String,
-    tx: mpsc::Sender<OutFrame>,
+    tx: OutQueue,
     kill: Arc<Notify>,
 }
 
@@ -77,7 +79,7 @@ struct State {
     users: HashMap<UserId, Vec<Conn>>,
     presence: HashMap<UserId, Presence>,
     /// Watched user -> subscribed connections (with the subscriber's user for cleanup).
-    presence_watchers: HashMap<UserId, HashMap<ConnId, mpsc::Sender<OutFrame>>>,
+    presence_watchers: HashMap<UserId, HashMap<ConnId, OutQueue>>,
     /// Connection -> the users it watches.
     watching: HashMap<ConnId, Vec<UserId>>,
     typing: HashMap<(String, UserId), Typing>,
@@ -211,7 +213,7 @@ impl Hub {
         &self,
         user: &str,
         device: &str,
-        tx: mpsc::Sender<OutFrame>,
+        tx: OutQueue,
         first: &ServerFrame,
         now_ms: u64,
     ) -> Result<ConnHandle, TooManyDevices> {
@@ -395,14 +397,20 @@ impl Hub {
     /// Subscribes a connection to presence of `users` and returns their current status.
     pub fn subscribe_presence(
         &self,
+        user: &str,
         conn: ConnId,
-        tx: &mpsc::Sender<OutFrame>,
+        tx: &OutQueue,
         users: &[UserId],
     ) -> Vec<(UserId, bool, u64)> {
         let mut st = self.state.lock();
         let mut out = Vec::with_capacity(users.len());
         // The connection may have closed while the request was being authorized.
-        let live = st.users.values().flatten().any(|c| c.id == conn);
+        // (Looked up under the subscriber: a scan of every connection would hold the lock
+        // for as long as the node has connections, on every request.)
+        let live = st
+            .users
+            .get(user)
+            .is_some_and(|conns| conns.iter().any(|c| c.id == conn));
         if !live {
             return out;
         }
@@ -436,6 +444,7 @@ impl Hub {
             user_id: user.to_string(),
             status: if online { "online" } else { "offline" },
             last_seen,
+            presences: None,
         });
         for tx in watchers.values() {
             if tx.try_send(frame.clone()).is_ok() {

@@ -7,6 +7,7 @@
 //!   bounded outbound queue.
 //! - `handlers`: what each request does (routing writes and reads to shards).
 //! - `hub`: connection registry and pushes (messages, receipts, typing, presence).
+//! - `queue`: a connection's outbound queue, bounded in frames and in bytes.
 //! - `auth`, `ratelimit`: accounts/tokens and token buckets.
 //! - `listener`: the client port's accept loop (timeouts, connection caps, TLS);
 //!   `client_tls`: the client certificate, reloadable.
@@ -17,9 +18,11 @@ pub mod auth;
 pub mod handlers;
 pub mod http;
 pub mod hub;
+pub mod queue;
 pub mod ratelimit;
 pub mod reads;
 pub mod receipts;
+pub mod replies;
 pub mod session;
 // listener (issue 12 points 4, 6)
 pub mod client_tls;

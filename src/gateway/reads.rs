@@ -135,4 +135,24 @@ impl Gateway {
             r => Err(unexpected(r)),
         }
     }
+
+    /// One page of `user`'s conversation index after `after` (exclusive), at most `limit`,
+    /// and whether more follow.
+    pub async fn read_user_conversations_page(
+        &self,
+        user: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<ConversationId>, bool), ProtocolError> {
+        let group = self.shard_map.shard_for_user(user);
+        let q = ShardQuery::UserConversationsPage {
+            user_id: user.to_string(),
+            after: after.map(str::to_string),
+            limit,
+        };
+        match self.cluster.query(group, q).await? {
+            QueryResult::UserConversationsPage { ids, has_more } => Ok((ids, has_more)),
+            r => Err(unexpected(r)),
+        }
+    }
 }

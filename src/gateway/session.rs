@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use super::handlers::Session;
 use super::hub::OutFrame;
+use super::queue::{out_queue, OutQueue, OutReceiver};
 use super::{now_ms, Gateway};
 use crate::protocol::{decode_client_frame, ClientFrame, ErrorCode, ProtocolError, ServerFrame};
 use crate::shard::command::ShardOp;
@@ -26,8 +27,13 @@ pub const HEARTBEAT_INTERVAL_MS: u64 = 20_000;
 pub const HEARTBEAT_TIMEOUT_MS: u64 = 60_000;
 /// Frames the writer sends before one flush.
 const WRITE_BATCH_FRAMES_MAX: usize = 64;
+/// Requests of one connection that may build a large reply (sync, history,
+/// list_conversations, subscribe_presence; each up to `REPLY_BYTES_MAX`) at once, from their
+/// read until the reply is queued: with the byte-bounded queue, this bounds what a client
+/// that does not read can make the node hold (4 MiB queued + 4 replies being built).
+pub const LARGE_REPLIES_IN_FLIGHT_PER_CONN_MAX: usize = 4;
 
-fn queue(tx: &mpsc::Sender<OutFrame>, frame: &ServerFrame) -> bool {
+fn queue(tx: &OutQueue, frame: &ServerFrame) -> bool {
     tx.try_send(OutFrame::Text(Arc::from(frame.to_json())))
         .is_ok()
 }
@@ -40,10 +46,10 @@ pub const REPLY_QUEUE_WAIT_MS: u64 = 5_000;
 async fn queue_reply(session: &Session, frame: &ServerFrame) -> bool {
     let item = OutFrame::Text(Arc::from(frame.to_json()));
     let wait = Duration::from_millis(REPLY_QUEUE_WAIT_MS);
-    match tokio::time::timeout(wait, session.tx.send(item)).await {
-        Ok(Ok(())) => true,
-        Ok(Err(_)) => false,
-        Err(_) => {
+    match session.tx.send_timeout(item, wait).await {
+        Ok(()) => true,
+        Err(super::queue::SendError::Closed) => false,
+        Err(super::queue::SendError::TimedOut) => {
             session.kill.notify_one();
             false
         }
@@ -53,7 +59,7 @@ async fn queue_reply(session: &Session, frame: &ServerFrame) -> bool {
 /// Drains the outbound queue into the socket, flushing once per batch.
 async fn writer(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<OutFrame>,
+    mut rx: OutReceiver,
 ) {
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
@@ -77,7 +83,7 @@ async fn writer(
             }
             n += 1;
             if n < WRITE_BATCH_FRAMES_MAX {
-                next = rx.try_recv().ok();
+                next = rx.try_recv();
             }
         }
         if sink.flush().await.is_err() {
@@ -89,7 +95,10 @@ async fn writer(
 /// Runs one connection to its end. `_permit` holds a slot of the node's connection limit.
 pub async fn run(gw: Arc<Gateway>, socket: WebSocket, _permit: OwnedSemaphorePermit) {
     let (sink, mut stream) = socket.split();
-    let (tx, rx) = mpsc::channel(gw.limits.connection_send_queue_max);
+    let (tx, rx) = out_queue(
+        gw.limits.connection_send_queue_max,
+        gw.limits.connection_send_queue_bytes,
+    );
     let writer_task = tokio::spawn(writer(sink, rx));
     gw.metrics.connections.inc();
     if let Some((session, claims)) = authenticate(&gw, &mut stream, &tx).await {
@@ -152,7 +161,7 @@ async fn next_text(
 async fn authenticate(
     gw: &Arc<Gateway>,
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
-    tx: &mpsc::Sender<OutFrame>,
+    tx: &OutQueue,
 ) -> Option<(Session, super::auth::AccessClaims)> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(AUTH_TIMEOUT_MS);
     loop {
@@ -263,6 +272,7 @@ async fn serve(
     let mut token_check = tokio::time::interval(gw.accounts.session_check_interval);
     token_check.tick().await;
     let in_flight = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_PER_CONN_MAX));
+    let large_in_flight = Arc::new(Semaphore::new(LARGE_REPLIES_IN_FLIGHT_PER_CONN_MAX));
     let session = Arc::new(Session {
         user_id: session.user_id.clone(),
         device_id: session.device_id.clone(),
@@ -337,6 +347,18 @@ async fn serve(
             },
             _ = session.kill.notified() => return,
         };
+        // Taken here, so that a client flooding large requests waits on its own socket.
+        let large_permit = if has_large_reply(&frame) {
+            tokio::select! {
+                permit = large_in_flight.clone().acquire_owned() => match permit {
+                    Ok(p) => Some(p),
+                    Err(_) => return,
+                },
+                _ = session.kill.notified() => return,
+            }
+        } else {
+            None
+        };
         let gw = gw.clone();
         let session = session.clone();
         let trace_id = format!("{:016x}", rand::random::<u64>());
@@ -346,6 +368,8 @@ async fn serve(
             trace_id,
             async move {
                 let _permit = permit;
+                // Held until the reply is queued.
+                let _large_permit = large_permit;
                 let frames = match gw.handle(&session, id.clone(), frame).await {
                     Ok(frames) => frames,
                     Err(e) => {
@@ -367,6 +391,17 @@ async fn serve(
     }
 }
 
+/// Requests whose reply may be up to `REPLY_BYTES_MAX` (the others answer a few hundred bytes).
+fn has_large_reply(f: &ClientFrame) -> bool {
+    matches!(
+        f,
+        ClientFrame::Sync { .. }
+            | ClientFrame::History { .. }
+            | ClientFrame::ListConversations { .. }
+            | ClientFrame::SubscribePresence { .. }
+    )
+}
+
 fn frame_type(f: &ClientFrame) -> &'static str {
     match f {
         ClientFrame::Auth { .. } => "auth",
@@ -374,7 +409,7 @@ fn frame_type(f: &ClientFrame) -> &'static str {
         ClientFrame::Send { .. } => "send",
         ClientFrame::History { .. } => "history",
         ClientFrame::Sync { .. } => "sync",
-        ClientFrame::ListConversations => "list_conversations",
+        ClientFrame::ListConversations { .. } => "list_conversations",
         ClientFrame::AddMembers { .. } => "add_members",
         ClientFrame::RemoveMember { .. } => "remove_member",
         ClientFrame::SetRole { .. } => "set_role",

@@ -20,6 +20,12 @@ pub const PRESENCE_USERS_MAX: usize = 1000;
 /// `history` page size: default and range.
 pub const HISTORY_LIMIT_DEFAULT: u32 = 50;
 pub const HISTORY_LIMIT_MAX: u32 = 100;
+/// A request `id` (string, or a number's decimal form) is at most this many characters; a
+/// longer one is `bad_request`, answered without `id` (it is never echoed).
+pub const REQUEST_ID_CHARS_MAX: usize = 64;
+/// An error message is cut to this many characters, so that no error echoes a large part
+/// of the frame it answers (serde's messages quote the offending value).
+pub const ERROR_MESSAGE_CHARS_MAX: usize = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -72,8 +78,16 @@ pub enum ClientFrame {
     Sync {
         #[serde(default)]
         conversations: BTreeMap<String, u64>,
+        /// Continue the user's conversations after this one (the `cursor` of the previous
+        /// reply); absent = from the start.
+        #[serde(default)]
+        cursor: Option<String>,
     },
-    ListConversations,
+    ListConversations {
+        /// As in `sync`.
+        #[serde(default)]
+        cursor: Option<String>,
+    },
     AddMembers {
         conversation_id: String,
         members: Vec<String>,
@@ -143,7 +157,9 @@ pub fn decode_client_frame(text: &str, limits: &TextLimits) -> Decoded {
         Err(e) => {
             return Decoded {
                 id: None,
-                frame: Err(ProtocolError::bad_request(format!("invalid JSON: {e}"))),
+                frame: Err(ProtocolError::bad_request(short_message(&format!(
+                    "invalid JSON: {e}"
+                )))),
             }
         }
     };
@@ -154,6 +170,22 @@ pub fn decode_client_frame(text: &str, limits: &TextLimits) -> Decoded {
         };
     };
     let id = match map.get("id") {
+        Some(Value::String(s)) if s.chars().nth(REQUEST_ID_CHARS_MAX).is_some() => {
+            return Decoded {
+                id: None,
+                frame: Err(ProtocolError::bad_request(format!(
+                    "id is over {REQUEST_ID_CHARS_MAX} characters"
+                ))),
+            }
+        }
+        Some(Value::Number(n)) if n.to_string().len() > REQUEST_ID_CHARS_MAX => {
+            return Decoded {
+                id: None,
+                frame: Err(ProtocolError::bad_request(format!(
+                    "id is over {REQUEST_ID_CHARS_MAX} characters"
+                ))),
+            }
+        }
         Some(v @ Value::Number(_)) | Some(v @ Value::String(_)) => Some(v.clone()),
         Some(Value::Null) | None => None,
         Some(_) => {
@@ -167,12 +199,26 @@ pub fn decode_client_frame(text: &str, limits: &TextLimits) -> Decoded {
     };
     let frame = match map.get("type") {
         Some(Value::String(_)) => serde_json::from_value::<ClientFrame>(Value::Object(map))
-            .map_err(|e| ProtocolError::bad_request(e.to_string()))
+            .map_err(|e| ProtocolError::bad_request(short_message(&e.to_string())))
             .and_then(|f| validate(f, limits)),
         Some(_) => Err(ProtocolError::bad_request("type must be a string")),
         None => Err(ProtocolError::bad_request("missing field `type`")),
     };
     Decoded { id, frame }
+}
+
+/// `message` cut to [`ERROR_MESSAGE_CHARS_MAX`] characters.
+pub fn short_message(message: &str) -> String {
+    match message.char_indices().nth(ERROR_MESSAGE_CHARS_MAX) {
+        Some((at, _)) => format!("{}…", &message[..at]),
+        None => message.to_string(),
+    }
+}
+
+/// Keeps the first occurrence of each entry, in order (duplicates are collapsed).
+fn dedup_in_order(list: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::with_capacity(list.len());
+    list.retain(|u| seen.insert(u.clone()));
 }
 
 fn check_id(field: &str, s: &str) -> Result<(), ProtocolError> {
@@ -212,8 +258,15 @@ fn check_users(field: &str, users: &[String], max: usize) -> Result<(), Protocol
     users.iter().try_for_each(|u| check_id(field, u))
 }
 
-/// Range and character checks that serde's types cannot express.
-fn validate(frame: ClientFrame, limits: &TextLimits) -> Result<ClientFrame, ProtocolError> {
+/// Range and character checks that serde's types cannot express; id lists come out with
+/// duplicates collapsed (first occurrence kept).
+fn validate(mut frame: ClientFrame, limits: &TextLimits) -> Result<ClientFrame, ProtocolError> {
+    match &mut frame {
+        ClientFrame::CreateConversation { members, .. }
+        | ClientFrame::AddMembers { members, .. } => dedup_in_order(members),
+        ClientFrame::SubscribePresence { user_ids } => dedup_in_order(user_ids),
+        _ => {}
+    }
     match &frame {
         ClientFrame::Auth { token, device_id } => {
             if token.is_empty() || token.len() > 8192 {
@@ -253,7 +306,10 @@ fn validate(frame: ClientFrame, limits: &TextLimits) -> Result<ClientFrame, Prot
                 }
             }
         }
-        ClientFrame::Sync { conversations } => {
+        ClientFrame::Sync {
+            conversations,
+            cursor,
+        } => {
             if conversations.len() > SYNC_CONVERSATIONS_MAX {
                 return Err(ProtocolError::bad_request(format!(
                     "sync names more than {SYNC_CONVERSATIONS_MAX} conversations"
@@ -262,8 +318,16 @@ fn validate(frame: ClientFrame, limits: &TextLimits) -> Result<ClientFrame, Prot
             conversations
                 .keys()
                 .try_for_each(|c| check_id("conversation_id", c))?;
+            if let Some(c) = cursor {
+                check_id("cursor", c)?;
+            }
         }
-        ClientFrame::ListConversations | ClientFrame::Ping => {}
+        ClientFrame::ListConversations { cursor } => {
+            if let Some(c) = cursor {
+                check_id("cursor", c)?;
+            }
+        }
+        ClientFrame::Ping => {}
         ClientFrame::AddMembers {
             conversation_id,
             members,

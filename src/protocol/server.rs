@@ -5,6 +5,10 @@ use serde::Serialize;
 use super::{ErrorCode, ProtocolError, RequestId};
 use crate::shard::command::{self as cmd, ConvKind, MsgKind, Role};
 
+/// No reply is longer than this (JSON text): sync, history and list_conversations pages are
+/// cut to it, with `has_more`.
+pub const REPLY_BYTES_MAX: usize = 1024 * 1024;
+
 fn kind_str(k: ConvKind) -> &'static str {
     match k {
         ConvKind::Direct => "direct",
@@ -121,6 +125,13 @@ pub struct ConversationSummary {
     pub members: Vec<MemberView>,
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct PresenceView {
+    pub user_id: String,
+    pub status: &'static str,
+    pub last_seen: u64,
+}
+
 /// Every frame the server sends. `id` is present on replies to requests that carried one.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -156,11 +167,22 @@ pub enum ServerFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
         conversations: Vec<SyncEntry>,
+        /// More of the user's conversations follow: sync again with `cursor` (additive;
+        /// absent when the reply covers them all).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        has_more: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
     },
     Conversations {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
         conversations: Vec<ConversationSummary>,
+        /// As in `Sync`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        has_more: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
     },
     Ok {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -176,6 +198,10 @@ pub enum ServerFrame {
         user_id: String,
         status: &'static str,
         last_seen: u64,
+        /// On the reply to `subscribe_presence` only: every allowed user's status, the first
+        /// being the one in the fields above (the reply is one frame).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        presences: Option<Vec<PresenceView>>,
     },
     Message(MessageView),
     Receipt {
@@ -209,7 +235,7 @@ impl ServerFrame {
             id,
             code: e.code,
             retryable: e.code.retryable(),
-            message: e.message,
+            message: super::client::short_message(&e.message),
             retry_after_ms: e.retry_after_ms,
         }
     }
@@ -225,6 +251,11 @@ impl ServerFrame {
         }
     }
 
+    /// The exact length of [`ServerFrame::to_json`]'s text, without building it.
+    pub fn json_len(&self) -> usize {
+        json_len(self)
+    }
+
     /// The JSON text of this frame. Serializing these types cannot fail (no maps with
     /// non-string keys, no custom serializers), so a failure is reported as an internal error
     /// frame rather than a panic.
@@ -235,5 +266,28 @@ impl ServerFrame {
                 e.to_string().replace('"', "'")
             )
         })
+    }
+}
+
+/// Counts bytes written, for [`json_len`].
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The length of `v`'s JSON text (as `serde_json::to_string` writes it), without allocating
+/// it: how reply byte budgets are measured.
+pub fn json_len<T: Serialize + ?Sized>(v: &T) -> usize {
+    let mut c = ByteCounter(0);
+    match serde_json::to_writer(&mut c, v) {
+        Ok(()) => c.0,
+        Err(_) => usize::MAX,
     }
 }

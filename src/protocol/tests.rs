@@ -169,3 +169,56 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn request_ids_over_64_characters_are_refused_and_not_echoed() {
+    let ok = json!({"type":"ping","id":"é".repeat(64)}).to_string();
+    assert!(decode(&ok).frame.is_ok());
+    for id in [json!("a".repeat(65)), json!("x".repeat(900 * 1024))] {
+        let d = decode(&json!({"type":"ping","id":id}).to_string());
+        assert_eq!(d.id, None, "an oversized id is echoed");
+        assert_eq!(d.frame.err().map(|e| e.code), Some(ErrorCode::BadRequest));
+    }
+}
+
+#[test]
+fn error_messages_quote_nothing_large() {
+    let huge = "t".repeat(100_000);
+    let d = decode(&json!({"type":huge,"id":1}).to_string());
+    let e = d.frame.unwrap_err();
+    assert!(
+        e.message.chars().count() <= client::ERROR_MESSAGE_CHARS_MAX + 1,
+        "{}",
+        e.message.len()
+    );
+    let f = ServerFrame::error(None, ProtocolError::bad_request("m".repeat(10_000)));
+    assert!(f.to_json().len() < 400);
+}
+
+#[test]
+fn id_lists_are_deduplicated_in_order() {
+    let f = json!({"type":"subscribe_presence","user_ids":["b","a","b","a","c"]}).to_string();
+    match decode(&f).frame {
+        Ok(ClientFrame::SubscribePresence { user_ids }) => assert_eq!(user_ids, ["b", "a", "c"]),
+        other => panic!("{other:?}"),
+    }
+    let f = json!({"type":"add_members","conversation_id":"c","members":["u","u","u"]}).to_string();
+    match decode(&f).frame {
+        Ok(ClientFrame::AddMembers { members, .. }) => assert_eq!(members, ["u"]),
+        other => panic!("{other:?}"),
+    }
+    let f =
+        json!({"type":"create_conversation","kind":"group","members":["x","y","x"]}).to_string();
+    match decode(&f).frame {
+        Ok(ClientFrame::CreateConversation { members, .. }) => assert_eq!(members, ["x", "y"]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn json_len_is_the_length_of_the_text() {
+    let f = ServerFrame::Pong {
+        id: Some(json!("é\"x")),
+    };
+    assert_eq!(f.json_len(), f.to_json().len());
+}

@@ -10,6 +10,8 @@ use crate::storage::StorageError;
 
 /// Most conversations looked up by one [`ShardQuery::Conversations`].
 pub const CONVERSATIONS_PER_QUERY_MAX: usize = 1_000;
+/// Most entries of one [`ShardQuery::UserConversationsPage`].
+pub const USER_CONVERSATIONS_PAGE_MAX: u32 = 1_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ShardQuery {
@@ -58,6 +60,14 @@ pub enum ShardQuery {
     AuthState {
         user_id: UserId,
     },
+    /// One page of a user's conversation index, in index order, after `after` (exclusive;
+    /// `None` = from the start), at most `limit` (capped at [`USER_CONVERSATIONS_PAGE_MAX`]).
+    /// Added after the others so that the variant indexes on the wire stay the same.
+    UserConversationsPage {
+        user_id: UserId,
+        after: Option<ConversationId>,
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +85,11 @@ pub enum QueryResult {
     Meta(MetaState),
     // accounts
     AuthState(AuthState),
+    /// The page, and whether the index holds more after its last entry.
+    UserConversationsPage {
+        ids: Vec<ConversationId>,
+        has_more: bool,
+    },
 }
 
 impl ShardReader {
@@ -151,6 +166,17 @@ impl ShardReader {
             }
             ShardQuery::UserConversations { user_id } => {
                 QueryResult::UserConversations(self.user_conversations(group, &user_id).await?)
+            }
+            ShardQuery::UserConversationsPage {
+                user_id,
+                after,
+                limit,
+            } => {
+                let limit = limit.clamp(1, USER_CONVERSATIONS_PAGE_MAX) as usize;
+                let (ids, has_more) = self
+                    .user_conversations_page(group, &user_id, after.as_deref(), limit)
+                    .await?;
+                QueryResult::UserConversationsPage { ids, has_more }
             }
         })
     }

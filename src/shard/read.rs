@@ -8,7 +8,9 @@ use super::command::*;
 use super::keys;
 use crate::storage::{StorageError, Store};
 
-/// Most conversations listed for one user (a bound on `list_conversations` and `sync`).
+/// Most entries of the whole-index read [`ShardReader::user_conversations`] (kept for
+/// peers that still send `ShardQuery::UserConversations`); the gateway reads the index in
+/// pages ([`ShardReader::user_conversations_page`]), which cut nothing off.
 pub const USER_CONVERSATIONS_MAX: usize = 10_000;
 /// Most outbox entries taken in one relay round.
 pub const OUTBOX_BATCH_MAX: usize = 256;
@@ -207,6 +209,44 @@ impl ShardReader {
                 .iter()
                 .map(|(k, _)| keys::conversation_of_user_index(k))
                 .collect()
+        })
+        .await
+    }
+
+    /// One page of a user's conversation index (key order), after `after` (exclusive), at
+    /// most `limit`; and whether more follow. Nothing is cut off: paging by the last id of
+    /// each page reaches every entry, however many there are.
+    pub async fn user_conversations_page(
+        &self,
+        group: GroupId,
+        user_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<ConversationId>, bool), StorageError> {
+        let store = self.store.clone();
+        let prefix = keys::user_conversation_prefix(user_id);
+        let start = match after {
+            // The smallest key above the cursor's own: its key with a 0 byte appended.
+            Some(c) if crate::storage::keys::try_push_str(&mut Vec::new(), c).is_ok() => {
+                let mut k = keys::user_conversation(user_id, c);
+                k.push(0);
+                k
+            }
+            _ => prefix.clone(),
+        };
+        let end = crate::storage::keys::prefix_successor(&prefix);
+        blocking(move || {
+            let rows = match end {
+                Some(end) => store.sm_scan(group, &start, &end, false, limit + 1)?,
+                None => Vec::new(),
+            };
+            let has_more = rows.len() > limit;
+            let ids = rows
+                .iter()
+                .take(limit)
+                .map(|(k, _)| keys::conversation_of_user_index(k))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((ids, has_more))
         })
         .await
     }

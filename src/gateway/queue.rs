@@ -1,0 +1,227 @@
+//! A connection's outbound queue, bounded in frames (`limits.connection_send_queue_max`)
+//! and in bytes (`limits.connection_send_queue_bytes`).
+//!
+//! The byte count is reserved before a frame enters the channel and released when the
+//! writer takes it out, so the frames waiting towards one connection never hold more than
+//! the budget (one frame larger than the whole budget is admitted only into an empty queue,
+//! so that every frame can be sent at all). Pushes never wait: over either bound they fail
+//! with `Full` (the hub then kills the connection). Replies wait a bounded time for room.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+
+use super::hub::OutFrame;
+
+pub use tokio::sync::mpsc::error::TrySendError;
+
+struct Shared {
+    /// Bytes of the frames in the channel.
+    bytes: AtomicUsize,
+    budget: usize,
+    /// Notified when the writer took frames out (room for a waiting reply).
+    freed: Notify,
+}
+
+/// The sending side; cheap to clone (the hub and the session each hold one).
+#[derive(Clone)]
+pub struct OutQueue {
+    tx: mpsc::Sender<OutFrame>,
+    shared: Arc<Shared>,
+}
+
+/// The writer's side.
+pub struct OutReceiver {
+    rx: mpsc::Receiver<OutFrame>,
+    shared: Arc<Shared>,
+}
+
+/// Why a reply could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("the connection is closed")]
+    Closed,
+    #[error("no room in the outbound queue in time")]
+    TimedOut,
+}
+
+/// Bytes a frame counts for.
+pub fn frame_bytes(f: &OutFrame) -> usize {
+    match f {
+        OutFrame::Text(t) => t.len(),
+        OutFrame::Ping | OutFrame::Close => 0,
+    }
+}
+
+/// A queue of at most `frames_max` frames and `bytes_max` bytes.
+pub fn out_queue(frames_max: usize, bytes_max: usize) -> (OutQueue, OutReceiver) {
+    let (tx, rx) = mpsc::channel(frames_max.max(1));
+    let shared = Arc::new(Shared {
+        bytes: AtomicUsize::new(0),
+        budget: bytes_max,
+        freed: Notify::new(),
+    });
+    (
+        OutQueue {
+            tx,
+            shared: shared.clone(),
+        },
+        OutReceiver { rx, shared },
+    )
+}
+
+impl Shared {
+    fn reserve(&self, n: usize) -> bool {
+        let budget = self.budget;
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                (cur == 0 || cur.saturating_add(n) <= budget).then(|| cur.saturating_add(n))
+            })
+            .is_ok()
+    }
+
+    fn release(&self, n: usize) {
+        if n > 0 {
+            self.bytes.fetch_sub(n, Ordering::AcqRel);
+            self.freed.notify_waiters();
+        }
+    }
+}
+
+impl OutQueue {
+    /// Enqueues without waiting; `Full` when either bound would be passed.
+    pub fn try_send(&self, frame: OutFrame) -> Result<(), TrySendError<OutFrame>> {
+        let n = frame_bytes(&frame);
+        if !self.shared.reserve(n) {
+            if self.tx.is_closed() {
+                return Err(TrySendError::Closed(frame));
+            }
+            return Err(TrySendError::Full(frame));
+        }
+        self.tx
+            .try_send(frame)
+            .inspect_err(|_| self.shared.release(n))
+    }
+
+    /// Enqueues, waiting at most `wait` for room under both bounds.
+    pub async fn send_timeout(&self, frame: OutFrame, wait: Duration) -> Result<(), SendError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let n = frame_bytes(&frame);
+        loop {
+            if self.tx.is_closed() {
+                return Err(SendError::Closed);
+            }
+            let freed = self.shared.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the check, so a release between the two is not missed.
+            freed.as_mut().enable();
+            if self.shared.reserve(n) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(SendError::TimedOut);
+            }
+        }
+        match tokio::time::timeout_at(deadline, self.tx.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => {
+                self.shared.release(n);
+                Err(SendError::Closed)
+            }
+            Err(_) => {
+                self.shared.release(n);
+                Err(SendError::TimedOut)
+            }
+        }
+    }
+
+    /// Bytes queued now (tests, metrics).
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.bytes.load(Ordering::Acquire)
+    }
+}
+
+impl OutReceiver {
+    pub async fn recv(&mut self) -> Option<OutFrame> {
+        let f = self.rx.recv().await?;
+        self.shared.release(frame_bytes(&f));
+        Some(f)
+    }
+
+    pub fn try_recv(&mut self) -> Option<OutFrame> {
+        let f = self.rx.try_recv().ok()?;
+        self.shared.release(frame_bytes(&f));
+        Some(f)
+    }
+}
+
+impl Drop for OutReceiver {
+    fn drop(&mut self) {
+        // Frames left behind are dropped with the channel; waiting replies see it closed.
+        self.rx.close();
+        self.shared.freed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(n: usize) -> OutFrame {
+        OutFrame::Text(Arc::from("x".repeat(n)))
+    }
+
+    #[test]
+    fn pushes_past_the_byte_budget_are_full() {
+        let (q, mut rx) = out_queue(100, 1000);
+        assert!(q.try_send(text(600)).is_ok());
+        assert!(matches!(q.try_send(text(600)), Err(TrySendError::Full(_))));
+        assert!(q.try_send(text(400)).is_ok());
+        assert_eq!(q.queued_bytes(), 1000);
+        assert!(rx.try_recv().is_some());
+        assert_eq!(q.queued_bytes(), 400);
+        assert!(q.try_send(text(600)).is_ok());
+    }
+
+    #[test]
+    fn an_oversized_frame_enters_only_an_empty_queue() {
+        let (q, mut rx) = out_queue(100, 1000);
+        assert!(q.try_send(text(5000)).is_ok());
+        assert!(matches!(q.try_send(text(1)), Err(TrySendError::Full(_))));
+        rx.try_recv();
+        assert!(q.try_send(text(1)).is_ok());
+    }
+
+    #[test]
+    fn the_frame_count_still_bounds() {
+        let (q, _rx) = out_queue(2, 1 << 20);
+        assert!(q.try_send(text(1)).is_ok());
+        assert!(q.try_send(text(1)).is_ok());
+        assert!(matches!(q.try_send(text(1)), Err(TrySendError::Full(_))));
+        assert_eq!(q.queued_bytes(), 2, "a refused frame holds no bytes");
+    }
+
+    #[tokio::test]
+    async fn a_reply_waits_for_room_then_times_out() {
+        let (q, mut rx) = out_queue(100, 1000);
+        q.try_send(text(900)).unwrap();
+        let q2 = q.clone();
+        let waiting =
+            tokio::spawn(async move { q2.send_timeout(text(900), Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        rx.recv().await.unwrap();
+        assert_eq!(waiting.await.unwrap(), Ok(()));
+        assert_eq!(
+            q.send_timeout(text(900), Duration::from_millis(50)).await,
+            Err(SendError::TimedOut)
+        );
+        drop(rx);
+        assert_eq!(
+            q.send_timeout(text(1), Duration::from_millis(50)).await,
+            Err(SendError::Closed)
+        );
+    }
+}
