@@ -499,7 +499,12 @@ impl Node {
         let controller = Controller::new(cluster.clone(), peer_addr.clone(), client_addr);
         controller.spawn();
 
-        let relay = OutboxRelay::new(cluster.clone(), shard_map.clone(), reader.clone());
+        let relay = OutboxRelay::new(
+            cluster.clone(),
+            shard_map.clone(),
+            reader.clone(),
+            config.limits.memberships_per_user_max,
+        );
         relay.spawn_background();
         let _ = cluster.relay.set(relay.clone());
         let tokens = TokenAuthority::new(
@@ -537,6 +542,7 @@ impl Node {
             fault_injection: config.testing.fault_injection,
             stop: Arc::new(tokio::sync::Notify::new()),
             store: store.clone(),
+            frame_rates: gateway::ratelimit::FrameRates::new(&config.limits),
         });
         gateway::receipts::ReceiptBatcher::spawn_flusher(&gateway);
         Ok(Node {

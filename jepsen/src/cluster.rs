@@ -109,7 +109,11 @@ impl Cluster {
         }
         toml.push_str(
             "\n[limits]\nuser_messages_per_minute = 10000000\nconversation_messages_per_minute = 10000000\n\
-             devices_per_user = 50\nnew_connections_per_second = 100000\n",
+             devices_per_user = 50\nnew_connections_per_second = 100000\n\
+             typing_per_minute = 10000000\nreceipts_per_minute = 10000000\n\
+             presence_subscriptions_per_minute = 10000000\nreads_per_minute = 10000000\n\
+             membership_changes_per_minute = 10000000\npings_per_minute = 10000000\n\
+             conversations_created_per_hour = 10000000\n",
         );
         std::fs::write(&config, toml)?;
         let nodes = (1..=total)

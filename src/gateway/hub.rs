@@ -5,7 +5,9 @@
 //! - Pushes of one conversation enter every queue in seq order: they come from one group's
 //!   `after_write`, which runs in log order, and each is enqueued before the call returns.
 //! - A connection whose queue is full is killed (it reconnects and syncs), never waited on:
-//!   one slow client must not hold up the others.
+//!   one slow client must not hold up the others. That holds for committed messages only:
+//!   an ephemeral push (typing, receipt, presence) to a full queue is dropped instead, so
+//!   that nobody can disconnect a member by typing at them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -205,6 +207,18 @@ impl Hub {
         }
     }
 
+    /// Enqueues an ephemeral push (typing, receipt) without waiting; a full queue drops it.
+    /// Nothing is lost that matters: typing expires anyway, and a later receipt carries the
+    /// latest watermarks. Killing the connection instead would let anyone who shares a
+    /// conversation disconnect a slow member by typing at them.
+    fn deliver_ephemeral(&self, conn: &Conn, frame: &OutFrame) {
+        match conn.tx.try_send(frame.clone()) {
+            Ok(()) => self.metrics.pushes.inc(),
+            Err(mpsc::error::TrySendError::Full(_)) => self.metrics.ephemeral_pushes_dropped.inc(),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
     /// Registers a connection of `user` and queues `first` (the `auth_ok`) before any push;
     /// a connection with the same device id is replaced.
     pub fn register(
@@ -303,6 +317,7 @@ impl Hub {
         }
     }
 
+    /// Ephemeral pushes (typing, receipts): dropped on a full queue.
     fn push_to_users(
         &self,
         st: &State,
@@ -318,7 +333,7 @@ impl Hub {
                 if skip == Some((user.as_str(), c.device.as_str())) {
                     continue;
                 }
-                self.deliver(c, frame);
+                self.deliver_ephemeral(c, frame);
             }
         }
     }

@@ -73,6 +73,9 @@ pub struct Gateway {
     pub password_hashing: tokio::sync::Semaphore,
     /// Synced writes so far (for `/metrics`).
     pub synced_writes: Box<dyn Fn() -> u64 + Send + Sync>,
+    // ratelimit
+    /// Per-user budgets of every frame type other than sends, and of creations per hour.
+    pub frame_rates: ratelimit::FrameRates,
 }
 
 /// Maps a routing failure onto the protocol: all are retryable `unavailable`.

@@ -189,6 +189,21 @@ pub enum ShardOp {
     },
     /// Drops these outbox entries of this shard (they were delivered).
     OutboxDone { ids: Vec<u64> },
+    // ratelimit: the memberships cap (docs/security/ratelimit.md).
+    /// [`ShardOp::IndexUserConversation`] with the cap the relay (the proposer) read from
+    /// its config: a new entry past `cap` entries is `Rejected` (deterministic: the cap is
+    /// in the log). An entry already there is `Done` whatever the count (idempotent).
+    IndexUserConversationCapped {
+        user_id: UserId,
+        conversation_id: ConversationId,
+        cap: u32,
+    },
+    /// Removes a conversation from a user's index (the user left or was removed), in the
+    /// user's shard. Idempotent.
+    UnindexUserConversation {
+        user_id: UserId,
+        conversation_id: ConversationId,
+    },
     /// A `Send` whose seq the proposer chose: broken on purpose, only in fault-injection
     /// builds (`sabotage::Switch::SeqAtProposal`). Last, so that it changes no other
     /// variant's encoding.

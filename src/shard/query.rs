@@ -53,6 +53,12 @@ pub enum ShardQuery {
     },
     /// The meta group's state (group 0 only).
     Meta,
+    // ratelimit
+    /// The size of a user's conversation index and whether it holds `conversation_id`.
+    UserMemberships {
+        user_id: UserId,
+        conversation_id: ConversationId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +74,9 @@ pub enum QueryResult {
     Username(Option<UserId>),
     UserConversations(Vec<ConversationId>),
     Meta(MetaState),
+    // ratelimit
+    /// `(count, indexed)`: see [`ShardQuery::UserMemberships`].
+    UserMemberships((u64, bool)),
 }
 
 impl ShardReader {
@@ -132,6 +141,13 @@ impl ShardReader {
                         .map_err(|e| StorageError::Corrupt(format!("read task failed: {e}")))??,
                 )
             }
+            ShardQuery::UserMemberships {
+                user_id,
+                conversation_id,
+            } => QueryResult::UserMemberships(
+                self.user_memberships(group, &user_id, &conversation_id)
+                    .await?,
+            ),
             ShardQuery::UserConversations { user_id } => {
                 QueryResult::UserConversations(self.user_conversations(group, &user_id).await?)
             }
