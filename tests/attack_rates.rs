@@ -12,7 +12,13 @@ use serde_json::{json, Value};
 
 /// Sends `frame` `copies` times with ids `<tag>-<n>` (pipelined) and returns the replies
 /// that came for them within `wait` (a successful `typing` has none).
-async fn flood(c: &mut Client, tag: &str, frame: &Value, copies: usize, wait: Duration) -> Vec<Value> {
+async fn flood(
+    c: &mut Client,
+    tag: &str,
+    frame: &Value,
+    copies: usize,
+    wait: Duration,
+) -> Vec<Value> {
     let ids: Vec<Value> = (0..copies).map(|n| json!(format!("{tag}-{n}"))).collect();
     for id in &ids {
         let mut f = frame.clone();
@@ -52,7 +58,10 @@ fn assert_limited(replies: &[Value], what: &str) {
         .iter()
         .filter(|r| r["code"] == "rate_limited")
         .collect();
-    assert!(!limited.is_empty(), "{what}: no rate_limited among {replies:?}");
+    assert!(
+        !limited.is_empty(),
+        "{what}: no rate_limited among {replies:?}"
+    );
     for r in limited {
         assert_eq!(r["retryable"], true, "{what}: {r}");
         let wait = r["retry_after_ms"].as_u64().unwrap_or(0);
@@ -82,7 +91,10 @@ async fn setup_pair(n: &TestNode, bob: &mut Client, alice: &str) -> (String, Str
     let g = bob
         .request(json!({"type":"create_conversation","kind":"group","members":[alice],"title":"g"}))
         .await;
-    let group = g["conversation"]["conversation_id"].as_str().unwrap().to_string();
+    let group = g["conversation"]["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let r = bob
         .request(json!({"type":"set_role","conversation_id":group,"user_id":alice,"role":"admin"}))
         .await;
@@ -128,13 +140,25 @@ async fn a_flood_of_every_frame_type_is_rate_limited_while_others_are_served() {
         // The other user's budgets are untouched: bob is served at once (a different kind
         // each time, so that bob's own budgets of LIMIT last the whole test).
         let (check, answer) = match i % 4 {
-            0 => (json!({"type":"history","conversation_id":dm,"limit":1}), "history"),
+            0 => (
+                json!({"type":"history","conversation_id":dm,"limit":1}),
+                "history",
+            ),
             1 => (json!({"type":"ping"}), "pong"),
-            2 => (json!({"type":"delivered","conversation_id":dm,"seq":1}), "ok"),
-            _ => (json!({"type":"subscribe_presence","user_ids":[alice]}), "presence"),
+            2 => (
+                json!({"type":"delivered","conversation_id":dm,"seq":1}),
+                "ok",
+            ),
+            _ => (
+                json!({"type":"subscribe_presence","user_ids":[alice]}),
+                "presence",
+            ),
         };
         let r = b.request(check).await;
-        assert_eq!(r["type"], answer, "bob refused after alice's {ty} flood: {r}");
+        assert_eq!(
+            r["type"], answer,
+            "bob refused after alice's {ty} flood: {r}"
+        );
     }
     let r = b.request(json!({"type":"ping"})).await;
     assert_eq!(r["type"], "pong", "{r}");
@@ -184,7 +208,10 @@ async fn refused_requests_cost_no_raft_write() {
     let g = b
         .request(json!({"type":"create_conversation","kind":"group","members":[alice]}))
         .await;
-    let group = g["conversation"]["conversation_id"].as_str().unwrap().to_string();
+    let group = g["conversation"]["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let frames = vec![
         json!({"type":"delivered","conversation_id":dm,"seq":1}),
@@ -241,7 +268,11 @@ async fn typing_at_a_stalled_member_drops_typing_not_the_member() {
     let mut sent = 0;
     for round in 0..40 {
         for i in 0..250 {
-            let state = if (round + i) % 2 == 0 { "start" } else { "stop" };
+            let state = if (round + i) % 2 == 0 {
+                "start"
+            } else {
+                "stop"
+            };
             a.send_text(json!({"type":"typing","conversation_id":dm,"state":state}).to_string())
                 .await;
             sent += 1;
@@ -255,7 +286,10 @@ async fn typing_at_a_stalled_member_drops_typing_not_the_member() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let dropped = n.node.gateway.metrics.ephemeral_pushes_dropped.get();
-    assert!(dropped > 0, "bob's queue never filled ({sent} typing frames)");
+    assert!(
+        dropped > 0,
+        "bob's queue never filled ({sent} typing frames)"
+    );
     assert_eq!(
         n.node.gateway.metrics.slow_consumer_disconnects.get(),
         disconnects_before,
@@ -266,7 +300,10 @@ async fn typing_at_a_stalled_member_drops_typing_not_the_member() {
     assert_eq!(r["type"], "pong", "{r}");
     let r = a.send_msg(&dm, "after", "still connected?").await;
     assert_eq!(r["type"], "ack", "{r}");
-    let m = b.push_of("message", WAIT).await.expect("bob gets the message");
+    let m = b
+        .push_of("message", WAIT)
+        .await
+        .expect("bob gets the message");
     assert_eq!(m["client_msg_id"], "after", "{m}");
 }
 
@@ -331,19 +368,33 @@ async fn memberships_per_user_cap_holds() {
     for _ in 0..CAP {
         let r = group_with(&mut carol, &[&bob]).await;
         assert_eq!(r["type"], "conversation", "{r}");
-        carols.push(r["conversation"]["conversation_id"].as_str().unwrap().to_string());
+        carols.push(
+            r["conversation"]["conversation_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     // Bob is full: neither a new group nor an add nor a direct conversation takes him.
     let r = group_with(&mut dave, &[&bob]).await;
     assert_eq!(r["code"], "bad_request", "{r}");
-    assert!(r["message"].as_str().unwrap().contains("too many conversations"), "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("too many conversations"),
+        "{r}"
+    );
     let r = dave
         .request(json!({"type":"create_conversation","kind":"direct","members":[bob]}))
         .await;
     assert_eq!(r["code"], "bad_request", "{r}");
     let r = group_with(&mut dave, &[&erin]).await;
     assert_eq!(r["type"], "conversation", "{r}");
-    let dg = r["conversation"]["conversation_id"].as_str().unwrap().to_string();
+    let dg = r["conversation"]["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let add = json!({"type":"add_members","conversation_id":dg,"members":[bob]});
     let r = dave.request(add.clone()).await;
     assert_eq!(r["code"], "bad_request", "{r}");

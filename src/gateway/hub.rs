@@ -213,8 +213,12 @@ impl Hub {
     /// conversation disconnect a slow member by typing at them.
     fn deliver_ephemeral(&self, conn: &Conn, frame: &OutFrame) {
         match conn.tx.try_send(frame.clone()) {
-            Ok(()) => self.metrics.pushes.inc(),
-            Err(mpsc::error::TrySendError::Full(_)) => self.metrics.ephemeral_pushes_dropped.inc(),
+            Ok(()) => {
+                self.metrics.pushes.inc();
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.ephemeral_pushes_dropped.inc();
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }

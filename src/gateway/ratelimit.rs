@@ -216,7 +216,10 @@ mod tests {
         for kind in FrameKind::ALL {
             assert!(rates.check(kind, "u", t0).is_ok(), "{kind:?}");
             assert!(rates.check(kind, "u", t0).is_err(), "{kind:?}");
-            assert!(rates.check(kind, "v", t0).is_ok(), "{kind:?} of another user");
+            assert!(
+                rates.check(kind, "v", t0).is_ok(),
+                "{kind:?} of another user"
+            );
         }
     }
 }

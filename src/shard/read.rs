@@ -224,7 +224,10 @@ impl ShardReader {
         let store = self.store.clone();
         blocking(move || {
             let mut out = Vec::new();
-            for (range, unindex) in [(keys::outbox_range(), false), (keys::outbox_unindex_range(), true)] {
+            for (range, unindex) in [
+                (keys::outbox_range(), false),
+                (keys::outbox_unindex_range(), true),
+            ] {
                 for (k, v) in store.sm_scan(group, &range.0, &range.1, false, OUTBOX_BATCH_MAX)? {
                     let id = keys::outbox_id(&k)?;
                     let entry: OutboxEntry = decode(&v)?;

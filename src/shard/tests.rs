@@ -360,7 +360,10 @@ fn index_written_before_the_count_existed_is_counted() {
     txn.delete(keys::user_conversation_count("u"));
     store.sm_commit(txn, Vec::new()).expect("commit");
     assert_eq!(index(&store, "u", "c2", 3), ShardResponse::Done);
-    assert!(matches!(index(&store, "u", "c3", 3), ShardResponse::Rejected(_)));
+    assert!(matches!(
+        index(&store, "u", "c3", 3),
+        ShardResponse::Rejected(_)
+    ));
 }
 
 #[test]
@@ -380,9 +383,13 @@ fn removal_queues_an_unindex_entry_after_the_join() {
     );
     assert!(matches!(r, ShardResponse::Membership { .. }));
     let (start, end) = keys::outbox_range();
-    let joins = store.sm_scan(GROUP, &start, &end, false, 100).expect("scan");
+    let joins = store
+        .sm_scan(GROUP, &start, &end, false, 100)
+        .expect("scan");
     let (start, end) = keys::outbox_unindex_range();
-    let leaves = store.sm_scan(GROUP, &start, &end, false, 100).expect("scan");
+    let leaves = store
+        .sm_scan(GROUP, &start, &end, false, 100)
+        .expect("scan");
     assert_eq!(joins.len(), 4);
     assert_eq!(leaves.len(), 1);
     let leave_id = keys::outbox_id(&leaves[0].0).expect("id");
@@ -392,9 +399,15 @@ fn removal_queues_an_unindex_entry_after_the_join() {
         assert!(keys::outbox_id(k).expect("id") < leave_id);
     }
     // OutboxDone drops both kinds.
-    let mut ids: Vec<u64> = joins.iter().map(|(k, _)| keys::outbox_id(k).unwrap()).collect();
+    let mut ids: Vec<u64> = joins
+        .iter()
+        .map(|(k, _)| keys::outbox_id(k).unwrap())
+        .collect();
     ids.push(leave_id);
     apply(&store, &ShardOp::OutboxDone { ids });
     let (start, end) = keys::outbox_unindex_range();
-    assert!(store.sm_scan(GROUP, &start, &end, false, 100).unwrap().is_empty());
+    assert!(store
+        .sm_scan(GROUP, &start, &end, false, 100)
+        .unwrap()
+        .is_empty());
 }
