@@ -54,6 +54,25 @@ pub struct Limits {
     /// Bytes queued towards one connection before it is dropped as too slow (a push that
     /// does not fit kills it; a reply waits up to 5 s for room, then kills it).
     pub connection_send_queue_bytes: usize,
+    // ratelimit: per-user budgets of every other frame type (token buckets, bursts up to
+    // the full amount) and the caps on conversations (docs/security/ratelimit.md).
+    /// `typing` frames per user per minute.
+    pub typing_per_minute: u32,
+    /// `delivered` and `read` frames per user per minute.
+    pub receipts_per_minute: u32,
+    /// `subscribe_presence` frames per user per minute.
+    pub presence_subscriptions_per_minute: u32,
+    /// `history`, `sync` and `list_conversations` frames per user per minute.
+    pub reads_per_minute: u32,
+    /// `create_conversation`, `add_members`, `remove_member`, `set_role` and `leave` frames
+    /// per user per minute.
+    pub membership_changes_per_minute: u32,
+    /// `ping` frames (and a repeated `auth`) per user per minute.
+    pub pings_per_minute: u32,
+    /// Conversations (direct or group) one user may create per hour.
+    pub conversations_created_per_hour: u32,
+    /// Most conversations one user can be in; adding a user past it is refused.
+    pub memberships_per_user_max: u32,
 }
 
 impl Default for Limits {
@@ -72,6 +91,15 @@ impl Default for Limits {
             http_header_timeout_ms: 10_000,
             http_idle_timeout_ms: 60_000,
             connection_send_queue_bytes: 4 * 1024 * 1024,
+            // ratelimit
+            typing_per_minute: 120,
+            receipts_per_minute: 600,
+            presence_subscriptions_per_minute: 60,
+            reads_per_minute: 600,
+            membership_changes_per_minute: 60,
+            pings_per_minute: 120,
+            conversations_created_per_hour: 100,
+            memberships_per_user_max: 2000,
         }
     }
 }
@@ -294,6 +322,14 @@ impl Config {
             || l.connections_max == 0
             || l.new_connections_per_second == 0
             || l.connection_send_queue_max == 0
+            || l.typing_per_minute == 0
+            || l.receipts_per_minute == 0
+            || l.presence_subscriptions_per_minute == 0
+            || l.reads_per_minute == 0
+            || l.membership_changes_per_minute == 0
+            || l.pings_per_minute == 0
+            || l.conversations_created_per_hour == 0
+            || l.memberships_per_user_max == 0
         {
             return Err(ConfigError::Invalid(
                 "limits must be positive (max_frame_bytes >= 1024)".into(),

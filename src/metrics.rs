@@ -34,6 +34,9 @@ pub struct Metrics {
     pub slow_consumer_disconnects: Counter,
     pub synced_writes: Counter,
     pub ack_latency_seconds: Histogram,
+    // ratelimit
+    /// Typing and receipt pushes dropped because the connection's queue was full.
+    pub ephemeral_pushes_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -82,6 +85,13 @@ impl Metrics {
             "Time from receiving a send to its ack",
             ack_latency_seconds.clone(),
         );
+        // ratelimit
+        let ephemeral_pushes_dropped = Counter::default();
+        registry.register(
+            "ephemeral_pushes_dropped",
+            "Typing and receipt pushes dropped because the connection's send queue was full",
+            ephemeral_pushes_dropped.clone(),
+        );
         Metrics {
             registry,
             sends,
@@ -93,6 +103,7 @@ impl Metrics {
             slow_consumer_disconnects,
             synced_writes,
             ack_latency_seconds,
+            ephemeral_pushes_dropped,
         }
     }
 

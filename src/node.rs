@@ -515,7 +515,12 @@ impl Node {
         let controller = Controller::new(cluster.clone(), peer_addr.clone(), client_addr);
         controller.spawn();
 
-        let relay = OutboxRelay::new(cluster.clone(), shard_map.clone(), reader.clone());
+        let relay = OutboxRelay::new(
+            cluster.clone(),
+            shard_map.clone(),
+            reader.clone(),
+            config.limits.memberships_per_user_max,
+        );
         relay.spawn_background();
         let _ = cluster.relay.set(relay.clone());
         let tokens = TokenAuthority::new(
@@ -554,6 +559,7 @@ impl Node {
             stop: Arc::new(tokio::sync::Notify::new()),
             store: store.clone(),
             accounts: gateway::accounts::AccountsState::new(config),
+            frame_rates: gateway::ratelimit::FrameRates::new(&config.limits),
         });
         gateway::receipts::ReceiptBatcher::spawn_flusher(&gateway);
         Ok(Node {

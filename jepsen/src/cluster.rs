@@ -111,6 +111,10 @@ impl Cluster {
             "\n[limits]\nuser_messages_per_minute = 10000000\nconversation_messages_per_minute = 10000000\n\
              devices_per_user = 50\nnew_connections_per_second = 100000\n\
              connections_per_ip = 1000000\n\
+             typing_per_minute = 10000000\nreceipts_per_minute = 10000000\n\
+             presence_subscriptions_per_minute = 10000000\nreads_per_minute = 10000000\n\
+             membership_changes_per_minute = 10000000\npings_per_minute = 10000000\n\
+             conversations_created_per_hour = 10000000\n\
              \n[accounts]\nregistration = \"open\"\nregistrations_per_ip_per_hour = 10000000\n\
              \n[auth]\ntoken_ttl_secs = 86400\n",
         );

@@ -14,8 +14,12 @@ use tokio::sync::Mutex;
 
 use super::client::Cluster;
 use super::{RouteError, ShardMap};
-use crate::shard::command::{GroupId, ShardOp};
+use crate::shard::command::{GroupId, Rejection, ShardOp, ShardResponse};
 use crate::shard::ShardReader;
+
+/// The `sender_device` of the `member_removed` event that takes back a membership over the
+/// memberships cap.
+pub const OVER_CAP_DEVICE: &str = "server-memberships-cap";
 
 /// How often the background loop looks for undelivered entries.
 pub const OUTBOX_SWEEP_INTERVAL_MS: u64 = 1_000;
@@ -34,16 +38,25 @@ pub struct OutboxRelay {
     reader: ShardReader,
     /// One drain at a time per shard, so entries are not delivered twice concurrently.
     locks: HashMap<GroupId, Mutex<()>>,
+    // ratelimit
+    /// The memberships cap (`limits.memberships_per_user_max`) put into every index write.
+    memberships_per_user_max: u32,
 }
 
 impl OutboxRelay {
-    pub fn new(cluster: Arc<Cluster>, shard_map: Arc<ShardMap>, reader: ShardReader) -> Arc<Self> {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        shard_map: Arc<ShardMap>,
+        reader: ShardReader,
+        memberships_per_user_max: u32,
+    ) -> Arc<Self> {
         let locks = shard_map.groups().map(|g| (g, Mutex::new(()))).collect();
         Arc::new(OutboxRelay {
             cluster,
             shard_map,
             reader,
             locks,
+            memberships_per_user_max,
         })
     }
 
@@ -67,19 +80,62 @@ impl OutboxRelay {
             if entries.is_empty() {
                 return Ok(());
             }
-            for (_, e) in &entries {
+            for (_, item) in &entries {
+                let e = &item.entry;
                 let user_shard = self.shard_map.shard_for_user(&e.user_id);
-                let op = ShardOp::IndexUserConversation {
-                    user_id: e.user_id.clone(),
-                    conversation_id: e.conversation_id.clone(),
+                let op = if item.unindex {
+                    ShardOp::UnindexUserConversation {
+                        user_id: e.user_id.clone(),
+                        conversation_id: e.conversation_id.clone(),
+                    }
+                } else {
+                    ShardOp::IndexUserConversationCapped {
+                        user_id: e.user_id.clone(),
+                        conversation_id: e.conversation_id.clone(),
+                        cap: self.memberships_per_user_max,
+                    }
                 };
-                self.cluster.write(user_shard, op).await?;
+                if let ShardResponse::Rejected(r) = self.cluster.write(user_shard, op).await? {
+                    self.over_cap(group, &e.user_id, &e.conversation_id, r)
+                        .await?;
+                }
             }
             let ids = entries.iter().map(|(id, _)| *id).collect();
             self.cluster
                 .serve_write(group, ShardOp::OutboxDone { ids })
                 .await?;
         }
+    }
+
+    /// The user's index refused the conversation (the memberships cap, checked at apply in
+    /// the user's shard): the membership made in the conversation's shard is taken back, as
+    /// a `leave` of that user (a `member_removed` event, whose own outbox entry unindexes
+    /// nothing). Idempotent like every removal, so a re-delivered entry does no harm. A direct
+    /// conversation's members are fixed: it stays, without an index entry for that user.
+    async fn over_cap(
+        &self,
+        group: GroupId,
+        user_id: &str,
+        conversation_id: &str,
+        why: Rejection,
+    ) -> Result<(), OutboxError> {
+        tracing::info!(user_id, conversation_id, reason = ?why, "membership over the cap taken back");
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let op = ShardOp::RemoveMember {
+            conversation_id: conversation_id.to_string(),
+            actor: user_id.to_string(),
+            actor_device: OVER_CAP_DEVICE.to_string(),
+            user_id: user_id.to_string(),
+            msg_id: ulid::Ulid::new().to_string(),
+            ts,
+        };
+        if let ShardResponse::Rejected(r) = self.cluster.write(group, op).await? {
+            tracing::info!(user_id, conversation_id, reason = ?r, "membership over the cap kept");
+        }
+        Ok(())
     }
 
     /// Runs forever, draining every shard periodically.

@@ -113,8 +113,68 @@ impl Gateway {
         Ok(())
     }
 
+    /// Charges `frame` to its per-user budget (ratelimit::FrameKind); sends, edits and
+    /// deletes are charged in `send_event` (a repeat of a stored one gets its ack anyway).
+    /// Creating a conversation also takes one of the user's hourly creations.
+    fn check_rate(&self, user: &str, frame: &ClientFrame) -> Result<(), ProtocolError> {
+        use super::ratelimit::FrameKind;
+        let kind = match frame {
+            ClientFrame::Send { .. } | ClientFrame::Edit { .. } | ClientFrame::Delete { .. } => {
+                return Ok(())
+            }
+            ClientFrame::Auth { .. } | ClientFrame::Ping => FrameKind::Ping,
+            ClientFrame::Typing { .. } => FrameKind::Typing,
+            ClientFrame::Delivered { .. } | ClientFrame::Read { .. } => FrameKind::Receipt,
+            ClientFrame::SubscribePresence { .. } => FrameKind::PresenceSubscription,
+            ClientFrame::History { .. }
+            | ClientFrame::Sync { .. }
+            | ClientFrame::ListConversations { .. } => FrameKind::Read,
+            ClientFrame::CreateConversation { .. }
+            | ClientFrame::AddMembers { .. }
+            | ClientFrame::RemoveMember { .. }
+            | ClientFrame::SetRole { .. }
+            | ClientFrame::Leave { .. } => FrameKind::MembershipChange,
+        };
+        let now = Instant::now();
+        self.frame_rates
+            .check(kind, user, now)
+            .map_err(|wait| ProtocolError::rate_limited(kind.refusal(), wait))?;
+        if matches!(frame, ClientFrame::CreateConversation { .. }) {
+            self.frame_rates
+                .creations
+                .check(&user.to_string(), now)
+                .map_err(|wait| {
+                    ProtocolError::rate_limited("too many conversations created this hour", wait)
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Refuses before proposing when one of `users` has no room left under the memberships
+    /// cap (`limits.memberships_per_user_max`). A user already indexed in `conversation_id`
+    /// needs no new slot. The apply in the user's shard checks again (a race past this
+    /// check is taken back by the outbox relay; see docs/security/ratelimit.md).
+    async fn check_membership_room(
+        &self,
+        users: &[String],
+        conversation_id: &str,
+    ) -> Result<(), ProtocolError> {
+        let cap = u64::from(self.limits.memberships_per_user_max);
+        for u in users {
+            let (count, indexed) = self.read_user_memberships(u, conversation_id).await?;
+            if !indexed && count >= cap {
+                return Err(ProtocolError::bad_request(format!(
+                    "user {u} is in too many conversations"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Handles one authenticated request; returns the frames to answer with (in order).
     pub async fn handle(&self, s: &Session, id: Option<RequestId>, frame: ClientFrame) -> Reply {
+        // Before any read or write: a refused frame costs nothing but this check.
+        self.check_rate(&s.user_id, &frame)?;
         match frame {
             ClientFrame::Auth { .. } => Err(ProtocolError::bad_request("already authenticated")),
             ClientFrame::Ping => one(ServerFrame::Pong { id }),
@@ -177,6 +237,8 @@ impl Gateway {
                 members,
             } => {
                 self.check_users_exist(&members).await?;
+                self.check_membership_room(&members, &conversation_id)
+                    .await?;
                 let group = self.shard_map.shard_for_conversation(&conversation_id);
                 let op = ShardOp::AddMembers {
                     conversation_id,
@@ -388,6 +450,10 @@ impl Gateway {
             }
         };
         self.check_users_exist(&others).await?;
+        let mut everyone = others.clone();
+        everyone.push(s.user_id.clone());
+        self.check_membership_room(&everyone, &conversation_id)
+            .await?;
         let group = self.shard_map.shard_for_conversation(&conversation_id);
         let op = ShardOp::CreateConversation {
             conversation_id,

@@ -6,6 +6,9 @@
 //!   `after_write`, which runs in log order, and each is enqueued before the call returns.
 //! - A connection whose queue is full (in frames or in bytes, see `queue`) is killed (it
 //!   reconnects and syncs), never waited on: one slow client must not hold up the others.
+//!   That holds for committed messages only: an ephemeral push (typing, receipt, presence)
+//!   to a full queue is dropped instead, so that nobody can disconnect a member by typing at
+//!   them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -207,6 +210,22 @@ impl Hub {
         }
     }
 
+    /// Enqueues an ephemeral push (typing, receipt) without waiting; a full queue drops it.
+    /// Nothing is lost that matters: typing expires anyway, and a later receipt carries the
+    /// latest watermarks. Killing the connection instead would let anyone who shares a
+    /// conversation disconnect a slow member by typing at them.
+    fn deliver_ephemeral(&self, conn: &Conn, frame: &OutFrame) {
+        match conn.tx.try_send(frame.clone()) {
+            Ok(()) => {
+                self.metrics.pushes.inc();
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.ephemeral_pushes_dropped.inc();
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
     /// Registers a connection of `user` and queues `first` (the `auth_ok`) before any push;
     /// a connection with the same device id is replaced.
     pub fn register(
@@ -305,6 +324,7 @@ impl Hub {
         }
     }
 
+    /// Ephemeral pushes (typing, receipts): dropped on a full queue.
     fn push_to_users(
         &self,
         st: &State,
@@ -320,7 +340,7 @@ impl Hub {
                 if skip == Some((user.as_str(), c.device.as_str())) {
                     continue;
                 }
-                self.deliver(c, frame);
+                self.deliver_ephemeral(c, frame);
             }
         }
     }

@@ -85,6 +85,9 @@ pub struct Gateway {
     // accounts
     /// Registration mode, throttles, the password hashing queue, the session cache.
     pub accounts: accounts::AccountsState,
+    // ratelimit
+    /// Per-user budgets of every frame type other than sends, and of creations per hour.
+    pub frame_rates: ratelimit::FrameRates,
 }
 
 /// Maps a routing failure onto the protocol: all are retryable `unavailable`.

@@ -32,6 +32,14 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         )
     }
 
+    /// Up to `per_hour` at once, refilled evenly over an hour.
+    pub fn per_hour(per_hour: u32) -> Self {
+        Self::new(
+            f64::from(per_hour.max(1)),
+            f64::from(per_hour.max(1)) / 3600.0,
+        )
+    }
+
     /// Up to `per_second` at once, refilled evenly over a second.
     pub fn per_second(per_second: u32) -> Self {
         Self::new(f64::from(per_second.max(1)), f64::from(per_second.max(1)))
@@ -85,6 +93,84 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     }
 }
 
+/// The budget a client frame is charged to (sends, edits and deletes are charged by
+/// `check_send_rate`, which keeps their idempotency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    Typing,
+    Receipt,
+    PresenceSubscription,
+    Read,
+    MembershipChange,
+    Ping,
+}
+
+impl FrameKind {
+    /// Every kind, for tests and docs.
+    pub const ALL: [FrameKind; 6] = [
+        FrameKind::Typing,
+        FrameKind::Receipt,
+        FrameKind::PresenceSubscription,
+        FrameKind::Read,
+        FrameKind::MembershipChange,
+        FrameKind::Ping,
+    ];
+
+    /// The human part of the `rate_limited` error.
+    pub fn refusal(self) -> &'static str {
+        match self {
+            FrameKind::Typing => "too many typing frames from this user",
+            FrameKind::Receipt => "too many receipts from this user",
+            FrameKind::PresenceSubscription => "too many presence subscriptions from this user",
+            FrameKind::Read => "too many reads (history, sync, list) from this user",
+            FrameKind::MembershipChange => "too many membership changes from this user",
+            FrameKind::Ping => "too many pings from this user",
+        }
+    }
+}
+
+/// One per-user bucket per [`FrameKind`], plus the hourly conversation-creation budget.
+pub struct FrameRates {
+    typing: RateLimiter<String>,
+    receipts: RateLimiter<String>,
+    presence: RateLimiter<String>,
+    reads: RateLimiter<String>,
+    membership: RateLimiter<String>,
+    pings: RateLimiter<String>,
+    /// Conversations created per user per hour.
+    pub creations: RateLimiter<String>,
+}
+
+impl FrameRates {
+    pub fn new(limits: &crate::config::Limits) -> Self {
+        FrameRates {
+            typing: RateLimiter::per_minute(limits.typing_per_minute),
+            receipts: RateLimiter::per_minute(limits.receipts_per_minute),
+            presence: RateLimiter::per_minute(limits.presence_subscriptions_per_minute),
+            reads: RateLimiter::per_minute(limits.reads_per_minute),
+            membership: RateLimiter::per_minute(limits.membership_changes_per_minute),
+            pings: RateLimiter::per_minute(limits.pings_per_minute),
+            creations: RateLimiter::per_hour(limits.conversations_created_per_hour),
+        }
+    }
+
+    fn bucket(&self, kind: FrameKind) -> &RateLimiter<String> {
+        match kind {
+            FrameKind::Typing => &self.typing,
+            FrameKind::Receipt => &self.receipts,
+            FrameKind::PresenceSubscription => &self.presence,
+            FrameKind::Read => &self.reads,
+            FrameKind::MembershipChange => &self.membership,
+            FrameKind::Ping => &self.pings,
+        }
+    }
+
+    /// Takes one token of `user`'s `kind` budget, or says how long to wait (ms).
+    pub fn check(&self, kind: FrameKind, user: &str, now: Instant) -> Result<(), u64> {
+        self.bucket(kind).check(&user.to_string(), now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +187,39 @@ mod tests {
         assert!((900..=1000).contains(&wait), "wait {wait}");
         assert!(rl.check(&"u", t0 + Duration::from_millis(1001)).is_ok());
         assert!(rl.check(&"other", t0).is_ok());
+    }
+
+    #[test]
+    fn hourly_bucket_refills_over_an_hour() {
+        let rl = RateLimiter::per_hour(2);
+        let t0 = Instant::now();
+        assert!(rl.check(&"u", t0).is_ok());
+        assert!(rl.check(&"u", t0).is_ok());
+        let wait = rl.check(&"u", t0).unwrap_err();
+        assert!((1_790_000..=1_800_000).contains(&wait), "wait {wait}");
+        assert!(rl.check(&"u", t0 + Duration::from_secs(1801)).is_ok());
+    }
+
+    #[test]
+    fn frame_kinds_have_separate_budgets() {
+        let limits = crate::config::Limits {
+            typing_per_minute: 1,
+            receipts_per_minute: 1,
+            presence_subscriptions_per_minute: 1,
+            reads_per_minute: 1,
+            membership_changes_per_minute: 1,
+            pings_per_minute: 1,
+            ..Default::default()
+        };
+        let rates = FrameRates::new(&limits);
+        let t0 = Instant::now();
+        for kind in FrameKind::ALL {
+            assert!(rates.check(kind, "u", t0).is_ok(), "{kind:?}");
+            assert!(rates.check(kind, "u", t0).is_err(), "{kind:?}");
+            assert!(
+                rates.check(kind, "v", t0).is_ok(),
+                "{kind:?} of another user"
+            );
+        }
     }
 }

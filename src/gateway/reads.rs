@@ -155,4 +155,24 @@ impl Gateway {
             r => Err(unexpected(r)),
         }
     }
+
+    // ratelimit
+
+    /// `(count, indexed)`: how many conversations `user`'s index holds, and whether it holds
+    /// `conversation_id` (linearizable, on the user's shard).
+    pub async fn read_user_memberships(
+        &self,
+        user: &str,
+        conversation_id: &str,
+    ) -> Result<(u64, bool), ProtocolError> {
+        let group = self.shard_map.shard_for_user(user);
+        let q = ShardQuery::UserMemberships {
+            user_id: user.to_string(),
+            conversation_id: conversation_id.to_string(),
+        };
+        match self.cluster.query(group, q).await? {
+            QueryResult::UserMemberships(r) => Ok(r),
+            r => Err(unexpected(r)),
+        }
+    }
 }

@@ -176,16 +176,20 @@ pub fn apply_shard(txn: &mut SmTxn<'_>, op: &ShardOp) -> ApplyResult {
         ShardOp::IndexUserConversation {
             user_id,
             conversation_id,
-        } => {
-            txn.put(
-                keys::user_conversation(user_id, conversation_id),
-                Vec::new(),
-            );
-            Ok(ShardResponse::Done)
-        }
+        } => index_user_conversation(txn, user_id, conversation_id, None),
+        ShardOp::IndexUserConversationCapped {
+            user_id,
+            conversation_id,
+            cap,
+        } => index_user_conversation(txn, user_id, conversation_id, Some(*cap)),
+        ShardOp::UnindexUserConversation {
+            user_id,
+            conversation_id,
+        } => unindex_user_conversation(txn, user_id, conversation_id),
         ShardOp::OutboxDone { ids } => {
             for id in ids {
                 txn.delete(keys::outbox(*id));
+                txn.delete(keys::outbox_unindex(*id));
             }
             Ok(ShardResponse::Done)
         }
@@ -238,17 +242,101 @@ fn outbox_push(
     user_id: &str,
     conversation_id: &str,
 ) -> Result<(), StorageError> {
+    outbox_queue(txn, user_id, conversation_id, keys::outbox)
+}
+
+/// Queues "user is no longer in conversation" for the user's shard; it shares the id
+/// sequence with [`outbox_push`], so the relay delivers joins and leaves in apply order.
+fn outbox_unindex_push(
+    txn: &mut SmTxn<'_>,
+    user_id: &str,
+    conversation_id: &str,
+) -> Result<(), StorageError> {
+    outbox_queue(txn, user_id, conversation_id, keys::outbox_unindex)
+}
+
+fn outbox_queue(
+    txn: &mut SmTxn<'_>,
+    user_id: &str,
+    conversation_id: &str,
+    key: fn(u64) -> Vec<u8>,
+) -> Result<(), StorageError> {
     let next_key = keys::outbox_next();
     let id: u64 = get(txn, &next_key)?.unwrap_or(1);
     put(
         txn,
-        keys::outbox(id),
+        key(id),
         &OutboxEntry {
             user_id: user_id.to_string(),
             conversation_id: conversation_id.to_string(),
         },
     )?;
     put(txn, next_key, &(id + 1))
+}
+
+/// Most index entries counted when a user's count key is missing (an index written before
+/// the count existed); such a user is past any sane cap anyway.
+pub const USER_CONVERSATION_COUNT_SCAN_MAX: usize = 100_000;
+
+/// How many conversations `user_id`'s index holds: the count key, or (first time) a count of
+/// the index itself. Deterministic: both are state of this group.
+fn user_conversation_count(txn: &SmTxn<'_>, user_id: &str) -> Result<u64, StorageError> {
+    if let Some(n) = get::<u64>(txn, &keys::user_conversation_count(user_id))? {
+        return Ok(n);
+    }
+    let start = keys::user_conversation_prefix(user_id);
+    let mut end = start.clone();
+    // The prefix ends with the user id's last byte: the next prefix bounds the range.
+    end.push(0xff);
+    let n = txn
+        .scan(&start, &end, false, USER_CONVERSATION_COUNT_SCAN_MAX)?
+        .iter()
+        .filter(|(k, _)| k.starts_with(&start))
+        .count();
+    Ok(n as u64)
+}
+
+/// Adds a conversation to a user's index; with a cap, a new entry past it is refused.
+/// Idempotent: an entry already there is `Done` and counted once.
+fn index_user_conversation(
+    txn: &mut SmTxn<'_>,
+    user_id: &str,
+    conversation_id: &str,
+    cap: Option<u32>,
+) -> ApplyResult {
+    let key = keys::user_conversation(user_id, conversation_id);
+    if txn.get(&key)?.is_some() {
+        return Ok(ShardResponse::Done);
+    }
+    let count = user_conversation_count(txn, user_id)?;
+    if cap.is_some_and(|cap| count >= u64::from(cap)) {
+        return rejected(Rejection::BadRequest(format!(
+            "user {user_id} is in too many conversations"
+        )));
+    }
+    txn.put(key, Vec::new());
+    put(txn, keys::user_conversation_count(user_id), &(count + 1))?;
+    Ok(ShardResponse::Done)
+}
+
+/// Removes a conversation from a user's index (the user left or was removed). Idempotent.
+fn unindex_user_conversation(
+    txn: &mut SmTxn<'_>,
+    user_id: &str,
+    conversation_id: &str,
+) -> ApplyResult {
+    let key = keys::user_conversation(user_id, conversation_id);
+    if txn.get(&key)?.is_none() {
+        return Ok(ShardResponse::Done);
+    }
+    let count = user_conversation_count(txn, user_id)?;
+    txn.delete(key);
+    put(
+        txn,
+        keys::user_conversation_count(user_id),
+        &count.saturating_sub(1),
+    )?;
+    Ok(ShardResponse::Done)
 }
 
 /// The conversation and `user`'s role in it; `None` when it does not exist or `user` is not a
@@ -587,6 +675,8 @@ fn remove_member(
     // Everyone who was a member sees the event, the removed user included.
     let before = recipients(&conv);
     conv.members.retain(|m| m.user_id != user_id);
+    // The slot in the user's memberships cap is freed once the relay delivers this.
+    outbox_unindex_push(txn, user_id, conversation_id)?;
     if target_role == Role::Owner {
         promote_successor(&mut conv);
     }

@@ -229,6 +229,21 @@ pub enum ShardOp {
     /// Revokes every session of the user and every access token issued before: the user's
     /// token epoch moves on (logout_all). Answers `Session` with the new epoch.
     RevokeAllSessions { user_id: UserId },
+    // ratelimit: the memberships cap (docs/security/ratelimit.md).
+    /// [`ShardOp::IndexUserConversation`] with the cap the relay (the proposer) read from
+    /// its config: a new entry past `cap` entries is `Rejected` (deterministic: the cap is
+    /// in the log). An entry already there is `Done` whatever the count (idempotent).
+    IndexUserConversationCapped {
+        user_id: UserId,
+        conversation_id: ConversationId,
+        cap: u32,
+    },
+    /// Removes a conversation from a user's index (the user left or was removed), in the
+    /// user's shard. Idempotent.
+    UnindexUserConversation {
+        user_id: UserId,
+        conversation_id: ConversationId,
+    },
     /// A `Send` whose seq the proposer chose: broken on purpose, only in fault-injection
     /// builds (`sabotage::Switch::SeqAtProposal`). Last, so that it changes no other
     /// variant's encoding.

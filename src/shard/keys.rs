@@ -21,6 +21,9 @@ const TAG_OUTBOX_NEXT: u8 = 0x31;
 const TAG_INVITE: u8 = 0x40;
 const TAG_TOKEN_EPOCH: u8 = 0x41;
 const TAG_SESSION: u8 = 0x42;
+// ratelimit: the memberships cap.
+const TAG_USER_CONVERSATION_COUNT: u8 = 0x23;
+const TAG_OUTBOX_UNINDEX: u8 = 0x32;
 
 fn tagged(tag: u8) -> Vec<u8> {
     let mut k = Vec::with_capacity(64);
@@ -151,4 +154,27 @@ pub fn outbox_id(key: &[u8]) -> Result<u64, StorageError> {
     let mut r = KeyReader::new(key);
     r.u8()?;
     r.u64()
+}
+
+// ratelimit: the memberships cap.
+
+/// How many entries a user's conversation index holds (kept by the apply that writes the
+/// index; absent for an index written before the count existed: it is counted then).
+pub fn user_conversation_count(user_id: &str) -> Vec<u8> {
+    let mut k = tagged(TAG_USER_CONVERSATION_COUNT);
+    push_str(&mut k, user_id);
+    k
+}
+
+/// An outbox entry that removes a conversation from a user's index (the user left or was
+/// removed). It shares the id sequence of [`outbox`] entries, so both kinds are delivered
+/// in the order apply queued them.
+pub fn outbox_unindex(id: u64) -> Vec<u8> {
+    let mut k = tagged(TAG_OUTBOX_UNINDEX);
+    push_u64(&mut k, id);
+    k
+}
+
+pub fn outbox_unindex_range() -> (Vec<u8>, Vec<u8>) {
+    (tagged(TAG_OUTBOX_UNINDEX), tagged(TAG_OUTBOX_UNINDEX + 1))
 }

@@ -68,6 +68,12 @@ pub enum ShardQuery {
         after: Option<ConversationId>,
         limit: u32,
     },
+    // ratelimit
+    /// The size of a user's conversation index and whether it holds `conversation_id`.
+    UserMemberships {
+        user_id: UserId,
+        conversation_id: ConversationId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +96,9 @@ pub enum QueryResult {
         ids: Vec<ConversationId>,
         has_more: bool,
     },
+    // ratelimit
+    /// `(count, indexed)`: see [`ShardQuery::UserMemberships`].
+    UserMemberships((u64, bool)),
 }
 
 impl ShardReader {
@@ -164,6 +173,13 @@ impl ShardReader {
                     .map_err(|e| StorageError::Corrupt(format!("read task failed: {e}")))??,
                 )
             }
+            ShardQuery::UserMemberships {
+                user_id,
+                conversation_id,
+            } => QueryResult::UserMemberships(
+                self.user_memberships(group, &user_id, &conversation_id)
+                    .await?,
+            ),
             ShardQuery::UserConversations { user_id } => {
                 QueryResult::UserConversations(self.user_conversations(group, &user_id).await?)
             }

@@ -15,6 +15,14 @@ pub const USER_CONVERSATIONS_MAX: usize = 10_000;
 /// Most outbox entries taken in one relay round.
 pub const OUTBOX_BATCH_MAX: usize = 256;
 
+/// A pending outbox entry: add the conversation to the user's index, or (`unindex`) remove
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    pub entry: OutboxEntry,
+    pub unindex: bool,
+}
+
 /// A page of messages and whether more exist beyond it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Page {
@@ -251,19 +259,57 @@ impl ShardReader {
         .await
     }
 
-    /// Pending outbox entries of a shard, oldest first.
-    pub async fn outbox(&self, group: GroupId) -> Result<Vec<(u64, OutboxEntry)>, StorageError> {
+    /// Pending outbox entries of a shard (index and unindex), oldest first.
+    pub async fn outbox(&self, group: GroupId) -> Result<Vec<(u64, OutboxItem)>, StorageError> {
         let store = self.store.clone();
         blocking(move || {
-            let (start, end) = keys::outbox_range();
-            store
-                .sm_scan(group, &start, &end, false, OUTBOX_BATCH_MAX)?
-                .iter()
-                .map(|(k, v)| {
-                    let id = keys::outbox_id(k)?;
-                    Ok((id, decode(v)?))
-                })
-                .collect()
+            let mut out = Vec::new();
+            for (range, unindex) in [
+                (keys::outbox_range(), false),
+                (keys::outbox_unindex_range(), true),
+            ] {
+                for (k, v) in store.sm_scan(group, &range.0, &range.1, false, OUTBOX_BATCH_MAX)? {
+                    let id = keys::outbox_id(&k)?;
+                    let entry: OutboxEntry = decode(&v)?;
+                    out.push((id, OutboxItem { entry, unindex }));
+                }
+            }
+            // The two kinds share one id sequence: the oldest OUTBOX_BATCH_MAX of both.
+            out.sort_by_key(|(id, _)| *id);
+            out.truncate(OUTBOX_BATCH_MAX);
+            Ok(out)
+        })
+        .await
+    }
+
+    // ratelimit: the memberships cap.
+
+    /// How many conversations `user_id`'s index holds, and whether `conversation_id` is one
+    /// of them (then adding the user there takes no new slot).
+    pub async fn user_memberships(
+        &self,
+        group: GroupId,
+        user_id: &str,
+        conversation_id: &str,
+    ) -> Result<(u64, bool), StorageError> {
+        let store = self.store.clone();
+        let count_key = keys::user_conversation_count(user_id);
+        let prefix = keys::user_conversation_prefix(user_id);
+        let entry = keys::user_conversation(user_id, conversation_id);
+        blocking(move || {
+            let indexed = store.sm_get(group, &entry)?.is_some();
+            let count = match Self::get_value::<u64>(&store, group, &count_key)? {
+                Some(n) => n,
+                None => store
+                    .sm_scan_prefix(
+                        group,
+                        &prefix,
+                        false,
+                        super::apply::USER_CONVERSATION_COUNT_SCAN_MAX,
+                    )?
+                    .len() as u64,
+            };
+            Ok((count, indexed))
         })
         .await
     }

@@ -287,3 +287,127 @@ fn edit_and_delete_rules() {
         ShardResponse::Rejected(Rejection::NotFound(_))
     ));
 }
+
+// ratelimit: the memberships cap at apply.
+
+fn index(store: &Store, user: &str, conv: &str, cap: u32) -> ShardResponse {
+    apply(
+        store,
+        &ShardOp::IndexUserConversationCapped {
+            user_id: user.into(),
+            conversation_id: conv.into(),
+            cap,
+        },
+    )
+}
+
+fn indexed(store: &Store, user: &str) -> usize {
+    store
+        .sm_scan_prefix(GROUP, &keys::user_conversation_prefix(user), false, 1000)
+        .expect("scan")
+        .len()
+}
+
+#[test]
+fn index_cap_holds_at_apply_and_stays_idempotent() {
+    let (_dir, store) = open_store();
+    for c in ["c0", "c1", "c2"] {
+        assert_eq!(index(&store, "u", c, 3), ShardResponse::Done);
+    }
+    // A re-delivered entry is Done whatever the count; a new one past the cap is refused.
+    assert_eq!(index(&store, "u", "c1", 3), ShardResponse::Done);
+    assert!(matches!(
+        index(&store, "u", "c3", 3),
+        ShardResponse::Rejected(Rejection::BadRequest(_))
+    ));
+    assert_eq!(indexed(&store, "u"), 3);
+    // Another user has their own count.
+    assert_eq!(index(&store, "v", "c3", 3), ShardResponse::Done);
+    // Unindexing frees a slot, once (idempotent).
+    for _ in 0..2 {
+        let r = apply(
+            &store,
+            &ShardOp::UnindexUserConversation {
+                user_id: "u".into(),
+                conversation_id: "c0".into(),
+            },
+        );
+        assert_eq!(r, ShardResponse::Done);
+    }
+    assert_eq!(index(&store, "u", "c3", 3), ShardResponse::Done);
+    assert!(matches!(
+        index(&store, "u", "c4", 3),
+        ShardResponse::Rejected(_)
+    ));
+    assert_eq!(indexed(&store, "u"), 3);
+}
+
+#[test]
+fn index_written_before_the_count_existed_is_counted() {
+    let (_dir, store) = open_store();
+    for c in ["c0", "c1"] {
+        let r = apply(
+            &store,
+            &ShardOp::IndexUserConversation {
+                user_id: "u".into(),
+                conversation_id: c.into(),
+            },
+        );
+        assert_eq!(r, ShardResponse::Done);
+    }
+    // Drop the count, as an index of an older version would have none.
+    let mut txn = store.txn(GROUP);
+    txn.delete(keys::user_conversation_count("u"));
+    store.sm_commit(txn, Vec::new()).expect("commit");
+    assert_eq!(index(&store, "u", "c2", 3), ShardResponse::Done);
+    assert!(matches!(
+        index(&store, "u", "c3", 3),
+        ShardResponse::Rejected(_)
+    ));
+}
+
+#[test]
+fn removal_queues_an_unindex_entry_after_the_join() {
+    let (_dir, store) = open_store();
+    create(&store);
+    let r = apply(
+        &store,
+        &ShardOp::RemoveMember {
+            conversation_id: CONV.into(),
+            actor: "u2".into(),
+            actor_device: "d".into(),
+            user_id: "u2".into(),
+            msg_id: "m1".into(),
+            ts: 2,
+        },
+    );
+    assert!(matches!(r, ShardResponse::Membership { .. }));
+    let (start, end) = keys::outbox_range();
+    let joins = store
+        .sm_scan(GROUP, &start, &end, false, 100)
+        .expect("scan");
+    let (start, end) = keys::outbox_unindex_range();
+    let leaves = store
+        .sm_scan(GROUP, &start, &end, false, 100)
+        .expect("scan");
+    assert_eq!(joins.len(), 4);
+    assert_eq!(leaves.len(), 1);
+    let leave_id = keys::outbox_id(&leaves[0].0).expect("id");
+    let entry: OutboxEntry = decode(&leaves[0].1).expect("decode");
+    assert_eq!(entry.user_id, "u2");
+    for (k, _) in &joins {
+        assert!(keys::outbox_id(k).expect("id") < leave_id);
+    }
+    // OutboxDone drops both kinds.
+    let mut ids: Vec<u64> = joins
+        .iter()
+        .map(|(k, _)| keys::outbox_id(k).unwrap())
+        .collect();
+    ids.push(leave_id);
+    apply(&store, &ShardOp::OutboxDone { ids });
+    let (start, end) = keys::outbox_unindex_range();
+    assert!(store
+        .sm_scan(GROUP, &start, &end, false, 100)
+        .unwrap()
+        .is_empty());
+}

@@ -31,6 +31,13 @@ conversation_messages_per_minute = 1000000
 devices_per_user = 50
 new_connections_per_second = 10000
 connections_per_ip = 1000000
+typing_per_minute = 1000000
+receipts_per_minute = 1000000
+presence_subscriptions_per_minute = 1000000
+reads_per_minute = 1000000
+membership_changes_per_minute = 1000000
+pings_per_minute = 1000000
+conversations_created_per_hour = 1000000
 [accounts]
 registrations_per_ip_per_hour = 1000000
 [testing]

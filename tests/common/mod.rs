@@ -38,6 +38,14 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     c.accounts.registrations_per_ip_per_hour = 100_000;
     // Every test client connects from 127.0.0.1.
     c.limits.connections_per_ip = 1_000_000;
+    // ratelimit: the per-frame budgets too.
+    c.limits.typing_per_minute = 100_000;
+    c.limits.receipts_per_minute = 100_000;
+    c.limits.presence_subscriptions_per_minute = 100_000;
+    c.limits.reads_per_minute = 100_000;
+    c.limits.membership_changes_per_minute = 100_000;
+    c.limits.pings_per_minute = 100_000;
+    c.limits.conversations_created_per_hour = 100_000;
     c
 }
 
@@ -148,6 +156,37 @@ impl Client {
 
     pub async fn connect(addr: SocketAddr, token: &str, device: &str) -> Client {
         let ws = Self::connect_raw(addr).await;
+        let mut c = Client {
+            ws,
+            next_id: 1,
+            pushes: VecDeque::new(),
+            user_id: String::new(),
+        };
+        let r = c
+            .request(json!({"type":"auth","token":token,"device_id":device}))
+            .await;
+        assert_eq!(r["type"], "auth_ok", "{r}");
+        c.user_id = r["user_id"].as_str().unwrap().to_string();
+        c
+    }
+
+    /// Like `connect`, over a socket whose receive buffer is `recv_buffer_bytes`: a client
+    /// that then stops reading stalls the server's writes to it after a few KiB.
+    pub async fn connect_small_buffer(
+        addr: SocketAddr,
+        token: &str,
+        device: &str,
+        recv_buffer_bytes: u32,
+    ) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(recv_buffer_bytes).unwrap();
+        let stream = socket.connect(addr).await.expect("tcp connect");
+        let (ws, _) = tokio_tungstenite::client_async(
+            format!("ws://{addr}/v1/ws"),
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        )
+        .await
+        .expect("ws connect");
         let mut c = Client {
             ws,
             next_id: 1,
