@@ -109,13 +109,37 @@ pub struct Config {
     pub limits: Limits,
     pub auth: Auth,
     pub testing: Testing,
+    // secrets (issue 12 point 5)
+    pub admin: Admin,
+}
+
+/// Operator endpoints (`/admin/*`, which need the admin token).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admin {
+    /// `/admin/checksum` answers with the last checksum of this node's replicas, computed by
+    /// a background task at most once per this many milliseconds (and only when asked for).
+    pub checksum_interval_ms: u64,
+}
+
+/// Default of `[admin] checksum_interval_ms`.
+pub const CHECKSUM_INTERVAL_MS: u64 = 10_000;
+/// Smallest `[admin] checksum_interval_ms` (a scan reads every key of every replica).
+pub const CHECKSUM_INTERVAL_MIN_MS: u64 = 100;
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            checksum_interval_ms: CHECKSUM_INTERVAL_MS,
+        }
+    }
 }
 
 /// Switches for test harnesses; never needed in production.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Testing {
-    /// Enables `POST /admin/faults` (block/delay peer links; needs the join token).
+    /// Enables `POST /admin/faults` (block/delay peer links; needs the admin token).
     pub fault_injection: bool,
 }
 
@@ -133,6 +157,7 @@ impl Default for Config {
             limits: Limits::default(),
             auth: Auth::default(),
             testing: Testing::default(),
+            admin: Admin::default(),
         }
     }
 }
@@ -177,6 +202,11 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "limits must be positive (max_frame_bytes >= 1024)".into(),
             ));
+        }
+        if self.admin.checksum_interval_ms < CHECKSUM_INTERVAL_MIN_MS {
+            return Err(ConfigError::Invalid(format!(
+                "admin.checksum_interval_ms must be at least {CHECKSUM_INTERVAL_MIN_MS}"
+            )));
         }
         Ok(())
     }
