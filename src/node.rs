@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::cluster::fanout::{Fanout, PushItem};
 use crate::cluster::identity::{write_private, Identity, JoinWelcome, JOIN_TOKEN_FILE};
-use crate::cluster::secrets::{generate_admin_token, LocalSecrets};
 use crate::cluster::peer::{PeerService, PeerTransport, RaftNet};
+use crate::cluster::secrets::{generate_admin_token, LocalSecrets};
 use crate::cluster::{meta, Cluster, Controller, OutboxRelay, Router, ShardMap};
 use crate::config::Config;
 use crate::gateway::{self, auth::TokenAuthority, ratelimit::RateLimiter, Gateway, Hub};

@@ -76,9 +76,15 @@ async fn admin_endpoints_refuse_all_but_the_admin_token() {
         ("a user's JWT".into(), Some(format!("Bearer {jwt}"))),
         ("the join token".into(), Some(format!("Bearer {join}"))),
         ("a near miss".into(), Some(format!("Bearer {near}"))),
-        ("the admin token plus a byte".into(), Some(format!("Bearer {admin}x"))),
+        (
+            "the admin token plus a byte".into(),
+            Some(format!("Bearer {admin}x")),
+        ),
         ("an empty bearer".into(), Some("Bearer ".into())),
-        ("the admin token as Basic".into(), Some(format!("Basic {admin}"))),
+        (
+            "the admin token as Basic".into(),
+            Some(format!("Basic {admin}")),
+        ),
         ("the bare admin token".into(), Some(admin.clone())),
     ];
     for (method, path) in ENDPOINTS {
@@ -86,7 +92,10 @@ async fn admin_endpoints_refuse_all_but_the_admin_token() {
             let (status, body) = call(&n, method, path, auth.as_deref()).await;
             assert_eq!(status, 401, "{method} {path} with {what}: {status} {body}");
             let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            assert_eq!(v["code"], "unauthorized", "{method} {path} with {what}: {body}");
+            assert_eq!(
+                v["code"], "unauthorized",
+                "{method} {path} with {what}: {body}"
+            );
         }
     }
     // Nothing happened: the join token is the same, the node did not leave.

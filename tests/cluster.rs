@@ -903,7 +903,11 @@ async fn rotated_join_token_and_left_identity_are_refused() {
     for p in &c.nodes {
         let f = p.data.join("join-token");
         while std::fs::read_to_string(&f).unwrap_or_default().trim() != new {
-            assert!(Instant::now() < deadline, "{} kept its old join token", p.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} kept its old join token",
+                p.name
+            );
             pause(Duration::from_millis(100)).await;
         }
     }
@@ -916,7 +920,10 @@ async fn rotated_join_token_and_left_identity_are_refused() {
             .wait_exit(slot, Duration::from_secs(100))
             .await
             .unwrap_or_else(|| panic!("a joiner with the old token (seed n{}) runs", seed + 1));
-        assert!(!st.success(), "a joiner with the old token exited with {st}");
+        assert!(
+            !st.success(),
+            "a joiner with the old token exited with {st}"
+        );
         assert!(
             c.nodes[slot].data.join("cluster.json").metadata().is_err(),
             "a joiner with the old token stored a cluster identity"
@@ -981,7 +988,10 @@ async fn rotated_join_token_and_left_identity_are_refused() {
         if let Some(id) = v.ok().and_then(|v| v["node_id"].as_u64()) {
             break id;
         }
-        assert!(Instant::now() < deadline, "no node id from the rejoined node");
+        assert!(
+            Instant::now() < deadline,
+            "no node id from the rejoined node"
+        );
         pause(Duration::from_millis(200)).await;
     };
     assert_eq!(id, 4, "a wiped machine rejoins under a new id");

@@ -23,7 +23,9 @@ pub const NODES_MAX: usize = 64;
 fn decode_state(bytes: &[u8]) -> Result<MetaState, StorageError> {
     match decode::<MetaState>(bytes) {
         Ok(s) => Ok(s),
-        Err(e) => decode::<MetaStateV1>(bytes).map(MetaState::from).map_err(|_| e),
+        Err(e) => decode::<MetaStateV1>(bytes)
+            .map(MetaState::from)
+            .map_err(|_| e),
     }
 }
 

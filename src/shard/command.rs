@@ -83,7 +83,9 @@ pub enum MetaOp {
     /// Replaces the join secret (chosen by the proposer: apply stays deterministic); the old
     /// one admits nobody afterwards. Ignored unless `secret` has
     /// [`JOIN_SECRET_BYTES`] bytes and the secrets exist.
-    RotateJoinSecret { secret: SecretBytes },
+    RotateJoinSecret {
+        secret: SecretBytes,
+    },
 }
 
 /// Bytes of a join secret.

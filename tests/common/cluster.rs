@@ -617,7 +617,10 @@ impl TestCluster {
             assert_eq!(mode & 0o777, 0o600, "join-token mode {mode:o}");
         }
         self.admin_token = read_admin_token(&self.nodes[slot].data);
-        assert_ne!(self.admin_token, self.token, "the admin token is not the join token");
+        assert_ne!(
+            self.admin_token, self.token,
+            "the admin token is not the join token"
+        );
         let out = std::fs::read_to_string(&self.nodes[slot].log).unwrap_or_default();
         assert!(
             out.contains("join this cluster with: chatnode --join") && out.contains(&self.token),
