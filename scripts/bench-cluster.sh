@@ -19,7 +19,7 @@ start() { # node-number [extra args]
         --peer-listen "127.0.0.1:$((7061 + n * 10))" "$@" >"$DIR/n$n.log" 2>&1 &
     pids[$n]=$!
 }
-leaders() { "$T/chatnode" status --addr 127.0.0.1:7070 --json | python3 -c '
+leaders() { "$T/chatnode" status --addr 127.0.0.1:7070 --data-dir "$DIR/n1" --json | python3 -c '
 import json,sys
 d=json.load(sys.stdin); c={}
 for s in d["node_statuses"]:

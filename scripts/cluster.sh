@@ -28,5 +28,6 @@ for n in 2 3; do
     pids+=($!)
 done
 echo "cluster up: ws://127.0.0.1:7070/v1/ws, ws://127.0.0.1:7080/v1/ws, ws://127.0.0.1:7090/v1/ws"
-echo "status: $BIN status --addr 127.0.0.1:7070    (Ctrl-C stops all three)"
+echo "status: $BIN status --addr 127.0.0.1:7070 --data-dir data/node1    (Ctrl-C stops all three)"
+echo "  (admin commands read the cluster's admin token from data/node1/admin-token)"
 wait

@@ -172,6 +172,30 @@ pub struct Config {
     pub tls: Tls,
     /// When set, `GET /metrics` is served on this address only (not on the client port).
     pub metrics_listen: Option<SocketAddr>,
+    // secrets (issue 12 point 5)
+    pub admin: Admin,
+}
+
+/// Operator endpoints (`/admin/*`, which need the admin token).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admin {
+    /// `/admin/checksum` answers with the last checksum of this node's replicas, computed by
+    /// a background task at most once per this many milliseconds (and only when asked for).
+    pub checksum_interval_ms: u64,
+}
+
+/// Default of `[admin] checksum_interval_ms`.
+pub const CHECKSUM_INTERVAL_MS: u64 = 10_000;
+/// Smallest `[admin] checksum_interval_ms` (a scan reads every key of every replica).
+pub const CHECKSUM_INTERVAL_MIN_MS: u64 = 100;
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            checksum_interval_ms: CHECKSUM_INTERVAL_MS,
+        }
+    }
 }
 
 /// TLS for clients (HTTPS and WSS on the client port). Both files or neither; the node
@@ -254,7 +278,7 @@ pub const SESSION_CHECK_INTERVAL_MS_MAX: u64 = 30_000;
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Testing {
-    /// Enables `POST /admin/faults` (block/delay peer links; needs the join token).
+    /// Enables `POST /admin/faults` (block/delay peer links; needs the admin token).
     pub fault_injection: bool,
 }
 
@@ -275,6 +299,7 @@ impl Default for Config {
             accounts: Accounts::default(),
             tls: Tls::default(),
             metrics_listen: None,
+            admin: Admin::default(),
         }
     }
 }
@@ -392,6 +417,11 @@ impl Config {
             .contains(&t.session_check_interval_ms)
         {
             return invalid("auth.session_check_interval_ms must be 100..=30000");
+        }
+        if self.admin.checksum_interval_ms < CHECKSUM_INTERVAL_MIN_MS {
+            return Err(ConfigError::Invalid(format!(
+                "admin.checksum_interval_ms must be at least {CHECKSUM_INTERVAL_MIN_MS}"
+            )));
         }
         Ok(())
     }

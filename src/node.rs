@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::cluster::fanout::{Fanout, PushItem};
 use crate::cluster::identity::{write_private, Identity, JoinWelcome, JOIN_TOKEN_FILE};
 use crate::cluster::peer::{PeerService, PeerTransport, RaftNet};
+use crate::cluster::secrets::{generate_admin_token, LocalSecrets};
 use crate::cluster::{meta, Cluster, Controller, OutboxRelay, Router, ShardMap};
 use crate::config::Config;
 use crate::gateway::client_tls::ReloadableCert;
@@ -23,6 +24,9 @@ use crate::transport::{
     ClusterCa, JoinAdmitter, JoinConfig, JoinGrant, JoinRequest, JoinToken, TransportConfig,
     TransportError,
 };
+
+/// Mode of the data dir and of RocksDB's directory in it: the owner only.
+pub const DATA_DIR_MODE: u32 = 0o700;
 
 /// How long start-up waits for a group to elect its leader.
 pub const LEADER_WAIT_MS: u64 = 10_000;
@@ -148,6 +152,19 @@ impl JoinAdmitter for Admitter {
         let cluster = self.cluster.clone();
         let settings = self.settings.clone();
         Box::pin(async move {
+            // The transport checked the secret against this node's copy, which may be behind
+            // a rotation: check it against the meta leader's (a rotated-out secret admits
+            // nobody, on any node).
+            let meta = cluster.read_meta().await.map_err(|e| e.to_string())?;
+            if meta.secrets.is_initialized() {
+                if !crate::cluster::secrets::token_matches_bytes(
+                    &meta.secrets.join_secret.0,
+                    &req.secret,
+                ) {
+                    return Err("invalid join secret".into());
+                }
+                cluster.set_meta(meta);
+            }
             let resp = cluster
                 .meta_write(MetaOp::AddNode {
                     peer_addr: req.peer_addr.clone(),
@@ -224,6 +241,52 @@ async fn admit_self(cluster: Arc<Cluster>, admit: MetaOp) {
     tracing::warn!("could not re-admit this node to the meta state");
 }
 
+/// Adds the replicated secrets to a cluster created before they existed: the join secret it
+/// was created with and a new admin token (first wins, so a retry changes nothing).
+async fn init_secrets(cluster: Arc<Cluster>, join_secret: [u8; 32]) {
+    let op = MetaOp::InitSecrets(ClusterSecrets {
+        join_secret: SecretBytes(join_secret.to_vec()),
+        join_epoch: 0,
+        admin_token: generate_admin_token(),
+    });
+    for _ in 0..SELF_ADMIT_ATTEMPTS_MAX {
+        match cluster.meta_write(op.clone()).await {
+            Ok(Response::MetaState { state, .. }) => {
+                cluster.set_meta(state);
+                tracing::info!("created the cluster's admin token");
+                return;
+            }
+            Ok(_) => return,
+            Err(e) => tracing::debug!("initializing the cluster's secrets: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(SELF_ADMIT_RETRY_MS)).await;
+    }
+    tracing::warn!("could not initialize the cluster's secrets");
+}
+
+/// Creates `dir` (and its parents) and makes it private: mode [`DATA_DIR_MODE`] whatever the
+/// umask, also when it existed with a wider mode.
+fn create_private_dir(dir: &std::path::Path) -> Result<(), NodeError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DATA_DIR_MODE)
+            .create(dir)?;
+        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+        if mode != DATA_DIR_MODE {
+            if mode & 0o077 != 0 {
+                tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), "data dir was readable by others; making it private (0700)");
+            }
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DATA_DIR_MODE))?;
+        }
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)?;
+    Ok(())
+}
+
 fn random_secret() -> Vec<u8> {
     (0..32).map(|_| rand::random::<u8>()).collect()
 }
@@ -296,7 +359,7 @@ impl Node {
             (Some(cert), Some(key)) => Some(ReloadableCert::load(cert, key)?),
             _ => None,
         };
-        std::fs::create_dir_all(&config.data_dir)?;
+        create_private_dir(&config.data_dir)?;
         let peer_listen = concrete_peer_listen(config.peer_listen)?;
         let peer_addr = config
             .advertise_peer
@@ -327,7 +390,9 @@ impl Node {
             tracing::info!("this data dir already belongs to a cluster; --join ignored");
         }
 
-        let store = Store::open(&config.data_dir.join("db"))?;
+        let db_dir = config.data_dir.join("db");
+        create_private_dir(&db_dir)?;
+        let store = Store::open(&db_dir)?;
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(config.limits.devices_per_user as usize, metrics.clone());
         hub.spawn_sweeper();
@@ -396,7 +461,24 @@ impl Node {
                 };
                 let ca = ClusterCa::generate(&settings.cluster_id)?;
                 let credentials = ca.issue_node(CREATOR_NODE_ID)?;
-                let token = JoinToken::generate(&ca);
+                let mut token = JoinToken::generate(&ca);
+                // The admin token and first join secret, replicated (first wins: after a
+                // crash half-way through creation the stored ones are kept).
+                let proposed = ClusterSecrets {
+                    join_secret: SecretBytes(token.secret.to_vec()),
+                    join_epoch: 0,
+                    admin_token: generate_admin_token(),
+                };
+                let resp = meta_group
+                    .raft
+                    .client_write(Request::Meta(MetaOp::InitSecrets(proposed)))
+                    .await
+                    .map_err(raft_err)?;
+                if let Response::MetaState { state, .. } = resp.data {
+                    if let Ok(s) = state.secrets.join_secret.0.as_slice().try_into() {
+                        token.secret = s;
+                    }
+                }
                 let id = Identity {
                     cluster_id: settings.cluster_id.clone(),
                     node_id: CREATOR_NODE_ID,
@@ -436,6 +518,33 @@ impl Node {
             // refreshes it from the meta leader).
             meta_seed = meta::read_state(&store)?;
         }
+        if meta_seed
+            .nodes
+            .get(&node_id)
+            .is_some_and(|n| n.state == NodeState::Left)
+        {
+            return Err(NodeError::Join(format!(
+                "node {node_id} left the cluster and cannot come back under its old identity; \
+                 start with an empty data dir and --join to add this machine as a new node"
+            )));
+        }
+        let stored_secret: [u8; 32] = identity
+            .join_secret
+            .as_slice()
+            .try_into()
+            .map_err(|_| NodeError::Join("stored join secret is malformed".into()))?;
+        let secrets = LocalSecrets::new(
+            &config.data_dir,
+            identity.credentials.ca_fingerprint()?,
+            stored_secret,
+        );
+        secrets.observe(&meta_seed.secrets);
+        if secrets.known() {
+            // Otherwise the files stay as they are until the meta state is refreshed.
+            secrets.write_files()?;
+        }
+        secrets.spawn_file_writer();
+        let secrets_missing = !meta_seed.secrets.is_initialized();
         let cluster = Cluster::new(
             node_id,
             identity.cluster_id.clone(),
@@ -447,6 +556,7 @@ impl Node {
             meta_seed,
         );
         let _ = cluster_cell.set(cluster.clone());
+        let _ = cluster.secrets.set(secrets.clone());
         // Presence crosses nodes without touching Raft (G9).
         let weak = Arc::downgrade(&cluster);
         hub.set_presence_out(Box::new(move |changes| {
@@ -468,11 +578,6 @@ impl Node {
             &identity.credentials.ca_cert_pem,
             &identity.ca_key_pem,
         )?);
-        let secret: [u8; 32] = identity
-            .join_secret
-            .as_slice()
-            .try_into()
-            .map_err(|_| NodeError::Join("stored join secret is malformed".into()))?;
         let mut tcfg = TransportConfig::new(
             peer_listen,
             identity.cluster_id.clone(),
@@ -485,8 +590,13 @@ impl Node {
                 settings: settings.clone(),
             }),
             ca,
-            secret,
+            secret: secrets.join_secret(),
         });
+        // A node that left is refused even though its certificate is valid.
+        let weak = Arc::downgrade(&cluster);
+        tcfg.revoked = Some(Arc::new(move |id| {
+            weak.upgrade().is_some_and(|c| c.node_left(id))
+        }));
         let transport = PeerTransport::bind(
             tcfg,
             Arc::new(PeerService {
@@ -511,6 +621,10 @@ impl Node {
                 // no leader yet. Starting must not depend on either.
                 tokio::spawn(admit_self(cluster.clone(), admit));
             }
+        }
+        if identity.creator && secrets_missing && !creating {
+            // A cluster created before the secrets were replicated: its creator adds them.
+            tokio::spawn(init_secrets(cluster.clone(), stored_secret));
         }
         let controller = Controller::new(cluster.clone(), peer_addr.clone(), client_addr);
         controller.spawn();
@@ -551,15 +665,17 @@ impl Node {
             password_hashing: tokio::sync::Semaphore::new(gateway::PASSWORD_HASHES_IN_FLIGHT_MAX),
             synced_writes: Box::new(move || synced_store.synced_writes()),
             controller: controller.clone(),
-            join_token: std::fs::read_to_string(config.data_dir.join(JOIN_TOKEN_FILE))
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
             fault_injection: config.testing.fault_injection,
             stop: Arc::new(tokio::sync::Notify::new()),
             store: store.clone(),
             accounts: gateway::accounts::AccountsState::new(config),
             frame_rates: gateway::ratelimit::FrameRates::new(&config.limits),
+            secrets,
+            checksums: gateway::checksum::ChecksumCache::spawn(
+                cluster.clone(),
+                store.clone(),
+                config.admin.checksum_interval_ms,
+            ),
         });
         gateway::receipts::ReceiptBatcher::spawn_flusher(&gateway);
         Ok(Node {
@@ -576,9 +692,14 @@ impl Node {
         })
     }
 
-    /// The join token of this cluster (also in `<data-dir>/join-token`).
-    pub fn join_token(&self) -> &str {
-        &self.gateway.join_token
+    /// The current join token of this cluster (also in `<data-dir>/join-token`).
+    pub fn join_token(&self) -> String {
+        self.gateway.secrets.join_token().to_string()
+    }
+
+    /// The cluster's admin token (also in `<data-dir>/admin-token`); empty until known.
+    pub fn admin_token(&self) -> String {
+        self.cluster.meta().secrets.admin_token.clone()
     }
 
     /// Serves HTTP + WebSocket (HTTPS + WSS with a certificate) on `listener` until
@@ -634,6 +755,7 @@ impl Node {
 
     /// Stops every Raft group and the transport (acknowledged writes are already synced).
     pub async fn shutdown(&self) {
+        self.gateway.checksums.stop();
         for g in self.gateway.router.groups() {
             let _ = g.raft.shutdown().await;
         }

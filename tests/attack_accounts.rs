@@ -153,7 +153,10 @@ async fn invite_mode_needs_an_invite_that_works_once() {
         c.accounts.login_failures_per_15min = 1_000;
     })
     .await;
-    let admin = n.node.join_token().to_string();
+    let admin = std::fs::read_to_string(n._dir.path().join("admin-token"))
+        .expect("admin-token file")
+        .trim()
+        .to_string();
     let r = post(n.addr, "/v1/register", None, &creds("mallory", PASSWORD)).await;
     assert_eq!(r.status, 403, "no invite: {}", r.body);
     let body = json!({"username":"mallory","password":PASSWORD,"invite":"0123456789abcdef"});
@@ -161,7 +164,7 @@ async fn invite_mode_needs_an_invite_that_works_once() {
     assert_eq!(r.status, 403, "made-up invite: {}", r.body);
     // Only the operator creates invites.
     let r = post(n.addr, "/admin/invites", None, "").await;
-    assert_eq!(r.status, 403, "invite without the admin credential");
+    assert_eq!(r.status, 401, "invite without the admin credential");
     let r = post(n.addr, "/admin/invites", Some(&admin), "").await;
     assert_eq!(r.status, 201, "{}", r.body);
     let code = r.body["invite"].as_str().unwrap().to_string();
@@ -194,7 +197,7 @@ async fn invite_mode_needs_an_invite_that_works_once() {
 
     // The CLI: `chatnode invite` prints a code that works.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatnode"))
-        .args(["invite", "--addr", &n.addr.to_string(), "--token", &admin])
+        .args(["invite", "--addr", &n.addr.to_string(), "--admin-token", &admin])
         .output()
         .await
         .unwrap();

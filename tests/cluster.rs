@@ -844,3 +844,159 @@ async fn wrong_join_tokens_are_refused() {
     assert_eq!(v.nodes.len(), 2, "{:?}", v.nodes);
     drop(a);
 }
+
+#[cfg(unix)]
+fn mode_of(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn chatnode_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_chatnode"))
+        .args(args)
+        .env_remove("CHATNODE_ADMIN_TOKEN")
+        .output()
+        .expect("run the chatnode CLI")
+}
+
+/// Issue 12, point 5: `chatnode rotate-join-token` replaces the join token cluster-wide (the
+/// old one admits nobody through any node; the new one works; every node rewrites its
+/// join-token file), and a node that left cannot come back under its old identity: the
+/// others refuse its certificate; the same machine comes back only as a new node.
+#[tokio::test(flavor = "multi_thread")]
+async fn rotated_join_token_and_left_identity_are_refused() {
+    let mut c = TestCluster::start(2, 2).await;
+    let old = c.token.clone();
+    #[cfg(unix)]
+    for p in &c.nodes {
+        assert_eq!(mode_of(&p.data), 0o700, "{} data dir", p.name);
+        assert_eq!(mode_of(&p.data.join("db")), 0o700, "{} db dir", p.name);
+        for f in ["cluster.json", "join-token", "admin-token"] {
+            assert_eq!(mode_of(&p.data.join(f)), 0o600, "{} {f}", p.name);
+        }
+    }
+
+    // The CLI: status with --admin-token, refused with the join token or without a token.
+    let addr1 = c.nodes[0].client.to_string();
+    let out = chatnode_cli(&["status", "--addr", &addr1, "--admin-token", &c.admin_token]);
+    assert!(out.status.success(), "status: {out:?}");
+    let out = chatnode_cli(&["status", "--addr", &addr1, "--admin-token", &old]);
+    assert!(!out.status.success(), "status accepted the join token");
+    let empty = tempfile::tempdir().unwrap();
+    let empty_dir = empty.path().to_str().unwrap();
+    let out = chatnode_cli(&["status", "--addr", &addr1, "--data-dir", empty_dir]);
+    assert!(!out.status.success(), "status without a token succeeded");
+
+    // Rotate through node 1, the admin token read from its data dir.
+    let n1_dir = c.nodes[0].data.to_str().unwrap().to_string();
+    let out = chatnode_cli(&["rotate-join-token", "--addr", &addr1, "--data-dir", &n1_dir]);
+    assert!(out.status.success(), "rotate-join-token: {out:?}");
+    let new = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(new.starts_with("chatnode-join-v1."), "{new:?}");
+    assert_ne!(new, old);
+    // Every node rewrites its join-token file.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for p in &c.nodes {
+        let f = p.data.join("join-token");
+        while std::fs::read_to_string(&f).unwrap_or_default().trim() != new {
+            assert!(
+                Instant::now() < deadline,
+                "{} kept its old join token",
+                p.name
+            );
+            pause(Duration::from_millis(100)).await;
+        }
+    }
+    // The old token admits nobody, through either node.
+    for seed in [0, 1] {
+        let seed_addr = c.nodes[seed].peer.to_string();
+        let slot = c.new_proc();
+        c.spawn(slot, Some((seed_addr, old.clone())));
+        let st = c
+            .wait_exit(slot, Duration::from_secs(100))
+            .await
+            .unwrap_or_else(|| panic!("a joiner with the old token (seed n{}) runs", seed + 1));
+        assert!(
+            !st.success(),
+            "a joiner with the old token exited with {st}"
+        );
+        assert!(
+            c.nodes[slot].data.join("cluster.json").metadata().is_err(),
+            "a joiner with the old token stored a cluster identity"
+        );
+    }
+    // The new one works.
+    c.token = new.clone();
+    let s3 = c.join().await;
+    let id3 = c.nodes[s3].id;
+    assert_eq!(id3, 3, "refused joiners were given no node id");
+
+    // Node 3 leaves, then is started again from its data dir: refused by the others.
+    let (status, body) = c.leave(id3).await;
+    assert_eq!(status, 202, "leave: {body}");
+    let exit = c
+        .wait_exit(s3, Duration::from_secs(150))
+        .await
+        .expect("node 3 did not exit after leaving");
+    assert!(exit.success(), "node 3 exited with {exit}");
+    let two: BTreeSet<u64> = [1, 2].into();
+    let v = c.wait_converged(&two, false, CONVERGE).await;
+    assert_eq!(v.nodes.get(&id3).map(String::as_str), Some("left"));
+    let logs_before: Vec<usize> = c.nodes[..2]
+        .iter()
+        .map(|p| std::fs::read_to_string(&p.log).unwrap_or_default().len())
+        .collect();
+    c.spawn(s3, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refused = loop {
+        let seen = c.nodes[..2].iter().zip(&logs_before).any(|(p, before)| {
+            let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+            log.get(*before..)
+                .is_some_and(|l| l.contains("call from a revoked node"))
+        });
+        if seen {
+            break "refused by a member";
+        }
+        if let Some(st) = c.wait_exit(s3, Duration::ZERO).await {
+            assert!(!st.success(), "node 3 restarted and exited with {st}");
+            break "refused to start";
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 came back under its old identity unnoticed"
+        );
+        pause(Duration::from_millis(200)).await;
+    };
+    eprintln!("node 3 with its old identity: {refused}");
+    let v = c.view().await.expect("status");
+    assert_eq!(v.nodes.get(&id3).map(String::as_str), Some("left"));
+    assert!(!v.holds_anything(id3), "{}", v.summary());
+    c.kill(s3);
+
+    // The same machine (same peer address), wiped, joins again: as a new node.
+    std::fs::remove_dir_all(&c.nodes[s3].data).unwrap();
+    let seed = c.nodes[0].peer.to_string();
+    c.spawn(s3, Some((seed, new.clone())));
+    c.wait_ready(s3, Duration::from_secs(90)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let v = get_json(c.nodes[s3].client, "/admin/status", &c.admin_token).await;
+        if let Some(id) = v.ok().and_then(|v| v["node_id"].as_u64()) {
+            break id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node id from the rejoined node"
+        );
+        pause(Duration::from_millis(200)).await;
+    };
+    assert_eq!(id, 4, "a wiped machine rejoins under a new id");
+    c.nodes[s3].id = id;
+    let v = c.view().await.expect("status");
+    assert_eq!(v.nodes.get(&id3).map(String::as_str), Some("left"));
+    assert_eq!(v.nodes.get(&4).map(String::as_str), Some("active"));
+}

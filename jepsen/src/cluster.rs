@@ -294,6 +294,12 @@ impl Cluster {
         wait_ready(&self.node(1).client_addr(), Duration::from_secs(60))
             .await
             .context("n1 did not become ready")?;
+        // /admin/* needs the cluster's admin token (builds before it had none).
+        let admin_token = std::fs::read_to_string(self.node(1).data_dir.join("admin-token"))
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        http::set_admin_token(admin_token);
         if n > 1 {
             if !self.caps.clustered() {
                 bail!(

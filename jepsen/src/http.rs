@@ -21,6 +21,23 @@ impl Response {
     }
 }
 
+/// The cluster's admin token (`<data-dir>/admin-token` of the first node), sent as the bearer
+/// token of every `/admin/*` request that names none; None for builds without one.
+static ADMIN_TOKEN: std::sync::RwLock<Option<String>> = std::sync::RwLock::new(None);
+
+pub fn set_admin_token(token: Option<String>) {
+    if let Ok(mut t) = ADMIN_TOKEN.write() {
+        *t = token;
+    }
+}
+
+fn admin_token_for(path: &str) -> Option<String> {
+    if !path.starts_with("/admin/") {
+        return None;
+    }
+    ADMIN_TOKEN.read().ok().and_then(|t| t.clone())
+}
+
 pub async fn request(
     addr: &str,
     method: &str,
@@ -29,6 +46,8 @@ pub async fn request(
     bearer: Option<&str>,
     limit: Duration,
 ) -> Result<Response> {
+    let admin = admin_token_for(path);
+    let bearer = bearer.or(admin.as_deref());
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         let _ = stream.set_nodelay(true);

@@ -508,7 +508,6 @@ impl Nemesis {
         candidates.shuffle(&mut self.rng);
         let leaver = candidates[0];
         let addr = c.node(leaver).client_addr();
-        let token = c.join_token.clone().unwrap_or_default();
         drop(c);
         self.nodes.write().unwrap().retain(|(i, _)| *i != leaver);
         let r = http::request(
@@ -516,7 +515,7 @@ impl Nemesis {
             "POST",
             "/admin/leave",
             Some(""),
-            Some(&token),
+            None, // the admin token, added by `http` for /admin/*
             Duration::from_secs(30),
         )
         .await;

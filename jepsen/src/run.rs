@@ -437,18 +437,27 @@ pub async fn run(opts: RunOpts) -> Result<u8> {
 
 async fn collect_checksums(members: &[(usize, String)], hist: &History) {
     let deadline = Instant::now() + Duration::from_secs(60);
+    // Nodes compute checksums in the background (at most once per interval): only those
+    // taken after quiescence (now) count. Builds that scan per request send no
+    // `computed_at_ms` and are taken as they are.
+    let since_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let mut raw = serde_json::Map::new();
     let mut error = None;
     loop {
         raw.clear();
         let mut unsupported = 0;
+        let mut stale = 0;
         for (i, addr) in members {
             match http::get(addr, "/admin/checksum", Duration::from_secs(10)).await {
                 Ok(r) if r.status == 200 => {
-                    raw.insert(
-                        cluster::node_name(*i),
-                        r.json().unwrap_or(serde_json::Value::Null),
-                    );
+                    let v = r.json().unwrap_or(serde_json::Value::Null);
+                    if v["computed_at_ms"].as_u64().is_some_and(|t| t < since_ms) {
+                        stale += 1;
+                    }
+                    raw.insert(cluster::node_name(*i), v);
                 }
                 Ok(r) if r.status == 404 => unsupported += 1,
                 _ => {
@@ -471,7 +480,7 @@ async fn collect_checksums(members: &[(usize, String)], hist: &History) {
                     .insert(g["applied_index"].as_u64().unwrap_or(0));
             }
         }
-        if idx.values().all(|s| s.len() <= 1) || Instant::now() > deadline {
+        if (stale == 0 && idx.values().all(|s| s.len() <= 1)) || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

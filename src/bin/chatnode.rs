@@ -81,28 +81,24 @@ enum Command {
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        admin: AdminAuth,
     },
     /// Drains a node (its replicas move away first), then stops it.
     Leave {
         /// Client (HTTP) address of the node that leaves.
         #[arg(long, default_value = "127.0.0.1:7070")]
         addr: String,
-        /// The join token (default: read from --data-dir's join-token file).
-        #[arg(long)]
-        token: Option<String>,
-        #[arg(long, default_value = "./data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        admin: AdminAuth,
     },
     /// Creates an invite code for `[accounts] registration = "invite"`; prints it.
     Invite {
         /// Client (HTTP) address of any node.
         #[arg(long, default_value = "127.0.0.1:7070")]
         addr: String,
-        /// The admin credential (default: read from --data-dir).
-        #[arg(long)]
-        token: Option<String>,
-        #[arg(long, default_value = "./data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        admin: AdminAuth,
         /// Accounts the invite may create.
         #[arg(long, default_value_t = 1)]
         uses: u32,
@@ -110,6 +106,33 @@ enum Command {
         #[arg(long)]
         ttl_secs: Option<u64>,
     },
+    /// Replaces the cluster's join token: the old one admits nobody from now on; every node
+    /// rewrites its <data-dir>/join-token. Prints the new token.
+    RotateJoinToken {
+        /// Client (HTTP) address of any node.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        addr: String,
+        #[command(flatten)]
+        admin: AdminAuth,
+    },
+}
+
+/// Where an admin command finds the admin token: `--admin-token`, else the
+/// CHATNODE_ADMIN_TOKEN environment variable, else `<data-dir>/admin-token`.
+#[derive(clap::Args, Debug)]
+struct AdminAuth {
+    /// The cluster's admin token (not the join token).
+    #[arg(long)]
+    admin_token: Option<String>,
+    /// A node's data dir whose admin-token file to read.
+    #[arg(long = "data-dir", default_value = "./data")]
+    admin_data_dir: PathBuf,
+}
+
+impl AdminAuth {
+    fn token(&self) -> anyhow::Result<String> {
+        admin::admin_token(self.admin_token.as_deref(), &self.admin_data_dir)
+    }
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
@@ -210,19 +233,19 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     match &args.command {
-        Some(Command::Status { addr, json }) => return admin::status(addr, *json).await,
-        Some(Command::Leave {
-            addr,
-            token,
-            data_dir,
-        }) => return admin::leave(addr, token.as_deref(), data_dir).await,
+        Some(Command::Status { addr, json, admin }) => {
+            return admin::status(addr, *json, &admin.token()?).await
+        }
+        Some(Command::Leave { addr, admin }) => return admin::leave(addr, &admin.token()?).await,
+        Some(Command::RotateJoinToken { addr, admin }) => {
+            return admin::rotate_join_token(addr, &admin.token()?).await
+        }
         Some(Command::Invite {
             addr,
-            token,
-            data_dir,
+            admin,
             uses,
             ttl_secs,
-        }) => return admin::invite(addr, token.as_deref(), data_dir, *uses, *ttl_secs).await,
+        }) => return admin::invite(addr, &admin.token()?, *uses, *ttl_secs).await,
         None => {}
     }
     let config = load_config(&args)?;
@@ -259,6 +282,13 @@ async fn main() -> anyhow::Result<()> {
             "join this cluster with: chatnode --join {} --token {}",
             node.peer_addr,
             node.join_token()
+        );
+        println!(
+            "admin commands (chatnode status, leave, rotate-join-token) use the admin token in {}",
+            config
+                .data_dir
+                .join(chatnode::cluster::secrets::ADMIN_TOKEN_FILE)
+                .display()
         );
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

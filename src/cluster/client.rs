@@ -62,6 +62,9 @@ pub struct Cluster {
     elections_held: Mutex<HashMap<GroupId, Instant>>,
     /// Set once the relay exists (it holds this cluster).
     pub relay: OnceLock<Arc<super::OutboxRelay>>,
+    // secrets (issue 12 point 5)
+    /// The cluster's secrets as this node holds them; fed by every meta state seen.
+    pub secrets: OnceLock<Arc<super::secrets::LocalSecrets>>,
 }
 
 impl Cluster {
@@ -89,6 +92,7 @@ impl Cluster {
             relay: OnceLock::new(),
             transferring: Mutex::new(HashMap::new()),
             elections_held: Mutex::new(HashMap::new()),
+            secrets: OnceLock::new(),
         })
     }
 
@@ -105,10 +109,22 @@ impl Cluster {
     }
 
     pub fn set_meta(&self, m: MetaState) {
+        if let Some(s) = self.secrets.get() {
+            s.observe(&m.secrets);
+        }
         let mut cur = self.meta.write();
         if **cur != m {
             *cur = Arc::new(m);
         }
+    }
+
+    /// Whether `node` left the cluster (its certificate no longer counts).
+    pub fn node_left(&self, node: NodeId) -> bool {
+        self.meta
+            .read()
+            .nodes
+            .get(&node)
+            .is_some_and(|n| n.state == NodeState::Left)
     }
 
     /// The peer address of `node`: from the meta state, else from any group's Raft

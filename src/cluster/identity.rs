@@ -1,7 +1,8 @@
 //! What a node remembers about its cluster across restarts, in `<data-dir>/cluster.json`
 //! (mode 0600): its node id, its certificate and key, the cluster CA (so that any member can
-//! admit joiners), the join secret and the cluster settings. With this file present a node
-//! restarts into its cluster with no `--join`.
+//! admit joiners), the join secret it joined with and the cluster settings. The current join
+//! secret and the admin token are replicated in the meta state (see `super::secrets`). With
+//! this file present a node restarts into its cluster with no `--join`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -78,6 +79,14 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
             opts.mode(0o600);
         }
         let mut f = opts.open(&tmp).map_err(io_err(&tmp))?;
+        // The mode above applies only to a new file (and the umask may narrow it): set it
+        // explicitly in case a stale temp file existed with a wider one.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io_err(&tmp))?;
+        }
         f.write_all(bytes).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
     }

@@ -6,7 +6,8 @@
 
 use crate::shard::codec::{decode, encode};
 use crate::shard::command::{
-    ClusterSettings, MetaOp, MetaState, NodeInfo, NodeState, Response, META_GROUP,
+    ClusterSettings, MetaOp, MetaState, MetaStateV1, NodeInfo, NodeState, Response,
+    JOIN_SECRET_BYTES, META_GROUP,
 };
 use crate::storage::{SmTxn, StorageError, Store};
 
@@ -18,9 +19,19 @@ const KEY_STATE: &[u8] = &[0x02];
 /// Most nodes a cluster admits (a bound on the meta state and on fan-out).
 pub const NODES_MAX: usize = 64;
 
+/// Decodes the stored meta state, also in its format from before the secrets.
+fn decode_state(bytes: &[u8]) -> Result<MetaState, StorageError> {
+    match decode::<MetaState>(bytes) {
+        Ok(s) => Ok(s),
+        Err(e) => decode::<MetaStateV1>(bytes)
+            .map(MetaState::from)
+            .map_err(|_| e),
+    }
+}
+
 fn load_state(txn: &mut SmTxn<'_>) -> Result<MetaState, StorageError> {
     Ok(match txn.get(KEY_STATE)? {
-        Some(v) => decode(&v)?,
+        Some(v) => decode_state(&v)?,
         None => MetaState::default(),
     })
 }
@@ -95,6 +106,18 @@ pub fn apply_meta(txn: &mut SmTxn<'_>, op: &MetaOp) -> Result<Response, StorageE
                 state.placement_version += 1;
             }
         }
+        MetaOp::InitSecrets(secrets) => {
+            // First wins, like the settings; a malformed proposal changes nothing.
+            if !state.secrets.is_initialized() && secrets.is_initialized() {
+                state.secrets = secrets.clone();
+            }
+        }
+        MetaOp::RotateJoinSecret { secret } => {
+            if state.secrets.is_initialized() && secret.0.len() == JOIN_SECRET_BYTES {
+                state.secrets.join_secret = secret.clone();
+                state.secrets.join_epoch += 1;
+            }
+        }
     }
     txn.put(KEY_STATE.to_vec(), encode(&state)?);
     Ok(meta_response(state, admitted))
@@ -111,7 +134,7 @@ pub fn read_settings(store: &Store) -> Result<Option<ClusterSettings>, StorageEr
 /// Reads this node's copy of the meta state (blocking; possibly behind the leader's).
 pub fn read_state(store: &Store) -> Result<MetaState, StorageError> {
     Ok(match store.sm_get(META_GROUP, KEY_STATE)? {
-        Some(v) => decode(&v)?,
+        Some(v) => decode_state(&v)?,
         None => MetaState::default(),
     })
 }

@@ -22,6 +22,7 @@ pub mod outbox;
 pub mod peer;
 pub mod placement;
 pub mod router;
+pub mod secrets;
 pub mod status;
 pub mod trace;
 

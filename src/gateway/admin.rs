@@ -1,50 +1,80 @@
-//! Operator endpoints on the client port.
+//! Operator endpoints on the client port. Every one needs `Authorization: Bearer <admin
+//! token>` (the cluster's admin token, in `<data-dir>/admin-token` of every node; compared in
+//! constant time); without it the answer is 401 and nothing else happens. The join token is
+//! never accepted here.
 //!
 //! - `GET /admin/status`: every node's view of its replicas (leaders, voters, learners, log
 //!   and applied indexes, replication lag), asked over the peer transport.
 //! - `GET /admin/checksum`: this node's per-group checksum of state-machine data with the
-//!   applied index (replicas at the same applied index must agree).
+//!   applied index (replicas at the same applied index must agree), as last computed by a
+//!   background task (`computed_at_ms`, `age_ms`; see [`super::checksum`]).
 //! - `GET /admin/shard?conversation_id=<id>`: the shard group a conversation hashes to (for
 //!   tools that report per shard, like the jepsen checker's availability).
-//! - `POST /admin/leave` (`Authorization: Bearer <join token>`): drains this node — its
-//!   replicas move away first — and then stops it.
-//! - `POST /admin/faults` (same auth; only when `[testing] fault_injection = true`): blocks,
-//!   delays or heals peer links of this node's transport, for tests.
+//! - `POST /admin/leave`: drains this node — its replicas move away first — and then stops
+//!   it. A node that left never comes back under its id (its certificate is refused).
+//! - `POST /admin/rotate-join-token`: replaces the cluster's join secret through the meta
+//!   group; answers with the new join token. The old token admits nobody afterwards.
+//! - `POST /admin/faults` (only when `[testing] fault_injection = true`): blocks, delays or
+//!   heals peer links of this node's transport, for tests.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::Gateway;
-use crate::shard::command::NodeState;
+use crate::shard::command::{MetaOp, NodeState, Response as MetaResponse};
 
 /// Time to wait for one peer's status.
 pub const PEER_STATUS_TIMEOUT_MS: u64 = 1_000;
+/// Suggested wait when no checksum has been computed yet.
+pub const CHECKSUM_RETRY_AFTER_MS: u64 = 1_000;
 
-fn authorized(gw: &Gateway, headers: &HeaderMap) -> bool {
+/// Whether the request carries the cluster's admin token (constant-time comparison).
+pub fn authorized(gw: &Gateway, headers: &HeaderMap) -> bool {
     let given = headers
-        .get(axum::http::header::AUTHORIZATION)
+        .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    !gw.join_token.is_empty() && given == Some(gw.join_token.as_str())
+    match given {
+        Some(t) => gw.secrets.admin_matches(t),
+        None => false,
+    }
 }
 
-fn forbidden() -> Response {
+/// The answer to a request without the admin token.
+pub fn unauthorized() -> Response {
     (
-        StatusCode::FORBIDDEN,
-        Json(json!({"code": "forbidden", "message": "admin requests need the cluster's join token as a bearer token"})),
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({
+            "type": "error",
+            "code": "unauthorized",
+            "message": "admin requests need the cluster's admin token (<data-dir>/admin-token) as a bearer token",
+            "retryable": false,
+        })),
     )
         .into_response()
 }
 
-pub async fn status(State(gw): State<Arc<Gateway>>) -> Response {
+fn forbidden(message: &str) -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        Json(json!({"type": "error", "code": "forbidden", "message": message, "retryable": false})),
+    )
+        .into_response()
+}
+
+pub async fn status(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if !authorized(&gw, &headers) {
+        return unauthorized();
+    }
     let c = &gw.cluster;
     let meta = c.meta();
     let mut nodes = Vec::new();
@@ -88,8 +118,20 @@ pub struct ShardParams {
 
 pub async fn shard(
     State(gw): State<Arc<Gateway>>,
-    axum::extract::Query(p): axum::extract::Query<ShardParams>,
+    headers: HeaderMap,
+    p: Result<axum::extract::Query<ShardParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    if !authorized(&gw, &headers) {
+        return unauthorized();
+    }
+    let Ok(axum::extract::Query(p)) = p else {
+        let message = "conversation_id is required";
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"code": "bad_request", "message": message})),
+        )
+            .into_response();
+    };
     if !crate::protocol::is_valid_id(&p.conversation_id) {
         let message = "conversation_id must be a valid id";
         return (
@@ -102,37 +144,43 @@ pub async fn shard(
     Json(json!({"conversation_id": p.conversation_id, "group": group})).into_response()
 }
 
-pub async fn checksum(State(gw): State<Arc<Gateway>>) -> Response {
-    let c = gw.cluster.clone();
-    let store = gw.store.clone();
-    let groups: Vec<(u32, u64)> = c
-        .local_status()
-        .groups
-        .iter()
-        .filter(|g| g.holds(c.node_id))
-        .map(|g| (g.group, g.applied))
-        .collect();
-    let sums = tokio::task::spawn_blocking(move || {
-        groups
-            .into_iter()
-            .map(|(group, applied)| {
-                store
-                    .sm_checksum(group)
-                    .map(|(sum, keys)| json!({"group": group, "applied_index": applied, "checksum": format!("{sum:016x}"), "keys": keys}))
-            })
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await;
-    match sums {
-        Ok(Ok(groups)) => Json(json!({"node_id": c.node_id, "groups": groups})).into_response(),
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+/// The last checksums of this node's replicas; never scans on the request path.
+pub async fn checksum(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if !authorized(&gw, &headers) {
+        return unauthorized();
+    }
+    let cache = &gw.checksums;
+    let Some(last) = cache.request() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Json(json!({
+                "type": "error",
+                "code": "unavailable",
+                "message": "no checksum computed yet",
+                "retryable": true,
+                "retry_after_ms": CHECKSUM_RETRY_AFTER_MS,
+            })),
+        )
+            .into_response();
+    };
+    match &last.groups {
+        Ok(groups) => Json(json!({
+            "node_id": gw.cluster.node_id,
+            "computed_at_ms": last.computed_at_ms,
+            "age_ms": super::now_ms().saturating_sub(last.computed_at_ms),
+            "interval_ms": cache.interval_ms(),
+            "scans": cache.scans(),
+            "groups": groups,
+        }))
+        .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.clone()).into_response(),
     }
 }
 
 pub async fn leave(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if !authorized(&gw, &headers) {
-        return forbidden();
+        return unauthorized();
     }
     let controller = gw.controller.clone();
     let stop = gw.stop.clone();
@@ -167,8 +215,11 @@ pub async fn faults(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if !gw.fault_injection || !authorized(&gw, &headers) {
-        return forbidden();
+    if !authorized(&gw, &headers) {
+        return unauthorized();
+    }
+    if !gw.fault_injection {
+        return forbidden("fault injection is off ([testing] fault_injection)");
     }
     let Ok(req) = serde_json::from_slice::<FaultRequest>(&body) else {
         return (StatusCode::BAD_REQUEST, "bad fault request").into_response();
@@ -195,7 +246,49 @@ pub async fn invites(
     axum::extract::Query(p): axum::extract::Query<super::accounts::InviteParams>,
 ) -> Response {
     if !authorized(&gw, &headers) {
-        return forbidden();
+        return unauthorized();
     }
     super::accounts::create_invite(&gw, p).await
+}
+
+/// Replaces the join secret through the meta group (the new secret is chosen here, so apply
+/// stays deterministic); every node takes it from the meta state and rewrites its
+/// `<data-dir>/join-token`. Answers with the new join token.
+pub async fn rotate_join_token(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if !authorized(&gw, &headers) {
+        return unauthorized();
+    }
+    let secret = crate::cluster::secrets::generate_join_secret();
+    let op = MetaOp::RotateJoinSecret {
+        secret: secret.clone(),
+    };
+    match gw.cluster.meta_write(op).await {
+        Ok(MetaResponse::MetaState { state, .. }) if state.secrets.join_secret == secret => {
+            let epoch = state.secrets.join_epoch;
+            gw.cluster.set_meta(state);
+            let token = gw.secrets.join_token();
+            tracing::info!(epoch, "join token rotated");
+            Json(json!({"join_token": token.to_string(), "join_epoch": epoch})).into_response()
+        }
+        Ok(_) => (
+            StatusCode::CONFLICT,
+            Json(json!({
+                "type": "error",
+                "code": "unavailable",
+                "message": "the cluster's secrets are not initialized yet; retry",
+                "retryable": true,
+            })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "type": "error",
+                "code": "unavailable",
+                "message": e.to_string(),
+                "retryable": true,
+            })),
+        )
+            .into_response(),
+    }
 }

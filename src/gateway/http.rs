@@ -40,6 +40,10 @@ pub fn routes(gw: Arc<Gateway>) -> Router {
         .route("/admin/shard", get(super::admin::shard))
         .route("/admin/leave", post(super::admin::leave))
         .route("/admin/faults", post(super::admin::faults))
+        .route(
+            "/admin/rotate-join-token",
+            post(super::admin::rotate_join_token),
+        )
         .layer(DefaultBodyLimit::max(HTTP_BODY_BYTES_MAX))
         .with_state(gw)
 }

@@ -15,6 +15,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod auth;
+pub mod checksum;
 pub mod handlers;
 pub mod http;
 pub mod hub;
@@ -58,8 +59,6 @@ pub struct Gateway {
     /// Writes and reads, routed to each group's leader (batched into few Raft entries there).
     pub cluster: Arc<Cluster>,
     pub controller: Arc<Controller>,
-    /// The cluster's join token (admin requests that change the cluster must present it).
-    pub join_token: String,
     /// `/admin/faults` works only when the config enables it (tests).
     pub fault_injection: bool,
     /// Notified when the node should stop (after `leave`).
@@ -88,6 +87,11 @@ pub struct Gateway {
     // ratelimit
     /// Per-user budgets of every frame type other than sends, and of creations per hour.
     pub frame_rates: ratelimit::FrameRates,
+    // secrets (issue 12 point 5)
+    /// The admin token `/admin/*` requires, and the join token (never accepted here).
+    pub secrets: Arc<crate::cluster::secrets::LocalSecrets>,
+    /// `/admin/checksum`'s last result, computed in the background.
+    pub checksums: Arc<checksum::ChecksumCache>,
 }
 
 /// Maps a routing failure onto the protocol: all are retryable `unavailable`.

@@ -76,6 +76,56 @@ pub enum MetaOp {
         version: u64,
         replicas: std::collections::BTreeMap<GroupId, Vec<u64>>,
     },
+    // secrets (issue 12 point 5)
+    /// The cluster's admin token and first join secret, written once by the creating node
+    /// (first wins: a later one changes nothing).
+    InitSecrets(ClusterSecrets),
+    /// Replaces the join secret (chosen by the proposer: apply stays deterministic); the old
+    /// one admits nobody afterwards. Ignored unless `secret` has
+    /// [`JOIN_SECRET_BYTES`] bytes and the secrets exist.
+    RotateJoinSecret {
+        secret: SecretBytes,
+    },
+}
+
+/// Bytes of a join secret.
+pub const JOIN_SECRET_BYTES: usize = 32;
+
+/// Secret bytes whose `Debug` prints nothing (commands and states are logged with `{:?}`).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} secret bytes>", self.0.len())
+    }
+}
+
+/// Cluster-wide secrets, replicated in the meta state so that every member has them: the
+/// join secret (rotatable) and the admin token that `/admin/*` requires on every node.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSecrets {
+    /// What a joiner's token must carry (with the CA fingerprint, which never changes).
+    pub join_secret: SecretBytes,
+    /// Times the join secret was replaced (0 = the one the cluster was created with).
+    pub join_epoch: u64,
+    /// `Authorization: Bearer <admin_token>` on `/admin/*`; empty until initialized.
+    pub admin_token: String,
+}
+
+impl ClusterSecrets {
+    pub fn is_initialized(&self) -> bool {
+        !self.admin_token.is_empty() && self.join_secret.0.len() == JOIN_SECRET_BYTES
+    }
+}
+
+impl std::fmt::Debug for ClusterSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSecrets")
+            .field("join_epoch", &self.join_epoch)
+            .field("initialized", &self.is_initialized())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A node's place in the cluster's life cycle.
@@ -104,6 +154,31 @@ pub struct MetaState {
     /// Desired replica set per group (0 = meta, 1..=S shards).
     pub replicas: std::collections::BTreeMap<GroupId, Vec<u64>>,
     pub placement_version: u64,
+    // secrets (issue 12 point 5)
+    /// Replicated to every member with the rest of the meta state (and to joiners in their
+    /// welcome); never shown by `/admin/status`.
+    pub secrets: ClusterSecrets,
+}
+
+/// [`MetaState`] as stored before it carried the secrets (decoded from older data dirs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaStateV1 {
+    pub nodes: std::collections::BTreeMap<u64, NodeInfo>,
+    pub next_node_id: u64,
+    pub replicas: std::collections::BTreeMap<GroupId, Vec<u64>>,
+    pub placement_version: u64,
+}
+
+impl From<MetaStateV1> for MetaState {
+    fn from(v: MetaStateV1) -> Self {
+        MetaState {
+            nodes: v.nodes,
+            next_node_id: v.next_node_id,
+            replicas: v.replicas,
+            placement_version: v.placement_version,
+            secrets: ClusterSecrets::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -37,7 +37,14 @@ pub struct TransportConfig {
     /// Set on members that admit joiners.
     pub join: Option<JoinConfig>,
     pub connect_timeout_ms: u64,
+    // secrets (issue 12 point 5)
+    /// Says whether a node id (from a verified certificate) was revoked, e.g. because the
+    /// node left the cluster: its calls are refused and its connection closed.
+    pub revoked: Option<PeerRevoked>,
 }
+
+/// See [`TransportConfig::revoked`].
+pub type PeerRevoked = Arc<dyn Fn(NodeId) -> bool + Send + Sync>;
 
 impl TransportConfig {
     pub fn new(
@@ -53,6 +60,7 @@ impl TransportConfig {
             credentials,
             join: None,
             connect_timeout_ms: CONNECT_TIMEOUT_MS,
+            revoked: None,
         }
     }
 }
@@ -114,6 +122,7 @@ where
             cfg.join,
             faults.clone(),
             connect_timeout,
+            cfg.revoked,
         ));
         let accept_task = tokio::spawn(server.accept_loop(endpoint.clone()));
         Ok(Self {

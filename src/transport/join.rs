@@ -26,8 +26,33 @@ pub struct JoinConfig {
     pub admitter: Arc<dyn JoinAdmitter>,
     /// Issues the joiners' certificates.
     pub ca: Arc<ClusterCa>,
-    /// The secret joiners must present (from the [`JoinToken`]).
-    pub secret: [u8; 32],
+    /// The secret joiners must present (from the [`JoinToken`]); replaced when the cluster
+    /// rotates it.
+    pub secret: Arc<JoinSecret>,
+}
+
+/// The current join secret, shared by the transport (which checks joiners against it) and the
+/// node (which replaces it when the cluster rotates its join token).
+pub struct JoinSecret(parking_lot::RwLock<[u8; 32]>);
+
+impl JoinSecret {
+    pub fn new(secret: [u8; 32]) -> Self {
+        Self(parking_lot::RwLock::new(secret))
+    }
+
+    pub fn get(&self) -> [u8; 32] {
+        *self.0.read()
+    }
+
+    pub fn set(&self, secret: [u8; 32]) {
+        *self.0.write() = secret;
+    }
+}
+
+impl std::fmt::Debug for JoinSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JoinSecret(<redacted>)")
+    }
 }
 
 impl JoinConfig {
@@ -48,14 +73,15 @@ impl JoinConfig {
         Ok(Self {
             admitter,
             ca: Arc::new(ca),
-            secret,
+            secret: Arc::new(JoinSecret::new(secret)),
         })
     }
 }
 
 /// Server side: decides on one join request.
 pub(crate) async fn admit(config: &JoinConfig, req: JoinRequest) -> Result<JoinGrant, String> {
-    if !constant_time_eq(&config.secret, &req.secret) {
+    let secret = config.secret.get();
+    if !constant_time_eq(&secret, &req.secret) {
         return Err("invalid join secret".to_string());
     }
     let (node_id, app) = config.admitter.admit(req).await?;
@@ -68,7 +94,7 @@ pub(crate) async fn admit(config: &JoinConfig, req: JoinRequest) -> Result<JoinG
         node_id,
         credentials,
         ca_key_pem: config.ca.key_pem().to_string(),
-        join_secret: config.secret.to_vec(),
+        join_secret: secret.to_vec(),
         app,
     })
 }

@@ -35,11 +35,11 @@ pub type NodeId = u64;
 /// Identifies one Raft group; frames carry it so one connection serves all groups.
 pub type GroupId = u32;
 
-pub use endpoint::{Transport, TransportConfig};
+pub use endpoint::{PeerRevoked, Transport, TransportConfig};
 pub use error::TransportError;
 pub use fault::Faults;
 pub use frame::{FrameHeader, JoinGrant, JoinRequest, FRAME_BYTES_MAX};
 pub use handler::{Handler, JoinAdmitter};
-pub use join::{join, JoinConfig};
+pub use join::{join, JoinConfig, JoinSecret};
 pub use tls::{ClusterCa, NodeCredentials};
 pub use token::JoinToken;

@@ -57,6 +57,8 @@ pub(crate) struct Server<Req, Resp> {
     pub(crate) faults: Arc<Faults>,
     pub(crate) handshake_timeout: Duration,
     pub(crate) anonymous: Arc<Semaphore>,
+    /// Node ids whose certificates no longer count (nodes that left).
+    pub(crate) revoked: Option<super::PeerRevoked>,
 }
 
 impl<Req, Resp> Server<Req, Resp>
@@ -71,6 +73,7 @@ where
         join: Option<JoinConfig>,
         faults: Arc<Faults>,
         handshake_timeout: Duration,
+        revoked: Option<super::PeerRevoked>,
     ) -> Self {
         Self {
             cluster_id,
@@ -80,6 +83,7 @@ where
             faults,
             handshake_timeout,
             anonymous: Arc::new(Semaphore::new(ANONYMOUS_CONNECTIONS_MAX)),
+            revoked,
         }
     }
 
@@ -245,6 +249,13 @@ where
             }
             Caller::Member(id) => id,
         };
+        if self.revoked.as_ref().is_some_and(|r| r(sender)) {
+            warn!(from = sender, trace_id = %header.trace_id, "call from a revoked node");
+            return refuse(
+                format!("node {sender} left the cluster; its identity is revoked"),
+                true,
+            );
+        }
         if header.cluster_id != self.cluster_id {
             warn!(from = sender, theirs = %header.cluster_id, ours = %self.cluster_id, trace_id = %header.trace_id, "call for another cluster");
             return refuse(

@@ -149,7 +149,7 @@ fn seed_with_join(ca: Arc<ClusterCa>, token: &JoinToken) -> Node {
     cfg.join = Some(JoinConfig {
         admitter: Arc::new(Admitter { next_id: 42 }),
         ca,
-        secret: token.secret,
+        secret: Arc::new(super::JoinSecret::new(token.secret)),
     });
     start(cfg)
 }
@@ -337,6 +337,54 @@ async fn misaddressed_frames_are_refused() {
     );
 
     assert_eq!(b.calls(), 0);
+}
+
+/// A node whose id the receiver counts as revoked (it left the cluster) is refused even
+/// though its certificate is valid; other members are still served.
+#[tokio::test]
+async fn revoked_node_ids_are_refused() {
+    let ca = ClusterCa::generate(CLUSTER).unwrap();
+    let revoked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let r = revoked.clone();
+    let mut cfg = TransportConfig::new(localhost(), CLUSTER.into(), 2, ca.issue_node(2).unwrap());
+    cfg.revoked = Some(Arc::new(move |id| id == r.load(Ordering::SeqCst)));
+    let b = start(cfg);
+    let (a, c) = (start_member(&ca, 1), start_member(&ca, 3));
+    a.transport
+        .call(2, &b.addr, 1, "t", Req::Echo(vec![1]), CALL_TIMEOUT)
+        .await
+        .expect("node 1 is served before it leaves");
+    revoked.store(1, Ordering::SeqCst);
+    let err = a
+        .transport
+        .call(2, &b.addr, 1, "t", Req::Echo(vec![2]), CALL_TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, TransportError::Refused(ref m) if m.contains("revoked")),
+        "{err:?}"
+    );
+    // A fresh connection with the same certificate fares no better.
+    let conn = raw_connect(client_config(&ca.issue_node(1).unwrap()).unwrap(), &b.addr)
+        .await
+        .unwrap();
+    let reply = raw_call(
+        &conn,
+        &WireRequest::Call {
+            header: header(1, 2),
+            body: Req::Echo(vec![]),
+        },
+    )
+    .await;
+    assert!(
+        matches!(reply, Ok(WireReply::Refused(ref m)) if m.contains("revoked")),
+        "{reply:?}"
+    );
+    c.transport
+        .call(2, &b.addr, 1, "t", Req::Echo(vec![3]), CALL_TIMEOUT)
+        .await
+        .expect("other members are still served");
+    assert_eq!(b.calls(), 2);
 }
 
 #[tokio::test]

@@ -42,6 +42,8 @@ conversations_created_per_hour = 1000000
 registrations_per_ip_per_hour = 1000000
 [testing]
 fault_injection = true
+[admin]
+checksum_interval_ms = 1000
 "#;
 
 /// Lines of each node's log printed when a test fails.
@@ -50,6 +52,28 @@ const LOG_TAIL_LINES: usize = 60;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
 /// How long one load client keeps retrying one send before it counts as failed.
 pub const SEND_GIVE_UP: Duration = Duration::from_secs(60);
+
+/// The admin token in a node's data dir (mode 0600).
+pub fn read_admin_token(data: &Path) -> String {
+    let path = data.join("admin-token");
+    let t = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "admin-token mode {mode:o}");
+    }
+    assert!(t.starts_with("chatnode-admin-v1."), "{t:?}");
+    t.trim().to_string()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 pub fn free_tcp() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -104,8 +128,17 @@ pub async fn try_http(
         .map_err(|_| format!("{method} {path} on {addr}: timed out"))?
 }
 
-async fn get_json(addr: SocketAddr, path: &str) -> Result<Value, String> {
-    let (status, body) = try_http(addr, "GET", path, None, "", Duration::from_secs(5)).await?;
+/// `GET path` with the admin token as bearer; the parsed body of a 200.
+pub async fn get_json(addr: SocketAddr, path: &str, admin_token: &str) -> Result<Value, String> {
+    let (status, body) = try_http(
+        addr,
+        "GET",
+        path,
+        Some(admin_token),
+        "",
+        Duration::from_secs(5),
+    )
+    .await?;
     if status != 200 {
         return Err(format!("GET {path} on {addr}: {status} {body}"));
     }
@@ -452,6 +485,8 @@ pub struct TestCluster {
     pub config: PathBuf,
     pub shards: u32,
     pub token: String,
+    /// The cluster's admin token (`<data-dir>/admin-token`, the same on every node).
+    pub admin_token: String,
     pub nodes: Vec<Proc>,
 }
 
@@ -497,6 +532,7 @@ impl TestCluster {
             config,
             shards,
             token: String::new(),
+            admin_token: String::new(),
             nodes: Vec::new(),
         }
     }
@@ -590,6 +626,11 @@ impl TestCluster {
             let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "join-token mode {mode:o}");
         }
+        self.admin_token = read_admin_token(&self.nodes[slot].data);
+        assert_ne!(
+            self.admin_token, self.token,
+            "the admin token is not the join token"
+        );
         let out = std::fs::read_to_string(&self.nodes[slot].log).unwrap_or_default();
         assert!(
             out.contains("join this cluster with: chatnode --join") && out.contains(&self.token),
@@ -607,6 +648,11 @@ impl TestCluster {
         let slot = self.new_proc();
         self.spawn(slot, Some((seed, self.token.clone())));
         self.wait_ready(slot, Duration::from_secs(90)).await;
+        assert_eq!(
+            read_admin_token(&self.nodes[slot].data),
+            self.admin_token,
+            "a joiner's admin-token is the cluster's"
+        );
         self.nodes[slot].id = self.own_id(slot).await;
         slot
     }
@@ -615,7 +661,7 @@ impl TestCluster {
         let addr = self.nodes[slot].client;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(v) = get_json(addr, "/admin/status").await {
+            if let Ok(v) = get_json(addr, "/admin/status", &self.admin_token).await {
                 if let Some(id) = v["node_id"].as_u64() {
                     return id;
                 }
@@ -739,7 +785,7 @@ impl TestCluster {
             if !running.contains(&p.id) {
                 continue;
             }
-            if let Ok(v) = get_json(p.client, "/admin/status").await {
+            if let Ok(v) = get_json(p.client, "/admin/status", &self.admin_token).await {
                 return Some(View::parse(v));
             }
         }
@@ -748,7 +794,7 @@ impl TestCluster {
 
     /// `/admin/status` of one node.
     pub async fn view_of(&self, id: u64) -> Result<View, String> {
-        get_json(self.addr_of(id), "/admin/status")
+        get_json(self.addr_of(id), "/admin/status", &self.admin_token)
             .await
             .map(View::parse)
     }
@@ -839,6 +885,8 @@ impl TestCluster {
     /// mismatch at equal applied indexes seen twice in a row fails at once.
     pub async fn assert_replicas_identical(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
+        // Checksums are computed in the background: only those taken after this call count.
+        let since_ms = now_ms();
         let mut suspect: BTreeMap<u32, u64> = BTreeMap::new();
         loop {
             let Some(view) = self.view().await else {
@@ -850,7 +898,12 @@ impl TestCluster {
             // group -> node -> (applied, checksum, keys)
             let mut sums: BTreeMap<u32, BTreeMap<u64, (u64, String, u64)>> = BTreeMap::new();
             for id in &running {
-                if let Ok(v) = get_json(self.addr_of(*id), "/admin/checksum").await {
+                if let Ok(v) =
+                    get_json(self.addr_of(*id), "/admin/checksum", &self.admin_token).await
+                {
+                    if v["computed_at_ms"].as_u64().unwrap_or(0) < since_ms {
+                        continue;
+                    }
                     for g in v["groups"].as_array().into_iter().flatten() {
                         let group = g["group"].as_u64().unwrap_or(u64::MAX) as u32;
                         sums.entry(group).or_default().insert(
@@ -913,7 +966,7 @@ impl TestCluster {
             self.addr_of(on),
             "POST",
             "/admin/faults",
-            Some(&self.token),
+            Some(&self.admin_token),
             &body.to_string(),
             Duration::from_secs(5),
         )
@@ -946,7 +999,7 @@ impl TestCluster {
             self.addr_of(id),
             "POST",
             "/admin/leave",
-            Some(&self.token),
+            Some(&self.admin_token),
             "",
             Duration::from_secs(10),
         )

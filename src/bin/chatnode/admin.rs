@@ -1,4 +1,5 @@
-//! `chatnode status`, `chatnode leave` and `chatnode invite`: small HTTP clients of a node's admin endpoints.
+//! `chatnode status`, `leave`, `invite` and `rotate-join-token`: small HTTP clients of a
+//! node's admin endpoints, authenticated with the cluster's admin token.
 
 use std::path::Path;
 use std::time::Duration;
@@ -71,8 +72,31 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
-pub async fn status(addr: &str, raw: bool) -> anyhow::Result<()> {
-    let (code, body) = http(addr, "GET", "/admin/status", None).await?;
+/// Environment variable with the admin token (when no `--admin-token` is given).
+pub const ADMIN_TOKEN_ENV: &str = "CHATNODE_ADMIN_TOKEN";
+
+/// The admin token: `flag`, else `$CHATNODE_ADMIN_TOKEN`, else `<data_dir>/admin-token`.
+pub fn admin_token(flag: Option<&str>, data_dir: &Path) -> anyhow::Result<String> {
+    if let Some(t) = flag {
+        return Ok(t.trim().to_string());
+    }
+    if let Ok(t) = std::env::var(ADMIN_TOKEN_ENV) {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+    }
+    let path = data_dir.join(chatnode::cluster::secrets::ADMIN_TOKEN_FILE);
+    let t = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {} (or pass --admin-token, or set {ADMIN_TOKEN_ENV})",
+            path.display()
+        )
+    })?;
+    Ok(t.trim().to_string())
+}
+
+pub async fn status(addr: &str, raw: bool, token: &str) -> anyhow::Result<()> {
+    let (code, body) = http(addr, "GET", "/admin/status", Some(token)).await?;
     if code != 200 {
         bail!("{addr} answered {code}: {body}");
     }
@@ -133,20 +157,8 @@ pub async fn status(addr: &str, raw: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn leave(addr: &str, token: Option<&str>, data_dir: &Path) -> anyhow::Result<()> {
-    let token = match token {
-        Some(t) => t.to_string(),
-        None => std::fs::read_to_string(data_dir.join("join-token"))
-            .with_context(|| {
-                format!(
-                    "reading {}/join-token (or pass --token)",
-                    data_dir.display()
-                )
-            })?
-            .trim()
-            .to_string(),
-    };
-    let (code, body) = http(addr, "POST", "/admin/leave", Some(&token)).await?;
+pub async fn leave(addr: &str, token: &str) -> anyhow::Result<()> {
+    let (code, body) = http(addr, "POST", "/admin/leave", Some(token)).await?;
     if code != 202 {
         bail!("{addr} answered {code}: {body}");
     }
@@ -154,31 +166,18 @@ pub async fn leave(addr: &str, token: Option<&str>, data_dir: &Path) -> anyhow::
     Ok(())
 }
 
-/// `chatnode invite`: `POST /admin/invites` with the same credential as `leave`.
+/// `chatnode invite`: `POST /admin/invites` with the admin token.
 pub async fn invite(
     addr: &str,
-    token: Option<&str>,
-    data_dir: &Path,
+    token: &str,
     uses: u32,
     ttl_secs: Option<u64>,
 ) -> anyhow::Result<()> {
-    let token = match token {
-        Some(t) => t.to_string(),
-        None => std::fs::read_to_string(data_dir.join("join-token"))
-            .with_context(|| {
-                format!(
-                    "reading {}/join-token (or pass --token)",
-                    data_dir.display()
-                )
-            })?
-            .trim()
-            .to_string(),
-    };
     let mut path = format!("/admin/invites?uses={uses}");
     if let Some(t) = ttl_secs {
         path.push_str(&format!("&ttl_secs={t}"));
     }
-    let (code, body) = http(addr, "POST", &path, Some(&token)).await?;
+    let (code, body) = http(addr, "POST", &path, Some(token)).await?;
     if code != 201 {
         bail!("{addr} answered {code}: {body}");
     }
@@ -190,5 +189,19 @@ pub async fn invite(
          {{\"username\": ..., \"password\": ..., \"invite\": \"{invite}\"}}",
         v["uses"], v["expires_at"]
     );
+    Ok(())
+}
+
+pub async fn rotate_join_token(addr: &str, token: &str) -> anyhow::Result<()> {
+    let (code, body) = http(addr, "POST", "/admin/rotate-join-token", Some(token)).await?;
+    if code != 200 {
+        bail!("{addr} answered {code}: {body}");
+    }
+    let v: Value = serde_json::from_str(&body)?;
+    let new = v["join_token"]
+        .as_str()
+        .context("no join_token in the answer")?;
+    eprintln!("the old join token admits nobody from now on; new joiners need:");
+    println!("{new}");
     Ok(())
 }
