@@ -178,6 +178,13 @@ impl Config {
                 "limits must be positive (max_frame_bytes >= 1024)".into(),
             ));
         }
+        // cluster: apply refuses bodies over BODY_BYTES_MAX whatever a node's config says.
+        let body_chars_max = crate::shard::validate::BODY_BYTES_MAX / 4;
+        if l.max_body_chars > body_chars_max {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_body_chars must be at most {body_chars_max}"
+            )));
+        }
         Ok(())
     }
 }

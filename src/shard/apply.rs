@@ -35,8 +35,13 @@ fn put<T: serde::Serialize>(
     Ok(())
 }
 
-/// Applies one shard command.
+/// Applies one shard command. Total: a command that breaks the shape rules
+/// (`validate::check_op`) is rejected before any key is built, so no command, however
+/// malformed, panics apply or wedges the group.
 pub fn apply_shard(txn: &mut SmTxn<'_>, op: &ShardOp) -> ApplyResult {
+    if let Err(r) = super::validate::check_op(op) {
+        return rejected(r);
+    }
     match op {
         ShardOp::CreateConversation {
             conversation_id,
@@ -238,7 +243,7 @@ fn outbox_push(
             conversation_id: conversation_id.to_string(),
         },
     )?;
-    put(txn, next_key, &(id + 1))
+    put(txn, next_key, &id.saturating_add(1))
 }
 
 /// The conversation and `user`'s role in it; `None` when it does not exist or `user` is not a
@@ -338,8 +343,8 @@ fn join(conv: &mut ConversationState, user: &str, role: Role) {
         role,
         joined: conv.next_join,
     });
-    conv.next_join += 1;
-    conv.members_ever += 1;
+    conv.next_join = conv.next_join.saturating_add(1);
+    conv.members_ever = conv.members_ever.saturating_add(1);
 }
 
 fn send(txn: &mut SmTxn<'_>, conversation_id: &str, a: EventArgs<'_>) -> ApplyResult {
@@ -418,7 +423,7 @@ fn append_event(
     conv: &mut ConversationState,
     e: EventArgs<'_>,
 ) -> Result<Message, StorageError> {
-    let seq = conv.last_seq + 1;
+    let seq = conv.last_seq.saturating_add(1);
     let message = Message {
         conversation_id: conv.conversation_id.clone(),
         seq,
