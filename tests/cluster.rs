@@ -935,9 +935,11 @@ async fn far_behind_follower_catches_up_with_large_messages() {
     c.kill(slot);
 
     let body: String = "\u{1F600}".repeat(4_000);
+    let up: Vec<u64> = members.iter().copied().filter(|id| *id != victim).collect();
     let mut senders = Vec::new();
     for k in 0..4 {
-        senders.push(Client::connect(c.addr_of(1 + (k % 2)), &a_token, &format!("bulk{k}")).await);
+        let node = up[k % up.len()];
+        senders.push(Client::connect(c.addr_of(node), &a_token, &format!("bulk{k}")).await);
     }
     let mut tasks = Vec::new();
     for (k, mut s) in senders.into_iter().enumerate() {
