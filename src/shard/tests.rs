@@ -428,6 +428,7 @@ fn wild_op() -> impl Strategy<Value = ShardOp> {
 fn apply_is_total_and_deterministic_on_arbitrary_commands() {
     let config = ProptestConfig {
         cases: 64,
+        failure_persistence: None,
         ..ProptestConfig::default()
     };
     proptest!(config, |(ops in prop::collection::vec(wild_op(), 1..12))| {
