@@ -310,6 +310,9 @@ pub const CONNECTION_SEND_QUEUE_BYTES_MIN: usize = 64 * 1024;
 /// fit well inside one reply's byte budget (`REPLY_BYTES_MAX`, 1 MiB), so that sync and
 /// history always make progress.
 pub const BODY_CHARS_MAX: usize = 16_000;
+// Apply refuses bodies over `shard::validate::BODY_BYTES_MAX` bytes whatever a node's config
+// says: the largest allowed body (4 bytes per code point) must fit under it.
+const _: () = assert!(BODY_CHARS_MAX * 4 <= crate::shard::validate::BODY_BYTES_MAX);
 
 /// Most shard groups a cluster may have (each costs heartbeats and a Raft task).
 pub const SHARDS_MAX: u32 = 1024;

@@ -1000,3 +1000,231 @@ async fn rotated_join_token_and_left_identity_are_refused() {
     assert_eq!(v.nodes.get(&id3).map(String::as_str), Some("left"));
     assert_eq!(v.nodes.get(&4).map(String::as_str), Some("active"));
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 12, points 7 and 8: byte caps on Raft RPCs, and G5 on every push path.
+
+/// Sends `n` messages of `body` to `conv` on `c`, at most `window` in flight, each retried
+/// with its `client_msg_id` until acked (pushes on the way are dropped); returns the seqs.
+async fn send_pipelined(
+    c: &mut Client,
+    conv: &str,
+    prefix: &str,
+    n: usize,
+    body: &str,
+    window: usize,
+) -> Vec<u64> {
+    let frame = |k: usize| {
+        json!({"type":"send","id":1_000_000 + k,"conversation_id":conv,
+               "client_msg_id":format!("{prefix}-{k}"),"body":body})
+        .to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut seqs = Vec::with_capacity(n);
+    let mut next = 0;
+    let mut in_flight = 0;
+    while seqs.len() < n {
+        while in_flight < window && next < n {
+            c.send_text(frame(next)).await;
+            next += 1;
+            in_flight += 1;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} sends acked",
+            seqs.len()
+        );
+        let Some(v) = c.recv(Duration::from_secs(20)).await else {
+            panic!("no reply with {in_flight} sends in flight");
+        };
+        let Some(id) = v["id"].as_u64().filter(|id| *id >= 1_000_000) else {
+            continue;
+        };
+        let k = (id - 1_000_000) as usize;
+        if v["type"] == "ack" {
+            seqs.push(v["seq"].as_u64().expect("seq"));
+            in_flight -= 1;
+        } else if v["retryable"] == true {
+            pause(Duration::from_millis(200)).await;
+            c.send_text(frame(k)).await;
+        } else {
+            panic!("send {k} refused: {v}");
+        }
+    }
+    seqs
+}
+
+/// A follower that was down while its group's leader took far more than one frame's worth
+/// of 4,000-character messages (16 KB each: 4-byte code points) catches up after its
+/// restart: the same applied index and checksum as the others. Fails without the byte cut
+/// of AppendEntries: the whole backlog (≈ 40 entries, 22 MB) went into one RPC, over the
+/// 16 MiB frame, refused on every retry.
+#[tokio::test(flavor = "multi_thread")]
+async fn far_behind_follower_catches_up_with_large_messages() {
+    const SHARDS_HERE: u32 = 2;
+    const MESSAGES: usize = 1_400;
+    let mut c = TestCluster::start(3, SHARDS_HERE).await;
+    let members = c.ids();
+    c.wait_converged(&members, false, CONVERGE).await;
+    let (_, a_token) = register_user(c.addr_of(1), "bulk-a").await;
+    let (b_id, _) = register_user(c.addr_of(1), "bulk-b").await;
+    let mut a = Client::connect(c.addr_of(1), &a_token, "a1").await;
+    let r = a
+        .request(
+            json!({"type":"create_conversation","kind":"group","members":[b_id],"title":"bulk"}),
+        )
+        .await;
+    let conv = r["conversation"]["conversation_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("create: {r}"))
+        .to_string();
+    let shard = ShardMap::new(SHARDS_HERE).shard_for_conversation(&conv);
+    // Stop a follower of the conversation's shard (not node 1, where the client is).
+    let v = c.view().await.expect("status");
+    let leader = v.leader_of(shard).expect("leader");
+    let victim = *members
+        .iter()
+        .find(|id| **id != leader && **id != 1)
+        .expect("a follower");
+    eprintln!("shard {shard} led by {leader}; stopping node {victim}");
+    let slot = c.slot_of(victim);
+    c.kill(slot);
+
+    let body: String = "\u{1F600}".repeat(4_000);
+    let up: Vec<u64> = members.iter().copied().filter(|id| *id != victim).collect();
+    let mut senders = Vec::new();
+    for k in 0..4 {
+        let node = up[k % up.len()];
+        senders.push(Client::connect(c.addr_of(node), &a_token, &format!("bulk{k}")).await);
+    }
+    let mut tasks = Vec::new();
+    for (k, mut s) in senders.into_iter().enumerate() {
+        let (conv, body) = (conv.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            send_pipelined(&mut s, &conv, &format!("big{k}"), MESSAGES / 4, &body, 16).await
+        }));
+    }
+    let mut acked = 0;
+    for t in tasks {
+        acked += t.await.expect("sender").len();
+    }
+    assert_eq!(acked, MESSAGES);
+    eprintln!(
+        "{MESSAGES} messages, {} MB, sent while node {victim} was down",
+        MESSAGES * body.len() / 1_000_000
+    );
+
+    c.restart(slot).await;
+    c.assert_replicas_identical(Duration::from_secs(180)).await;
+    let mut reader = Client::connect(c.addr_of(victim), &a_token, "reader").await;
+    let hist = reader.history_all(&conv).await;
+    let texts = hist.iter().filter(|m| m["kind"] == "text").count();
+    assert_eq!(texts, MESSAGES, "history on the restarted node");
+}
+
+/// G5 across a leader change: X is removed at seq n, the leader of the conversation's shard
+/// is killed at once, and the owner keeps sending through the new leader. No device of X,
+/// on any node, is pushed a seq above n — not by the replicas' own applies, nor by the new
+/// leader's refill (`LeaderChanged`) or a gap fill — while the members that stay get the
+/// messages.
+#[tokio::test(flavor = "multi_thread")]
+async fn removed_member_gets_nothing_after_a_leader_change() {
+    const SHARDS_HERE: u32 = 4;
+    let mut c = TestCluster::start(3, SHARDS_HERE).await;
+    let members = c.ids();
+    c.wait_converged(&members, false, CONVERGE).await;
+    let (_, a_token) = register_user(c.addr_of(1), "g5-owner").await;
+    let (b_id, b_token) = register_user(c.addr_of(1), "g5-stays").await;
+    let (x_id, x_token) = register_user(c.addr_of(1), "g5-removed").await;
+    let map = ShardMap::new(SHARDS_HERE);
+
+    // A conversation whose shard is led by node 2 or 3, so the owner on node 1 survives the
+    // kill of the leader.
+    let mut owner = Client::connect(c.addr_of(1), &a_token, "a1").await;
+    let (conv, shard, leader) = loop {
+        let r = owner
+            .request(json!({"type":"create_conversation","kind":"group","members":[b_id, x_id],"title":"g5"}))
+            .await;
+        let conv = r["conversation"]["conversation_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("create: {r}"))
+            .to_string();
+        let shard = map.shard_for_conversation(&conv);
+        let v = c.view().await.expect("status");
+        match v.leader_of(shard) {
+            Some(l) if l != 1 => break (conv, shard, l),
+            _ => continue,
+        }
+    };
+    eprintln!("conversation {conv} in shard {shard}, led by node {leader}");
+    // X and B on every node.
+    let mut xs = BTreeMap::new();
+    let mut bs = BTreeMap::new();
+    for id in &members {
+        xs.insert(
+            *id,
+            Client::connect(c.addr_of(*id), &x_token, &format!("x{id}")).await,
+        );
+        bs.insert(
+            *id,
+            Client::connect(c.addr_of(*id), &b_token, &format!("b{id}")).await,
+        );
+    }
+    for k in 0..5 {
+        let ack = owner.send_msg(&conv, &format!("pre{k}"), "before").await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    let r = owner
+        .request(json!({"type":"remove_member","conversation_id":conv,"user_id":x_id}))
+        .await;
+    let removed_at = r["conversation"]["last_seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("remove: {r}"));
+    // The leader change right after the removal.
+    c.kill(c.slot_of(leader));
+    xs.remove(&leader);
+    bs.remove(&leader);
+    let mut last = 0;
+    for k in 0..40 {
+        let cmid = format!("post{k}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ack = owner.send_msg(&conv, &cmid, &format!("after {k}")).await;
+            if ack["type"] == "ack" {
+                last = ack["seq"].as_u64().expect("seq");
+                break;
+            }
+            assert!(
+                ack["retryable"] == true && Instant::now() < deadline,
+                "send {k}: {ack}"
+            );
+            pause(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(last > removed_at);
+    // Whatever could reach X has had time to: refills, gap fills, pushes by apply.
+    for (node, x) in xs.iter_mut() {
+        for p in x.collect("message", Duration::from_secs(5)).await {
+            if p["conversation_id"] == conv.as_str() {
+                let seq = p["seq"].as_u64().unwrap_or(0);
+                assert!(
+                    seq <= removed_at,
+                    "X (removed at seq {removed_at}) was pushed seq {seq} on node {node}: {p}"
+                );
+            }
+        }
+    }
+    // The member who stays gets the messages after the removal (on some node).
+    let mut b_got = 0;
+    for b in bs.values_mut() {
+        b_got += b
+            .collect("message", Duration::from_secs(1))
+            .await
+            .iter()
+            .filter(|p| {
+                p["conversation_id"] == conv.as_str() && p["seq"].as_u64() > Some(removed_at)
+            })
+            .count();
+    }
+    assert!(b_got > 0, "B was pushed nothing after the removal");
+}

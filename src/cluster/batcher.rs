@@ -16,6 +16,11 @@ use crate::shard::command::{GroupId, Request, Response, ShardOp, ShardResponse};
 pub const PROPOSAL_QUEUE_MAX: usize = 4096;
 /// Most commands in one proposed entry.
 pub const PROPOSAL_BATCH_MAX: usize = 256;
+/// About the most bytes of commands in one proposed entry (`ShardOp::size_estimate`; the
+/// entry ends with the command that reaches it, each command at most
+/// `shard::validate::OP_BYTES_MAX`): an entry stays far below the transport's 16 MiB frame, so
+/// AppendEntries can always carry it alone.
+pub const PROPOSAL_BATCH_BYTES_MAX: usize = 1 << 20;
 /// Entries of one group being proposed at once. One: everything that arrives while an entry
 /// commits goes into the next, which keeps entries big and the per-entry cost rare.
 pub const PROPOSALS_IN_FLIGHT_PER_GROUP_MAX: usize = 1;
@@ -67,7 +72,13 @@ async fn run(router: Arc<Router>, group: GroupId, mut rx: mpsc::Receiver<(ShardO
         // 3-4x and 2x; yielding more (while more arrived) was worse again.
         tokio::task::yield_now().await;
         // Everything queued while the previous entries were in flight goes into this one.
-        let batch = super::with_queued(first, &mut rx, PROPOSAL_BATCH_MAX);
+        let batch = super::with_queued_within(
+            first,
+            &mut rx,
+            PROPOSAL_BATCH_MAX,
+            PROPOSAL_BATCH_BYTES_MAX,
+            |(op, _)| op.size_estimate(),
+        );
         let router = router.clone();
         tokio::spawn(async move {
             let _permit = permit;

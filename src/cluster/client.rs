@@ -430,6 +430,12 @@ impl Cluster {
         if !self.is_local_leader(group) || self.is_transferring(group) {
             return Err(self.not_leader(group));
         }
+        // Commands reach here from this node's gateway and from peers alike: the shape rules
+        // and the shard placement are checked again before anything is proposed (apply
+        // checks the shape once more, deterministically).
+        if let Err(r) = check_forwarded(self.fanout.shard_map(), group, &op) {
+            return Ok(ShardResponse::Rejected(r));
+        }
         #[cfg(feature = "fault-injection")]
         if let Some(r) = self.sabotaged_write(group, &op).await {
             return r;
@@ -643,5 +649,61 @@ fn mismatch(group: GroupId, r: &PeerReply) -> RouteError {
             PeerReply::Error(e) => e.clone(),
             _ => "reply does not match the request".into(),
         },
+    }
+}
+
+/// What a leader checks of a shard command before proposing it: its fields
+/// (`shard::validate::check_op`) and that `group` is the shard its key lives in (a command
+/// routed to the wrong shard would write where no read looks).
+pub fn check_forwarded(
+    shard_map: &super::ShardMap,
+    group: GroupId,
+    op: &ShardOp,
+) -> Result<(), crate::shard::command::Rejection> {
+    crate::shard::validate::check_op(op)?;
+    let home = match op {
+        ShardOp::CreateConversation {
+            conversation_id, ..
+        }
+        | ShardOp::Send {
+            conversation_id, ..
+        }
+        | ShardOp::AddMembers {
+            conversation_id, ..
+        }
+        | ShardOp::RemoveMember {
+            conversation_id, ..
+        }
+        | ShardOp::SetRole {
+            conversation_id, ..
+        }
+        | ShardOp::Receipt {
+            conversation_id, ..
+        } => Some(shard_map.shard_for_conversation(conversation_id)),
+        ShardOp::CreateUser { user_id, .. }
+        | ShardOp::IndexUserConversation { user_id, .. }
+        | ShardOp::IndexUserConversationCapped { user_id, .. }
+        | ShardOp::UnindexUserConversation { user_id, .. }
+        | ShardOp::CreateSession { user_id, .. }
+        | ShardOp::RefreshSession { user_id, .. }
+        | ShardOp::RevokeSession { user_id, .. }
+        | ShardOp::RevokeAllSessions { user_id } => Some(shard_map.shard_for_user(user_id)),
+        ShardOp::CreateInvite { code, .. } | ShardOp::UseInvite { code, .. } => {
+            Some(shard_map.shard_for_invite(code))
+        }
+        ShardOp::ClaimUsername { username, .. } => Some(shard_map.shard_for_username(username)),
+        // Any shard has an outbox.
+        ShardOp::OutboxDone { .. } => None,
+        #[cfg(feature = "fault-injection")]
+        ShardOp::SendAtSeq { .. } => None,
+    };
+    match home {
+        Some(h) if h != group => Err(crate::shard::command::Rejection::BadRequest(format!(
+            "command for shard {h} sent to group {group}"
+        ))),
+        _ if group == META_GROUP => Err(crate::shard::command::Rejection::BadRequest(
+            "a shard command sent to the meta group".into(),
+        )),
+        _ => Ok(()),
     }
 }

@@ -25,6 +25,9 @@ use crate::shard::command::{GroupId, ShardOp, ShardResponse};
 pub const FORWARD_QUEUE_MAX: usize = 4096;
 /// Most commands in one forwarded batch (the receiver refuses longer ones).
 pub const FORWARD_BATCH_MAX: usize = 256;
+/// About the most bytes of commands in one forwarded batch (it ends with the command that
+/// reaches it), far below the 16 MiB frame.
+pub const FORWARD_BATCH_BYTES_MAX: usize = 2 << 20;
 /// Batches to one peer in flight at once: the first commands of an idle peer go at once,
 /// later ones gather while these are answered.
 pub const FORWARD_BATCHES_IN_FLIGHT_MAX: usize = 4;
@@ -113,7 +116,13 @@ async fn run_peer(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let batch = super::with_queued(first, &mut rx, FORWARD_BATCH_MAX);
+        let batch = super::with_queued_within(
+            first,
+            &mut rx,
+            FORWARD_BATCH_MAX,
+            FORWARD_BATCH_BYTES_MAX,
+            |i| i.write.op.size_estimate() + i.write.trace_id.len(),
+        );
         let transport = transport.clone();
         tokio::spawn(async move {
             let _permit = permit;

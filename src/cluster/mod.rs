@@ -33,19 +33,65 @@ pub use outbox::OutboxRelay;
 pub use placement::ShardMap;
 pub use router::{RouteError, Router};
 
-/// `first` and whatever else is queued in `rx` right now, at most `max` items in all: how the
-/// proposer, the write forwarder and the push sender cut their batches.
+/// `first` and whatever else is queued in `rx` right now, at most `max` items in all.
+#[cfg(test)]
 pub(crate) fn with_queued<T>(
     first: T,
     rx: &mut tokio::sync::mpsc::Receiver<T>,
     max: usize,
 ) -> Vec<T> {
+    with_queued_within(first, rx, max, usize::MAX, |_| 0)
+}
+
+/// `first` and whatever else is queued in `rx` right now, at most `max` items and about
+/// `bytes_max` bytes (as `size` estimates them) in all: the batch ends with the item that
+/// reaches `bytes_max`, so it is at most `bytes_max` plus one item. How the proposer, the
+/// write forwarder and the push sender cut their batches; what is left stays queued for
+/// the next batch (nothing is dropped).
+pub(crate) fn with_queued_within<T>(
+    first: T,
+    rx: &mut tokio::sync::mpsc::Receiver<T>,
+    max: usize,
+    bytes_max: usize,
+    size: impl Fn(&T) -> usize,
+) -> Vec<T> {
+    let mut bytes = size(&first);
     let mut batch = vec![first];
-    while batch.len() < max {
+    while batch.len() < max && bytes < bytes_max {
         match rx.try_recv() {
-            Ok(item) => batch.push(item),
+            Ok(item) => {
+                bytes = bytes.saturating_add(size(&item));
+                batch.push(item);
+            }
             Err(_) => break,
         }
     }
     batch
 }
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batches_are_cut_by_count_and_bytes_and_keep_the_rest() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        for n in 1..=10usize {
+            tx.try_send(n * 100).expect("queued");
+        }
+        let first = rx.recv().await.expect("first");
+        // 100 + 200 + 300 + 400 reaches 1000.
+        let b = with_queued_within(first, &mut rx, 8, 1000, |n| *n);
+        assert_eq!(b, vec![100, 200, 300, 400]);
+        let first = rx.recv().await.expect("next");
+        let b = with_queued(first, &mut rx, 3);
+        assert_eq!(b, vec![500, 600, 700]);
+        let first = rx.recv().await.expect("next");
+        // One item over the budget still goes alone.
+        let b = with_queued_within(first, &mut rx, 8, 10, |n| *n);
+        assert_eq!(b, vec![800]);
+    }
+}
+
+#[cfg(test)]
+mod peer_fuzz;

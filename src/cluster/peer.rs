@@ -134,6 +134,7 @@ pub fn peer_error(e: TransportError) -> PeerError {
     match e {
         TransportError::Unreachable(m) => PeerError::Unreachable(m),
         TransportError::Timeout => PeerError::Timeout,
+        TransportError::FrameTooLarge { bytes, max } => PeerError::PayloadTooLarge { bytes, max },
         other => PeerError::Network(other.to_string()),
     }
 }

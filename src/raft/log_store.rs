@@ -17,6 +17,16 @@ pub(crate) const TAG_VOTE: u8 = 1;
 pub(crate) const TAG_LAST_PURGED: u8 = 2;
 pub(crate) const TAG_COMMITTED: u8 = 3;
 
+/// Most stored (bincode) bytes of log entries one AppendEntries carries. openraft asks the
+/// reader for up to `max_payload_entries` entries per RPC; [`LogStore::limited_get_log_entries`]
+/// stops once this many bytes are read (always at least one entry), so a follower far
+/// behind catches up in frames well under the transport's limit (`FRAME_BYTES_MAX`,
+/// 16 MiB) however large the entries are. The network checks the encoded request again
+/// (`PeerError::PayloadTooLarge` → openraft's `PayloadTooLarge`). 1 MiB, because openraft
+/// 0.9 bounds every AppendEntries (follower fsync included) by the heartbeat interval
+/// (250 ms): a catch-up RPC must cross a loaded machine well within it.
+pub const APPEND_ENTRIES_BYTES_MAX: usize = 1 << 20;
+
 fn io(e: StorageIOError<NodeId>) -> SError {
     SError::IO { source: e }
 }
@@ -76,6 +86,24 @@ impl RaftLogReader<TypeConfig> for LogStore {
         blocking(move || store.log_range(group, start, end, |_, b| decode::<Entry>(b)))
             .await
             .map_err(|e| io(StorageIOError::read_logs(AnyError::new(&e))))
+    }
+
+    /// What replication sends: the entries of `[start, end)` from `start` on, cut after
+    /// [`APPEND_ENTRIES_BYTES_MAX`] stored bytes (at least one entry). openraft sends the
+    /// prefix and asks for the rest next.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, SError> {
+        let (store, group) = (self.store.clone(), self.group);
+        blocking(move || {
+            store.log_range_within(group, start, end, APPEND_ENTRIES_BYTES_MAX, |_, b| {
+                decode::<Entry>(b)
+            })
+        })
+        .await
+        .map_err(|e| io(StorageIOError::read_logs(AnyError::new(&e))))
     }
 }
 

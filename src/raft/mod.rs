@@ -20,7 +20,7 @@ use std::sync::Arc;
 use openraft::error::{Fatal, InitializeError, RaftError};
 use openraft::{BasicNode, Config, ConfigError, SnapshotPolicy};
 
-pub use log_store::LogStore;
+pub use log_store::{LogStore, APPEND_ENTRIES_BYTES_MAX};
 pub use network::{handle_rpc, NoPeers, PeerError, PeerNetwork, RaftRpc, RaftRpcReply};
 pub use state_machine::StateMachineStore;
 
@@ -57,6 +57,13 @@ pub trait Applier: Send + Sync + 'static {
     /// store's apply thread, which every group shares: must not block for long.
     fn after_write(&self, group: GroupId, responses: &[Response]);
 }
+
+/// Bytes of snapshot data per install-snapshot RPC. openraft 0.9 sends a snapshot as chunks
+/// of this size (one RPC each, `install_snapshot_timeout_ms` apiece), so a snapshot of any
+/// size crosses the network in frames far under the transport's 16 MiB limit. The snapshot
+/// itself is built and received in memory (`SnapshotData = Cursor<Vec<u8>>`): its size is
+/// bounded by the group's data, not by the frame limit.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: u64 = 2 << 20;
 
 /// Raft timings and log-compaction settings of a group.
 #[derive(Debug, Clone)]
@@ -107,6 +114,7 @@ impl RaftTimings {
             max_in_snapshot_log_to_keep: self.keep_logs_behind_snapshot,
             max_payload_entries: self.max_payload_entries,
             purge_batch_size: self.purge_batch_size,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES_MAX,
             ..Default::default()
         }
         .validate()

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -53,6 +54,16 @@ pub enum PeerError {
     /// group (yet)".
     #[error("network: {0}")]
     Network(String),
+    /// The encoded RPC would be `bytes` long, over the transport's `max`: nothing was sent.
+    #[error("rpc of {bytes} bytes is over the {max}-byte frame limit")]
+    PayloadTooLarge { bytes: usize, max: usize },
+}
+
+/// How many of `entries` entries should fit in one RPC when all of them encoded to `bytes`
+/// and the limit is `max`: proportionally fewer, with a quarter of headroom, at least 1.
+pub(crate) fn entries_hint(entries: usize, bytes: usize, max: usize) -> u64 {
+    let fit = (entries as u128 * max as u128 * 3 / 4) / (bytes.max(1) as u128);
+    fit.clamp(1, entries.saturating_sub(1).max(1) as u128) as u64
 }
 
 /// Delivers Raft RPCs of any group to peer nodes.
@@ -152,16 +163,27 @@ impl PeerClient {
         self.peers
             .call(self.target, &self.node, self.group, rpc, timeout)
             .await
-            .map_err(|e| match e {
-                PeerError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
-                PeerError::Timeout => RPCError::Timeout(Timeout {
-                    action,
-                    id: self.node_id,
-                    target: self.target,
-                    timeout,
-                }),
-                PeerError::Network(_) => RPCError::Network(NetworkError::new(&e)),
-            })
+            .map_err(|e| self.rpc_error(action, timeout, e))
+    }
+
+    fn rpc_error<E: std::error::Error>(
+        &self,
+        action: RPCTypes,
+        timeout: Duration,
+        e: PeerError,
+    ) -> RPCError<NodeId, BasicNode, E> {
+        match e {
+            PeerError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
+            PeerError::Timeout => RPCError::Timeout(Timeout {
+                action,
+                id: self.node_id,
+                target: self.target,
+                timeout,
+            }),
+            PeerError::Network(_) | PeerError::PayloadTooLarge { .. } => {
+                RPCError::Network(NetworkError::new(&e))
+            }
+        }
     }
 
     fn remote<E: std::error::Error>(&self, e: E) -> RPCError<NodeId, BasicNode, E> {
@@ -185,14 +207,41 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self
+        let entries = rpc.entries.len();
+        let timeout = option.hard_ttl();
+        let sent = self
+            .peers
             .call(
-                RPCTypes::AppendEntries,
+                self.target,
+                &self.node,
+                self.group,
                 RaftRpc::AppendEntries(rpc),
-                &option,
+                timeout,
             )
-            .await?
-        {
+            .await;
+        let reply = match sent {
+            // The log reader already cuts batches by bytes (`APPEND_ENTRIES_BYTES_MAX`); this
+            // catches what it cannot see (encoding overhead): openraft retries at once with
+            // fewer entries. One entry that alone is too large cannot be split: a network
+            // error (retried later); entries are cut by bytes when proposed, so it does not
+            // happen.
+            Err(PeerError::PayloadTooLarge { bytes, max }) if entries > 1 => {
+                let hint = entries_hint(entries, bytes, max);
+                tracing::warn!(
+                    group = self.group,
+                    target = self.target,
+                    entries,
+                    bytes,
+                    hint,
+                    "append-entries over the frame limit; openraft retries with fewer entries"
+                );
+                return Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint(hint),
+                ));
+            }
+            other => other.map_err(|e| self.rpc_error(RPCTypes::AppendEntries, timeout, e))?,
+        };
+        match reply {
             RaftRpcReply::AppendEntries(r) => r.map_err(|e| self.remote(e)),
             _ => Err(Self::mismatch()),
         }

@@ -15,6 +15,8 @@ use crate::shard::command::{ClusterSettings, MetaOp, ShardResponse};
 #[derive(Default)]
 struct CountingApplier {
     after_write: AtomicUsize,
+    /// Also stores every request (under `[2, n]`), so snapshots have the data's size.
+    keep: bool,
 }
 
 const COUNT_KEY: &[u8] = &[1];
@@ -29,6 +31,11 @@ impl Applier for CountingApplier {
             None => 0,
         };
         txn.put(COUNT_KEY.to_vec(), (n + 1).to_be_bytes().to_vec());
+        if self.keep {
+            let mut key = vec![2u8];
+            key.extend_from_slice(&n.to_be_bytes());
+            txn.put(key, crate::storage::encode(req)?);
+        }
         Ok(match req {
             Request::Meta(MetaOp::InitCluster(s)) => Response::Meta(s.clone()),
             Request::Meta(_) => Response::None,
@@ -369,4 +376,242 @@ async fn committed_log_id_survives_reopen() {
     assert_eq!(log.read_committed().await.expect("read"), Some(committed));
     let mut other = LogStore::new(5, store);
     assert_eq!(other.read_committed().await.expect("read"), None);
+}
+
+/// Like [`Loopback`], but with a frame limit like the transport's (an RPC that encodes over
+/// `frame_max` bytes is not sent: `PayloadTooLarge`), and a record of the largest RPC sent.
+#[derive(Clone)]
+struct Limited {
+    inner: Loopback,
+    frame_max: usize,
+    largest_append: Arc<AtomicUsize>,
+    largest_snapshot: Arc<AtomicUsize>,
+    snapshot_chunks: Arc<AtomicUsize>,
+}
+
+impl PeerNetwork for Limited {
+    fn call(
+        &self,
+        target: NodeId,
+        node: &BasicNode,
+        group: GroupId,
+        rpc: RaftRpc,
+        timeout: Duration,
+    ) -> futures_util::future::BoxFuture<'static, Result<RaftRpcReply, PeerError>> {
+        let bytes = match crate::storage::encode(&rpc) {
+            Ok(b) => b.len(),
+            Err(e) => return Box::pin(async move { Err(PeerError::Network(e.to_string())) }),
+        };
+        if bytes > self.frame_max {
+            let max = self.frame_max;
+            return Box::pin(async move { Err(PeerError::PayloadTooLarge { bytes, max }) });
+        }
+        match &rpc {
+            RaftRpc::AppendEntries(_) => {
+                self.largest_append.fetch_max(bytes, Ordering::SeqCst);
+            }
+            RaftRpc::InstallSnapshot(_) => {
+                self.largest_snapshot.fetch_max(bytes, Ordering::SeqCst);
+                self.snapshot_chunks.fetch_add(1, Ordering::SeqCst);
+            }
+            RaftRpc::Vote(_) => {}
+        }
+        self.inner.call(target, node, group, rpc, timeout)
+    }
+}
+
+/// An entry of about `bytes` bytes (a string: bincode copies it whole, where a `Vec<u8>`
+/// goes byte by byte through serde, slow in a debug build).
+fn big_request(n: u32, bytes: usize) -> Request {
+    Request::Meta(MetaOp::AddNode {
+        peer_addr: format!("{n}:{}", "x".repeat(bytes)),
+        client_addr: String::new(),
+    })
+}
+
+/// A follower cut off while the leader appends far more than one frame's worth of large
+/// entries catches up once the link is back, and no RPC is ever over the frame limit: the
+/// log reader cuts AppendEntries by bytes. Then a snapshot of a group over 2 frames' worth
+/// seeds a new member in chunks under the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn far_behind_follower_catches_up_under_the_frame_limit() {
+    // 80 entries of 512 KiB: 40 MiB behind, 2.5 frames; openraft would send up to 300
+    // entries (150 MiB) in one RPC without the byte cut.
+    catch_up(16 << 20, 512 << 10, 80, true).await;
+}
+
+/// When the reader's cut is still over the frame (here a 1 MB frame, 400 KB entries: the
+/// reader returns 3), the network answers `PayloadTooLarge` and openraft retries with
+/// fewer entries: the follower still catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn payload_too_large_makes_openraft_send_fewer_entries() {
+    catch_up(1_000_000, 400_000, 20, false).await;
+}
+
+async fn catch_up(frame_max: usize, entry_bytes: usize, entries: u32, with_snapshot: bool) {
+    let net = Limited {
+        inner: Loopback::default(),
+        frame_max,
+        largest_append: Arc::default(),
+        largest_snapshot: Arc::default(),
+        snapshot_chunks: Arc::default(),
+    };
+    let timings = RaftTimings {
+        // Long enough for a 4 MiB append on a loaded machine.
+        heartbeat_ms: 500,
+        election_min_ms: 3_000,
+        election_max_ms: 4_000,
+        install_snapshot_timeout_ms: 10_000,
+        // Purge everything a snapshot covers, so node 4 must be seeded from it.
+        keep_logs_behind_snapshot: 0,
+        purge_batch_size: 1,
+        ..Default::default()
+    };
+    let group = 1;
+    let mut dirs = Vec::new();
+    let mut stores = BTreeMap::new();
+    let mut handles = BTreeMap::new();
+    for id in 1..=4u64 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let h = start_group(
+            id,
+            group,
+            store.clone(),
+            Arc::new(CountingApplier {
+                keep: true,
+                ..Default::default()
+            }),
+            Arc::new(net.clone()),
+            &timings,
+        )
+        .await
+        .expect("start");
+        net.inner
+            .nodes
+            .lock()
+            .entry(id)
+            .or_default()
+            .insert(group, h.raft.clone());
+        dirs.push(dir);
+        stores.insert(id, store);
+        handles.insert(id, h);
+    }
+    let leader = handles[&1].clone();
+    initialize_single(&leader, 1, "n1".into())
+        .await
+        .expect("init");
+    leader
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .state(ServerState::Leader, "leader")
+        .await
+        .expect("leader");
+    for id in 2..=3u64 {
+        leader
+            .raft
+            .add_learner(id, BasicNode::new(format!("n{id}")), true)
+            .await
+            .expect("learner");
+    }
+    leader
+        .raft
+        .change_membership([1u64, 2, 3], false)
+        .await
+        .expect("membership");
+    // Node 3 stops (a stopped node does not campaign and disturb the leader on return).
+    handles[&3].raft.shutdown().await.expect("shutdown 3");
+    net.inner.nodes.lock().remove(&3);
+    let mut last = None;
+    for n in 0..entries {
+        let w = leader
+            .raft
+            .client_write(big_request(n, entry_bytes))
+            .await
+            .expect("write");
+        last = Some(w.log_id.index);
+    }
+    let h3 = start_group(
+        3,
+        group,
+        stores[&3].clone(),
+        Arc::new(CountingApplier {
+            keep: true,
+            ..Default::default()
+        }),
+        Arc::new(net.clone()),
+        &timings,
+    )
+    .await
+    .expect("restart 3");
+    net.inner
+        .nodes
+        .lock()
+        .entry(3)
+        .or_default()
+        .insert(group, h3.raft.clone());
+    handles.insert(3, h3);
+    if let Err(e) = handles[&3]
+        .raft
+        .wait(Some(Duration::from_secs(60)))
+        .applied_index_at_least(last, "node 3 caught up")
+        .await
+    {
+        let m1 = handles[&1].raft.metrics().borrow().clone();
+        let m3 = handles[&3].raft.metrics().borrow().clone();
+        panic!(
+            "node 3 did not catch up: {e}; largest append {}; leader {m1}; node 3 {m3}",
+            net.largest_append.load(Ordering::SeqCst)
+        );
+    }
+    assert_eq!(count(&stores[&3], group), count(&stores[&1], group));
+    let largest = net.largest_append.load(Ordering::SeqCst);
+    assert!(largest > entry_bytes, "appends carried the large entries");
+    assert!(
+        largest <= frame_max.min(super::APPEND_ENTRIES_BYTES_MAX + 2 * entry_bytes),
+        "largest append was {largest} bytes"
+    );
+    if !with_snapshot {
+        for h in handles.values() {
+            h.raft.shutdown().await.expect("shutdown");
+        }
+        return;
+    }
+
+    // A snapshot of the ~40 MiB group seeds node 4 in chunks.
+    leader.raft.trigger().snapshot().await.expect("snapshot");
+    leader
+        .raft
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.snapshot.is_some(), "snapshot built")
+        .await
+        .expect("snapshot built");
+    leader
+        .raft
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(|m| m.purged.is_some(), "purged")
+        .await
+        .expect("purged");
+    leader
+        .raft
+        .add_learner(4, BasicNode::new("n4"), true)
+        .await
+        .expect("learner 4");
+    handles[&4]
+        .raft
+        .wait(Some(Duration::from_secs(60)))
+        .applied_index_at_least(last, "node 4 seeded")
+        .await
+        .expect("node 4 seeded");
+    assert_eq!(count(&stores[&4], group), count(&stores[&1], group));
+    let chunks = net.snapshot_chunks.load(Ordering::SeqCst);
+    let largest = net.largest_snapshot.load(Ordering::SeqCst);
+    assert!(chunks >= 15, "a 40 MiB snapshot took {chunks} chunks");
+    assert!(
+        largest <= super::SNAPSHOT_CHUNK_BYTES_MAX as usize + (64 << 10),
+        "largest snapshot chunk RPC was {largest} bytes"
+    );
+    for h in handles.values() {
+        h.raft.shutdown().await.expect("shutdown");
+    }
 }

@@ -35,8 +35,13 @@ fn put<T: serde::Serialize>(
     Ok(())
 }
 
-/// Applies one shard command.
+/// Applies one shard command. Total: a command that breaks the shape rules
+/// (`validate::check_op`) is rejected before any key is built, so no command, however
+/// malformed, panics apply or wedges the group.
 pub fn apply_shard(txn: &mut SmTxn<'_>, op: &ShardOp) -> ApplyResult {
+    if let Err(r) = super::validate::check_op(op) {
+        return rejected(r);
+    }
     if let Some(r) = super::accounts::apply_account(txn, op) {
         return r;
     }
@@ -271,7 +276,7 @@ fn outbox_queue(
             conversation_id: conversation_id.to_string(),
         },
     )?;
-    put(txn, next_key, &(id + 1))
+    put(txn, next_key, &id.saturating_add(1))
 }
 
 /// Most index entries counted when a user's count key is missing (an index written before
@@ -436,8 +441,8 @@ fn join(conv: &mut ConversationState, user: &str, role: Role) {
         role,
         joined: conv.next_join,
     });
-    conv.next_join += 1;
-    conv.members_ever += 1;
+    conv.next_join = conv.next_join.saturating_add(1);
+    conv.members_ever = conv.members_ever.saturating_add(1);
 }
 
 fn send(txn: &mut SmTxn<'_>, conversation_id: &str, a: EventArgs<'_>) -> ApplyResult {
@@ -516,7 +521,7 @@ fn append_event(
     conv: &mut ConversationState,
     e: EventArgs<'_>,
 ) -> Result<Message, StorageError> {
-    let seq = conv.last_seq + 1;
+    let seq = conv.last_seq.saturating_add(1);
     let message = Message {
         conversation_id: conv.conversation_id.clone(),
         seq,

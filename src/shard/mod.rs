@@ -10,6 +10,7 @@ pub mod command;
 pub mod keys;
 pub mod query;
 pub mod read;
+pub mod validate;
 
 pub use apply::apply_shard;
 pub use read::{Page, ShardReader};

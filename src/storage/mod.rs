@@ -588,8 +588,27 @@ impl Store {
         group: GroupId,
         start: u64,
         end: u64,
+        decode: impl FnMut(u64, &[u8]) -> Result<T, StorageError>,
+    ) -> Result<Vec<T>, StorageError> {
+        self.log_range_within(group, start, end, usize::MAX, decode)
+    }
+
+    /// Like [`Store::log_range`], but stops after the entry that brings the stored bytes read
+    /// past `bytes_max` (so the result is a prefix of the range, at least one entry long when
+    /// the range holds any): replication reads at most about a frame's worth.
+    pub fn log_range_within<T>(
+        &self,
+        group: GroupId,
+        start: u64,
+        end: u64,
+        bytes_max: usize,
         mut decode: impl FnMut(u64, &[u8]) -> Result<T, StorageError>,
     ) -> Result<Vec<T>, StorageError> {
+        let mut used = 0usize;
+        let mut full = |len: usize| {
+            used = used.saturating_add(len);
+            used >= bytes_max
+        };
         if start >= end {
             return Ok(Vec::new());
         }
@@ -631,18 +650,30 @@ impl Store {
                     }
                     out.push((*pidx, decode(*pidx, pb)?));
                     pi.next();
+                    if full(pb.len()) {
+                        return Ok(out.into_iter().map(|(_, t)| t).collect());
+                    }
                 }
                 if out.last().is_some_and(|(i, _)| *i == index) {
                     continue;
                 }
                 out.push((index, decode(index, &v)?));
+                if full(v.len()) {
+                    return Ok(out.into_iter().map(|(_, t)| t).collect());
+                }
             }
             for (pidx, pb) in pi {
                 out.push((*pidx, decode(*pidx, pb)?));
+                if full(pb.len()) {
+                    break;
+                }
             }
         } else {
             for (i, b) in &pending {
                 out.push((*i, decode(*i, b)?));
+                if full(b.len()) {
+                    break;
+                }
             }
         }
         Ok(out.into_iter().map(|(_, t)| t).collect())

@@ -16,6 +16,10 @@ pub enum TransportError {
     /// certificate/sender mismatch, missing client certificate, oversized frame, ...).
     #[error("refused by peer: {0}")]
     Refused(String),
+    /// A frame to send would be over the frame limit (nothing was sent): the caller may
+    /// retry with a smaller payload.
+    #[error("frame of {bytes} bytes exceeds the {max}-byte limit")]
+    FrameTooLarge { bytes: usize, max: usize },
     /// A frame could not be encoded/decoded or violated the framing rules.
     #[error("protocol error: {0}")]
     Protocol(String),

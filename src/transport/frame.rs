@@ -98,7 +98,10 @@ pub(crate) fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, TransportError> {
         .map_err(|e| TransportError::Protocol(format!("encode: {e}")))?;
     let len = buf.len() - LEN_PREFIX_BYTES;
     if len > FRAME_BYTES_MAX {
-        return Err(too_large(len, FRAME_BYTES_MAX));
+        return Err(TransportError::FrameTooLarge {
+            bytes: len,
+            max: FRAME_BYTES_MAX,
+        });
     }
     // len <= FRAME_BYTES_MAX < u32::MAX, so the cast is lossless.
     buf[..LEN_PREFIX_BYTES].copy_from_slice(&(len as u32).to_be_bytes());

@@ -1,0 +1,371 @@
+//! The shape rules of a shard command, checked twice: by the leader before it proposes a
+//! command that came from a peer (`Cluster::serve_write`), and by `apply_shard` before it
+//! touches any key. So a malformed command — from a buggy or compromised node, or written
+//! before a rule existed — is a deterministic `Rejection::BadRequest` on every replica,
+//! never a panic (a key string over 64 KiB cannot be encoded) and never unbounded work
+//! (a member list with a million entries).
+//!
+//! The rules are the gateway's (`protocol::validate`): ids are 1..=128 characters of
+//! `[A-Za-z0-9_-]`, `client_msg_id` 1..=64, titles at most 200 code points without control
+//! characters, bodies without control characters. Counts that are configurable at the
+//! gateway have a fixed ceiling here, since apply must not depend on a node's config:
+//! bodies at most [`BODY_BYTES_MAX`] bytes (`[limits] max_body_chars` is at most a quarter of
+//! it, see `config::validate`).
+
+use super::apply::MEMBERS_EVER_MAX;
+use super::command::{MsgKind, Rejection, ShardOp};
+use super::read::OUTBOX_BATCH_MAX;
+use crate::protocol::{is_valid_client_msg_id, is_valid_id, validate_title};
+
+/// Most bytes of a message body at apply (4 bytes per code point of the largest
+/// `max_body_chars` a node accepts).
+pub const BODY_BYTES_MAX: usize = 64 << 10;
+/// Most bytes of a stored password hash (an argon2id PHC string is about 100).
+pub const PASSWORD_HASH_BYTES_MAX: usize = 512;
+/// Most bytes of a username (the gateway allows 32 characters of `[A-Za-z0-9_.-]`).
+pub const USERNAME_BYTES_MAX: usize = 64;
+/// Most user ids in one command's member list.
+pub const MEMBERS_PER_OP_MAX: usize = MEMBERS_EVER_MAX as usize;
+/// Most outbox ids one `OutboxDone` drops (the relay sends one outbox page).
+pub const OUTBOX_IDS_PER_OP_MAX: usize = OUTBOX_BATCH_MAX;
+/// Most bytes a valid command can have, as [`ShardOp::size_estimate`] counts them.
+pub const OP_BYTES_MAX: usize = BODY_BYTES_MAX + MEMBERS_PER_OP_MAX * 130 + 4096;
+
+fn bad(what: impl Into<String>) -> Rejection {
+    Rejection::BadRequest(what.into())
+}
+
+fn id(field: &str, v: &str) -> Result<(), Rejection> {
+    if is_valid_id(v) {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "{field} must be 1..=128 characters of [A-Za-z0-9_-]"
+        )))
+    }
+}
+
+fn ids(field: &str, vs: &[String]) -> Result<(), Rejection> {
+    if vs.len() > MEMBERS_PER_OP_MAX {
+        return Err(bad(format!(
+            "{field} lists {} users (at most {MEMBERS_PER_OP_MAX})",
+            vs.len()
+        )));
+    }
+    vs.iter().try_for_each(|v| id(field, v))
+}
+
+fn username(v: &str) -> bool {
+    v.len() <= USERNAME_BYTES_MAX
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn body(kind: MsgKind, v: &str) -> Result<(), Rejection> {
+    if v.len() > BODY_BYTES_MAX {
+        return Err(bad(format!("body is over {BODY_BYTES_MAX} bytes")));
+    }
+    match kind {
+        MsgKind::Text | MsgKind::Edit if v.is_empty() => Err(bad("body must not be empty")),
+        _ if v
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) =>
+        {
+            Err(bad("body contains a control character"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks `op`'s fields; `Err` is the rejection to answer instead of applying it.
+pub fn check_op(op: &ShardOp) -> Result<(), Rejection> {
+    match op {
+        ShardOp::CreateConversation {
+            conversation_id,
+            title,
+            creator,
+            members,
+            ..
+        } => {
+            id("conversation_id", conversation_id)?;
+            id("creator", creator)?;
+            ids("members", members)?;
+            match title {
+                Some(t) if validate_title(t).is_err() => Err(bad(
+                    "title must be at most 200 characters without control characters",
+                )),
+                _ => Ok(()),
+            }
+        }
+        ShardOp::Send {
+            conversation_id,
+            sender,
+            sender_device,
+            client_msg_id,
+            kind,
+            body: b,
+            ref_seq,
+            msg_id,
+            ..
+        } => {
+            id("conversation_id", conversation_id)?;
+            id("sender", sender)?;
+            id("sender_device", sender_device)?;
+            id("msg_id", msg_id)?;
+            if !is_valid_client_msg_id(client_msg_id) {
+                return Err(bad(
+                    "client_msg_id must be 1..=64 characters of [A-Za-z0-9_-]",
+                ));
+            }
+            // Membership events are written by apply only, never sent.
+            match (kind, ref_seq) {
+                (MsgKind::Text, None) | (MsgKind::Edit | MsgKind::Delete, Some(_)) => {}
+                _ => return Err(bad("a send is a text, or an edit or delete of a seq")),
+            }
+            body(*kind, b)
+        }
+        ShardOp::AddMembers {
+            conversation_id,
+            actor,
+            actor_device,
+            members,
+            msg_id,
+            ..
+        } => {
+            id("conversation_id", conversation_id)?;
+            id("actor", actor)?;
+            id("actor_device", actor_device)?;
+            id("msg_id", msg_id)?;
+            ids("members", members)
+        }
+        ShardOp::RemoveMember {
+            conversation_id,
+            actor,
+            actor_device,
+            user_id,
+            msg_id,
+            ..
+        }
+        | ShardOp::SetRole {
+            conversation_id,
+            actor,
+            actor_device,
+            user_id,
+            msg_id,
+            ..
+        } => {
+            id("conversation_id", conversation_id)?;
+            id("actor", actor)?;
+            id("actor_device", actor_device)?;
+            id("user_id", user_id)?;
+            id("msg_id", msg_id)
+        }
+        ShardOp::Receipt {
+            conversation_id,
+            user_id,
+            ..
+        } => {
+            id("conversation_id", conversation_id)?;
+            id("user_id", user_id)
+        }
+        ShardOp::CreateUser {
+            user_id,
+            username: name,
+            password_hash,
+            ..
+        } => {
+            id("user_id", user_id)?;
+            // Users of an external issuer have no username (empty).
+            if !username(name) {
+                return Err(bad("username is malformed"));
+            }
+            if password_hash.len() > PASSWORD_HASH_BYTES_MAX {
+                return Err(bad("password hash is too long"));
+            }
+            Ok(())
+        }
+        ShardOp::ClaimUsername {
+            username: name,
+            user_id,
+        } => {
+            id("user_id", user_id)?;
+            if name.is_empty() || !username(name) {
+                return Err(bad("username is malformed"));
+            }
+            Ok(())
+        }
+        ShardOp::IndexUserConversation {
+            user_id,
+            conversation_id,
+        } => {
+            id("user_id", user_id)?;
+            id("conversation_id", conversation_id)
+        }
+        ShardOp::OutboxDone { ids } if ids.len() > OUTBOX_IDS_PER_OP_MAX => Err(bad(format!(
+            "{} outbox ids (at most {OUTBOX_IDS_PER_OP_MAX})",
+            ids.len()
+        ))),
+        ShardOp::OutboxDone { .. } => Ok(()),
+        ShardOp::CreateInvite { code, .. } => id("code", code),
+        ShardOp::UseInvite { code, user_id, .. } => {
+            id("code", code)?;
+            id("user_id", user_id)
+        }
+        ShardOp::CreateSession {
+            user_id,
+            session_id,
+            ..
+        }
+        | ShardOp::RefreshSession {
+            user_id,
+            session_id,
+            ..
+        }
+        | ShardOp::RevokeSession {
+            user_id,
+            session_id,
+        } => {
+            id("user_id", user_id)?;
+            id("session_id", session_id)
+        }
+        ShardOp::RevokeAllSessions { user_id } => id("user_id", user_id),
+        ShardOp::IndexUserConversationCapped {
+            user_id,
+            conversation_id,
+            ..
+        }
+        | ShardOp::UnindexUserConversation {
+            user_id,
+            conversation_id,
+        } => {
+            id("user_id", user_id)?;
+            id("conversation_id", conversation_id)
+        }
+        #[cfg(feature = "fault-injection")]
+        ShardOp::SendAtSeq { send, .. } => match send.as_ref() {
+            ShardOp::Send { .. } => check_op(send),
+            _ => Err(bad("SendAtSeq wraps a send")),
+        },
+    }
+}
+
+impl ShardOp {
+    /// About how many bytes this command takes on the wire and in the log (its strings and
+    /// lists, plus a fixed allowance): what proposal and forwarding batches are cut by.
+    pub fn size_estimate(&self) -> usize {
+        const FIXED: usize = 64;
+        let list = |v: &[String]| v.iter().map(|s| s.len() + 2).sum::<usize>();
+        FIXED
+            + match self {
+                ShardOp::CreateConversation {
+                    conversation_id,
+                    title,
+                    creator,
+                    members,
+                    ..
+                } => {
+                    conversation_id.len()
+                        + title.as_ref().map_or(0, |t| t.len())
+                        + creator.len()
+                        + list(members)
+                }
+                ShardOp::Send {
+                    conversation_id,
+                    sender,
+                    sender_device,
+                    client_msg_id,
+                    body,
+                    msg_id,
+                    ..
+                } => {
+                    conversation_id.len()
+                        + sender.len()
+                        + sender_device.len()
+                        + client_msg_id.len()
+                        + body.len()
+                        + msg_id.len()
+                }
+                ShardOp::AddMembers {
+                    conversation_id,
+                    actor,
+                    actor_device,
+                    members,
+                    msg_id,
+                    ..
+                } => {
+                    conversation_id.len()
+                        + actor.len()
+                        + actor_device.len()
+                        + list(members)
+                        + msg_id.len()
+                }
+                ShardOp::RemoveMember {
+                    conversation_id,
+                    actor,
+                    actor_device,
+                    user_id,
+                    msg_id,
+                    ..
+                }
+                | ShardOp::SetRole {
+                    conversation_id,
+                    actor,
+                    actor_device,
+                    user_id,
+                    msg_id,
+                    ..
+                } => {
+                    conversation_id.len()
+                        + actor.len()
+                        + actor_device.len()
+                        + user_id.len()
+                        + msg_id.len()
+                }
+                ShardOp::Receipt {
+                    conversation_id,
+                    user_id,
+                    ..
+                } => conversation_id.len() + user_id.len(),
+                ShardOp::CreateUser {
+                    user_id,
+                    username,
+                    password_hash,
+                    ..
+                } => user_id.len() + username.len() + password_hash.len(),
+                ShardOp::ClaimUsername { username, user_id } => username.len() + user_id.len(),
+                ShardOp::CreateInvite { code, .. } => code.len(),
+                ShardOp::UseInvite { code, user_id, .. } => code.len() + user_id.len(),
+                ShardOp::CreateSession {
+                    user_id,
+                    session_id,
+                    ..
+                }
+                | ShardOp::RefreshSession {
+                    user_id,
+                    session_id,
+                    ..
+                }
+                | ShardOp::RevokeSession {
+                    user_id,
+                    session_id,
+                } => user_id.len() + session_id.len(),
+                ShardOp::RevokeAllSessions { user_id } => user_id.len(),
+                ShardOp::IndexUserConversationCapped {
+                    user_id,
+                    conversation_id,
+                    ..
+                }
+                | ShardOp::UnindexUserConversation {
+                    user_id,
+                    conversation_id,
+                } => user_id.len() + conversation_id.len(),
+                ShardOp::IndexUserConversation {
+                    user_id,
+                    conversation_id,
+                } => user_id.len() + conversation_id.len(),
+                ShardOp::OutboxDone { ids } => ids.len() * 8,
+                #[cfg(feature = "fault-injection")]
+                ShardOp::SendAtSeq { send, .. } => send.size_estimate(),
+            }
+    }
+}
