@@ -55,7 +55,7 @@ pub struct Limits {
     /// does not fit kills it; a reply waits up to 5 s for room, then kills it).
     pub connection_send_queue_bytes: usize,
     // ratelimit: per-user budgets of every other frame type (token buckets, bursts up to
-    // the full amount) and the caps on conversations (docs/security/ratelimit.md).
+    // the full amount) and the caps on conversations (docs/SECURITY.md, "Rate limits and caps").
     /// `typing` frames per user per minute.
     pub typing_per_minute: u32,
     /// `delivered` and `read` frames per user per minute.

@@ -197,7 +197,13 @@ async fn invite_mode_needs_an_invite_that_works_once() {
 
     // The CLI: `chatnode invite` prints a code that works.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatnode"))
-        .args(["invite", "--addr", &n.addr.to_string(), "--admin-token", &admin])
+        .args([
+            "invite",
+            "--addr",
+            &n.addr.to_string(),
+            "--admin-token",
+            &admin,
+        ])
         .output()
         .await
         .unwrap();

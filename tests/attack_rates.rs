@@ -1,4 +1,4 @@
-//! Attacks on the per-user budgets (issue 12 point 2, docs/security/ratelimit.md): floods of
+//! Attacks on the per-user budgets (issue 12 point 2, docs/SECURITY.md, "Rate limits and caps"): floods of
 //! every frame type, refused requests that must cost no Raft write, typing at a stalled
 //! member, the hourly creation budget and the memberships cap. Each runs against a real
 //! in-process node.

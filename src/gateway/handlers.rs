@@ -153,7 +153,7 @@ impl Gateway {
     /// Refuses before proposing when one of `users` has no room left under the memberships
     /// cap (`limits.memberships_per_user_max`). A user already indexed in `conversation_id`
     /// needs no new slot. The apply in the user's shard checks again (a race past this
-    /// check is taken back by the outbox relay; see docs/security/ratelimit.md).
+    /// check is taken back by the outbox relay; see docs/SECURITY.md, "Rate limits and caps").
     async fn check_membership_room(
         &self,
         users: &[String],

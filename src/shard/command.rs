@@ -304,7 +304,7 @@ pub enum ShardOp {
     /// Revokes every session of the user and every access token issued before: the user's
     /// token epoch moves on (logout_all). Answers `Session` with the new epoch.
     RevokeAllSessions { user_id: UserId },
-    // ratelimit: the memberships cap (docs/security/ratelimit.md).
+    // ratelimit: the memberships cap (docs/SECURITY.md, "Rate limits and caps").
     /// [`ShardOp::IndexUserConversation`] with the cap the relay (the proposer) read from
     /// its config: a new entry past `cap` entries is `Rejected` (deterministic: the cap is
     /// in the log). An entry already there is `Done` whatever the count (idempotent).

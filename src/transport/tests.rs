@@ -225,7 +225,7 @@ async fn oversized_frames_are_refused() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, TransportError::Protocol(ref m) if m.contains("exceeds")),
+        matches!(err, TransportError::FrameTooLarge { max, .. } if max == FRAME_BYTES_MAX),
         "{err:?}"
     );
 
