@@ -450,6 +450,8 @@ async fn collect_checksums(members: &[(usize, String)], hist: &History) {
         raw.clear();
         let mut unsupported = 0;
         let mut stale = 0;
+        // A node answers 503 until its first background scan is done: ask again.
+        let mut missing = 0;
         for (i, addr) in members {
             match http::get(addr, "/admin/checksum", Duration::from_secs(10)).await {
                 Ok(r) if r.status == 200 => {
@@ -461,6 +463,7 @@ async fn collect_checksums(members: &[(usize, String)], hist: &History) {
                 }
                 Ok(r) if r.status == 404 => unsupported += 1,
                 _ => {
+                    missing += 1;
                     raw.insert(cluster::node_name(*i), serde_json::Value::Null);
                 }
             }
@@ -480,7 +483,8 @@ async fn collect_checksums(members: &[(usize, String)], hist: &History) {
                     .insert(g["applied_index"].as_u64().unwrap_or(0));
             }
         }
-        if (stale == 0 && idx.values().all(|s| s.len() <= 1)) || Instant::now() > deadline {
+        let settled = missing == 0 && stale == 0 && idx.values().all(|s| s.len() <= 1);
+        if settled || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

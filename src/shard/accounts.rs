@@ -4,31 +4,14 @@
 //! Every check a refresh or an invite depends on happens here, at apply, so that two
 //! concurrent uses of one invite or one refresh token cannot both succeed.
 
-use super::codec::{decode, encode};
+use super::apply::{get, put, ApplyResult};
+use super::codec::decode;
 use super::command::*;
 use super::keys;
 use crate::storage::{SmTxn, StorageError};
 
 /// Sessions one user may hold; opening another drops the oldest.
 pub const SESSIONS_PER_USER_MAX: usize = 64;
-
-type ApplyResult = Result<ShardResponse, StorageError>;
-
-fn get<T: serde::de::DeserializeOwned>(
-    txn: &SmTxn<'_>,
-    key: &[u8],
-) -> Result<Option<T>, StorageError> {
-    txn.get(key)?.map(|v| decode(&v)).transpose()
-}
-
-fn put<T: serde::Serialize>(
-    txn: &mut SmTxn<'_>,
-    key: Vec<u8>,
-    value: &T,
-) -> Result<(), StorageError> {
-    txn.put(key, encode(value)?);
-    Ok(())
-}
 
 fn forbidden(m: &str) -> ApplyResult {
     Ok(ShardResponse::Rejected(Rejection::Forbidden(m.to_string())))

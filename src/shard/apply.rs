@@ -13,20 +13,20 @@ use crate::storage::{SmTxn, StorageError};
 /// Most members a conversation can ever have had, creator included.
 pub const MEMBERS_EVER_MAX: u32 = 200;
 
-type ApplyResult = Result<ShardResponse, StorageError>;
+pub(super) type ApplyResult = Result<ShardResponse, StorageError>;
 
 fn rejected(r: Rejection) -> ApplyResult {
     Ok(ShardResponse::Rejected(r))
 }
 
-fn get<T: serde::de::DeserializeOwned>(
+pub(super) fn get<T: serde::de::DeserializeOwned>(
     txn: &SmTxn<'_>,
     key: &[u8],
 ) -> Result<Option<T>, StorageError> {
     txn.get(key)?.map(|v| decode(&v)).transpose()
 }
 
-fn put<T: serde::Serialize>(
+pub(super) fn put<T: serde::Serialize>(
     txn: &mut SmTxn<'_>,
     key: Vec<u8>,
     value: &T,
