@@ -7,7 +7,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -23,21 +23,6 @@ const WATCH_MS: u64 = 8_000;
 const HUGE_ID_CHARS: usize = 900 * 1024;
 /// Message bodies near the default `max_body_chars` (4000).
 const BODY_CHARS: usize = 3_900;
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-/// Kills the process when dropped, so a failing test leaves no server behind.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 impl Server {
     fn rss_bytes(&self) -> u64 {

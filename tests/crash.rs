@@ -4,7 +4,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -12,21 +12,6 @@ use serde_json::{json, Value};
 
 const ROUNDS: usize = 3;
 const SENDS_PER_ROUND: usize = 40;
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-/// Kills the process when dropped, so a failing test leaves no server behind.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn spawn(dir: &Path, config: &Path, addr: SocketAddr) -> Server {
     Server(

@@ -77,6 +77,23 @@ pub async fn start_node() -> TestNode {
     start_node_with(|_| {}).await
 }
 
+/// A free loopback address (for a spawned `chatnode` process).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A spawned `chatnode` process, killed when dropped, so a failing test leaves no server
+/// behind.
+pub struct Server(pub std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// One HTTP/1.1 request; returns (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -154,8 +171,8 @@ impl Client {
         ws
     }
 
-    pub async fn connect(addr: SocketAddr, token: &str, device: &str) -> Client {
-        let ws = Self::connect_raw(addr).await;
+    /// Sends `auth` on an open socket and waits for `auth_ok`.
+    async fn authenticate(ws: Ws, token: &str, device: &str) -> Client {
         let mut c = Client {
             ws,
             next_id: 1,
@@ -168,6 +185,11 @@ impl Client {
         assert_eq!(r["type"], "auth_ok", "{r}");
         c.user_id = r["user_id"].as_str().unwrap().to_string();
         c
+    }
+
+    pub async fn connect(addr: SocketAddr, token: &str, device: &str) -> Client {
+        let ws = Self::connect_raw(addr).await;
+        Self::authenticate(ws, token, device).await
     }
 
     /// Like `connect`, over a socket whose receive buffer is `recv_buffer_bytes`: a client
@@ -187,18 +209,7 @@ impl Client {
         )
         .await
         .expect("ws connect");
-        let mut c = Client {
-            ws,
-            next_id: 1,
-            pushes: VecDeque::new(),
-            user_id: String::new(),
-        };
-        let r = c
-            .request(json!({"type":"auth","token":token,"device_id":device}))
-            .await;
-        assert_eq!(r["type"], "auth_ok", "{r}");
-        c.user_id = r["user_id"].as_str().unwrap().to_string();
-        c
+        Self::authenticate(ws, token, device).await
     }
 
     pub async fn send_text(&mut self, text: String) {
