@@ -146,7 +146,10 @@ impl Backing {
     }
 
     /// The entries of directory `ino` (without "." and ".."), with their numbers.
-    pub fn readdir(&mut self, ino: u64) -> io::Result<Vec<(u64, fs::FileType, std::ffi::OsString)>> {
+    pub fn readdir(
+        &mut self,
+        ino: u64,
+    ) -> io::Result<Vec<(u64, fs::FileType, std::ffi::OsString)>> {
         let dir = self.rel(ino)?;
         let mut out = Vec::new();
         for entry in fs::read_dir(self.abs(&dir))? {

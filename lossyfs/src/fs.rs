@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 
@@ -193,7 +193,10 @@ impl Filesystem for LossyFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        entry(reply, self.backing.lock().symlink(parent.0, link_name, target));
+        entry(
+            reply,
+            self.backing.lock().symlink(parent.0, link_name, target),
+        );
     }
 
     fn rename(
@@ -387,6 +390,9 @@ impl Filesystem for LossyFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.backing.lock().fallocate(fh.0, offset, length, mode));
+        empty(
+            reply,
+            self.backing.lock().fallocate(fh.0, offset, length, mode),
+        );
     }
 }

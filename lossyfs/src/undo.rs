@@ -95,7 +95,9 @@ impl DataOp {
                 let skip = usize::try_from(keep).unwrap_or(usize::MAX).min(old.len());
                 file.write_all_at(&old[skip..], offset + skip as u64)?;
                 if *size_before < offset + len {
-                    file.set_len((*size_before).max(offset + keep))?;
+                    // A write that starts past the old end and keeps nothing leaves no hole.
+                    let kept_end = if keep == 0 { 0 } else { offset + keep };
+                    file.set_len((*size_before).max(kept_end))?;
                 }
                 Ok(())
             }

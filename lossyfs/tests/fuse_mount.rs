@@ -53,23 +53,43 @@ fn rocksdb_patterns_survive_a_power_loss_only_where_synced() {
     fsync_dir(&mnt);
 
     // LOCK: RocksDB takes an fcntl write lock on it (the kernel keeps FUSE locks locally).
-    let lock = OpenOptions::new().read(true).write(true).create(true).open(db.join("LOCK")).unwrap();
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .open(db.join("LOCK"))
+        .unwrap();
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = libc::F_WRLCK as libc::c_short;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
     // SAFETY: a valid fd and a valid flock struct.
-    assert_eq!(unsafe { libc::fcntl(lock.as_raw_fd(), libc::F_SETLK, &fl) }, 0, "fcntl lock");
+    assert_eq!(
+        unsafe { libc::fcntl(lock.as_raw_fd(), libc::F_SETLK, &fl) },
+        0,
+        "fcntl lock"
+    );
 
     // WAL: append + fdatasync, then an unsynced append.
-    let mut wal = OpenOptions::new().write(true).create(true).truncate(true).open(db.join("000004.log")).unwrap();
+    let mut wal = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(db.join("000004.log"))
+        .unwrap();
     fsync_dir(&db);
     // RocksDB preallocates with KEEP_SIZE.
     // SAFETY: a valid fd.
-    assert_eq!(unsafe { libc::fallocate(wal.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, 1 << 16) }, 0);
+    assert_eq!(
+        unsafe { libc::fallocate(wal.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, 1 << 16) },
+        0
+    );
     wal.write_all(b"record-1;").unwrap();
     wal.sync_data().unwrap();
     wal.write_all(b"record-2;").unwrap();
-    assert_eq!(fs::read(db.join("000004.log")).unwrap(), b"record-1;record-2;");
+    assert_eq!(
+        fs::read(db.join("000004.log")).unwrap(),
+        b"record-1;record-2;"
+    );
 
     // CURRENT: write a temp file, fsync it, rename it into place, fsync the directory.
     let mut tmp = File::create(db.join("000005.dbtmp")).unwrap();
@@ -92,7 +112,7 @@ fn rocksdb_patterns_survive_a_power_loss_only_where_synced() {
 
     let status = mounted.backing().lock().status();
     assert_eq!(status.unsynced_files, 2, "{status:?}"); // the WAL tail and OPTIONS
-    // The node is killed: its files close.
+                                                        // The node is killed: its files close.
     drop((lock, wal, tmp, sst));
     let report = mounted.backing().lock().power_loss(7, false);
     assert_eq!(report.bytes_dropped, 9 + 4, "{report:?}");
@@ -100,7 +120,12 @@ fn rocksdb_patterns_survive_a_power_loss_only_where_synced() {
     let bdb = backing_dir.join("db");
     assert_eq!(fs::read(bdb.join("000004.log")).unwrap(), b"record-1;");
     assert_eq!(fs::read(bdb.join("CURRENT")).unwrap(), b"MANIFEST-000005\n");
-    for gone in ["000006.sst", "OPTIONS-000007", "OPTIONS-000007.dbtmp", "000005.dbtmp"] {
+    for gone in [
+        "000006.sst",
+        "OPTIONS-000007",
+        "OPTIONS-000007.dbtmp",
+        "000005.dbtmp",
+    ] {
         assert!(!bdb.join(gone).exists(), "{gone} survived");
     }
     // The mount shows the same, not the kernel's cached view from before.
@@ -132,8 +157,14 @@ fn flock_excludes_a_second_open_file() {
     let a = File::create(mnt.join("LOCK")).unwrap();
     let b = File::open(mnt.join("LOCK")).unwrap();
     // SAFETY: valid fds.
-    assert_eq!(unsafe { libc::flock(a.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
-    assert_eq!(unsafe { libc::flock(b.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, -1);
+    assert_eq!(
+        unsafe { libc::flock(a.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    assert_eq!(
+        unsafe { libc::flock(b.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        -1
+    );
     drop((a, b));
     mounted.unmount().unwrap();
 }
@@ -158,16 +189,28 @@ fn the_binary_mounts_and_obeys_the_control_socket() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert!(line.contains("mounted"), "{line}");
 
     let ctl = |command: &str| {
-        let out = Command::new(bin).arg("ctl").arg(&sock).args(command.split(' ')).output().unwrap();
+        let out = Command::new(bin)
+            .arg("ctl")
+            .arg(&sock)
+            .args(command.split(' '))
+            .output()
+            .unwrap();
         String::from_utf8(out.stdout).unwrap()
     };
     fs::write(mnt.join("kept"), b"k").unwrap();
     File::open(&mnt).unwrap().sync_all().unwrap();
-    File::options().write(true).open(mnt.join("kept")).unwrap().sync_all().unwrap();
+    File::options()
+        .write(true)
+        .open(mnt.join("kept"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
     fs::write(mnt.join("lost"), b"l").unwrap();
     assert!(ctl("status").starts_with("ok unsynced_files=1 unsynced_bytes=1 unsynced_dir_ops=1"));
     assert!(ctl("power-loss --seed 1 --torn").starts_with("ok seed=1 "));
@@ -175,7 +218,9 @@ fn the_binary_mounts_and_obeys_the_control_socket() {
     assert!(!backing_dir.join("lost").exists());
     assert!(ctl("disk-full on").starts_with("ok"));
     assert_eq!(
-        fs::write(mnt.join("full"), b"x").unwrap_err().raw_os_error(),
+        fs::write(mnt.join("full"), b"x")
+            .unwrap_err()
+            .raw_os_error(),
         Some(libc::ENOSPC)
     );
     assert!(ctl("nonsense").starts_with("err"));
@@ -184,5 +229,8 @@ fn the_binary_mounts_and_obeys_the_control_socket() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
     assert!(!sock.exists());
-    assert!(fs::read_dir(&mnt).unwrap().next().is_none(), "still mounted");
+    assert!(
+        fs::read_dir(&mnt).unwrap().next().is_none(),
+        "still mounted"
+    );
 }

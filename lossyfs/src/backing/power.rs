@@ -78,7 +78,10 @@ impl Backing {
             };
             let kept = kept_bytes(undo.ops(), keep);
             let Some(rel) = self.inodes.path(ino).map(PathBuf::from) else {
-                tracing::warn!(ino, "lossyfs: power loss: a file with unsynced writes has no path");
+                tracing::warn!(
+                    ino,
+                    "lossyfs: power loss: a file with unsynced writes has no path"
+                );
                 continue;
             };
             let result = OpenOptions::new()
@@ -197,5 +200,8 @@ fn torn_keep(rng: &mut StdRng, ops: &[DataOp]) -> Keep {
 /// Written bytes that `keep` lets survive.
 fn kept_bytes(ops: &[DataOp], keep: Keep) -> u64 {
     let whole: u64 = ops.iter().take(keep.ops).map(DataOp::new_bytes).sum();
-    whole + ops.get(keep.ops).map_or(0, |op| keep.torn_bytes.min(op.new_bytes()))
+    whole
+        + ops
+            .get(keep.ops)
+            .map_or(0, |op| keep.torn_bytes.min(op.new_bytes()))
 }

@@ -46,7 +46,11 @@ fn synced_data_survives_and_unsynced_data_goes() {
     b.fsync(ino).unwrap();
     b.fsyncdir(ROOT_INO).unwrap();
     b.write(fh, 7, b"lost").unwrap();
-    assert_eq!(read(dir.path(), "wal").unwrap(), b"synced;lost", "writes go through");
+    assert_eq!(
+        read(dir.path(), "wal").unwrap(),
+        b"synced;lost",
+        "writes go through"
+    );
     let status = b.status();
     assert_eq!((status.unsynced_files, status.unsynced_bytes), (1, 4));
     let report = b.power_loss(1, false);
@@ -99,17 +103,33 @@ fn a_rename_over_a_file_is_undone_unless_the_directory_is_fsynced() {
 
     let (tmp, _) = create_with(&mut b, ROOT_INO, "000002.dbtmp", b"MANIFEST-2\n");
     b.fsync(tmp).unwrap();
-    b.rename(ROOT_INO, name("000002.dbtmp"), ROOT_INO, name("CURRENT"), false)
-        .unwrap();
+    b.rename(
+        ROOT_INO,
+        name("000002.dbtmp"),
+        ROOT_INO,
+        name("CURRENT"),
+        false,
+    )
+    .unwrap();
     assert_eq!(read(dir.path(), "CURRENT").unwrap(), b"MANIFEST-2\n");
     b.power_loss(1, false);
     assert_eq!(read(dir.path(), "CURRENT").unwrap(), b"MANIFEST-1\n");
-    assert_eq!(names(dir.path()), vec!["CURRENT"], "the temp file was never durable");
+    assert_eq!(
+        names(dir.path()),
+        vec!["CURRENT"],
+        "the temp file was never durable"
+    );
 
     let (tmp, _) = create_with(&mut b, ROOT_INO, "000003.dbtmp", b"MANIFEST-3\n");
     b.fsync(tmp).unwrap();
-    b.rename(ROOT_INO, name("000003.dbtmp"), ROOT_INO, name("CURRENT"), false)
-        .unwrap();
+    b.rename(
+        ROOT_INO,
+        name("000003.dbtmp"),
+        ROOT_INO,
+        name("CURRENT"),
+        false,
+    )
+    .unwrap();
     b.fsyncdir(ROOT_INO).unwrap();
     b.power_loss(2, false);
     assert_eq!(read(dir.path(), "CURRENT").unwrap(), b"MANIFEST-3\n");
@@ -197,12 +217,19 @@ fn a_torn_power_loss_keeps_a_prefix_of_the_writes_and_is_seeded() {
         }
         let report = b.power_loss(seed, true);
         let left = read(dir.path(), "wal").unwrap();
-        assert_eq!(&written[..left.len()], &left[..], "seed {seed}: not a prefix");
+        assert_eq!(
+            &written[..left.len()],
+            &left[..],
+            "seed {seed}: not a prefix"
+        );
         assert_eq!(report.bytes_kept, left.len() as u64);
         assert_eq!(report.bytes_kept + report.bytes_dropped, 200);
         outcomes.insert(left.len());
     }
-    assert!(outcomes.len() > 1, "the kept prefix does not depend on the seed");
+    assert!(
+        outcomes.len() > 1,
+        "the kept prefix does not depend on the seed"
+    );
 
     let run = |seed| {
         let (dir, mut b) = setup(1 << 20);
@@ -248,15 +275,23 @@ fn disk_full_and_io_errors_fail_writes_and_syncs() {
     let (_dir, mut b) = setup(1 << 20);
     let (ino, fh) = create_with(&mut b, ROOT_INO, "f", b"");
     b.set_disk_full(true);
-    assert_eq!(b.write(fh, 0, b"x").unwrap_err().raw_os_error(), Some(libc::ENOSPC));
     assert_eq!(
-        b.create(ROOT_INO, name("g"), 0o644, true).err().map(|e| e.raw_os_error()),
+        b.write(fh, 0, b"x").unwrap_err().raw_os_error(),
+        Some(libc::ENOSPC)
+    );
+    assert_eq!(
+        b.create(ROOT_INO, name("g"), 0o644, true)
+            .err()
+            .map(|e| e.raw_os_error()),
         Some(Some(libc::ENOSPC))
     );
     b.set_disk_full(false);
     b.set_io_errors(true);
     assert_eq!(b.fsync(ino).unwrap_err().raw_os_error(), Some(libc::EIO));
-    assert_eq!(b.fsyncdir(ROOT_INO).unwrap_err().raw_os_error(), Some(libc::EIO));
+    assert_eq!(
+        b.fsyncdir(ROOT_INO).unwrap_err().raw_os_error(),
+        Some(libc::EIO)
+    );
     b.set_io_errors(false);
     assert_eq!(b.write(fh, 0, b"x").unwrap(), 1);
 }

@@ -19,7 +19,10 @@ fn commands_parse() {
     assert_eq!(Command::parse(" status "), Ok(Command::Status));
     assert_eq!(Command::parse("clear"), Ok(Command::Clear));
     assert_eq!(Command::parse("disk-full on"), Ok(Command::DiskFull(true)));
-    assert_eq!(Command::parse("io-errors off"), Ok(Command::IoErrors(false)));
+    assert_eq!(
+        Command::parse("io-errors off"),
+        Ok(Command::IoErrors(false))
+    );
 }
 
 #[test]
@@ -53,7 +56,9 @@ fn the_socket_answers_each_line() {
         send(&sock, "status").unwrap(),
         "ok unsynced_files=0 unsynced_bytes=0 unsynced_dir_ops=0 pending_bytes=0 disk_full=false io_errors=false"
     );
-    assert!(send(&sock, "bogus").unwrap().starts_with("err unknown command"));
+    assert!(send(&sock, "bogus")
+        .unwrap()
+        .starts_with("err unknown command"));
     assert!(send(&sock, "power-loss --seed 3")
         .unwrap()
         .starts_with("ok seed=3 "));

@@ -22,7 +22,11 @@ fn a_rename_moves_the_numbers_of_a_directory_and_its_contents() {
     inodes.rename(Path::new("d"), Path::new("e"));
     assert_eq!(inodes.path(d), Some(Path::new("e")));
     assert_eq!(inodes.path(f), Some(Path::new("e/f")));
-    assert_eq!(inodes.path(other), Some(Path::new("dd")), "a name prefix is not a parent");
+    assert_eq!(
+        inodes.path(other),
+        Some(Path::new("dd")),
+        "a name prefix is not a parent"
+    );
     assert_eq!(inodes.path(old_target), None);
     assert_eq!(inodes.get(Path::new("d/f")), None);
 }
