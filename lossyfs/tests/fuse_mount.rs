@@ -145,6 +145,45 @@ fn rocksdb_patterns_survive_a_power_loss_only_where_synced() {
 }
 
 #[test]
+fn large_writes_and_pwrites_roll_back_through_the_mount() {
+    if skip("large_writes_and_pwrites_roll_back_through_the_mount") {
+        return;
+    }
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (backing_dir, mnt) = (dir.path().join("backing"), dir.path().join("mnt"));
+    fs::create_dir_all(&backing_dir).unwrap();
+    fs::create_dir_all(&mnt).unwrap();
+    let mounted = mount::mount(Backing::new(&backing_dir, 1 << 24).unwrap(), &mnt).unwrap();
+    let synced: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let f = File::create(mnt.join("big")).unwrap();
+    f.write_all_at(&synced, 0).unwrap();
+    f.sync_all().unwrap();
+    fsync_dir(&mnt);
+    // An overwrite in the middle, an append past the end, a truncate: all unsynced.
+    f.write_all_at(&[7u8; 200_000], 50_000).unwrap();
+    f.write_all_at(b"tail", 400_000).unwrap();
+    f.set_len(350_000).unwrap();
+    drop(f);
+    let status = mounted.backing().lock().status();
+    assert_eq!(status.unsynced_files, 1, "{status:?}");
+    assert!(
+        status.pending_bytes >= 200_000,
+        "the overwritten bytes are saved: {status:?}"
+    );
+    mounted.backing().lock().power_loss(3, false);
+    assert!(
+        fs::read(backing_dir.join("big")).unwrap() == synced,
+        "backing dir"
+    );
+    assert!(
+        fs::read(mnt.join("big")).unwrap() == synced,
+        "through the mount"
+    );
+    mounted.unmount().unwrap();
+}
+
+#[test]
 fn flock_excludes_a_second_open_file() {
     if skip("flock_excludes_a_second_open_file") {
         return;
