@@ -109,23 +109,39 @@ impl Backing {
         Ok(())
     }
 
-    /// fallocate: plain allocation (mode 0, which may extend the file) and KEEP_SIZE are
-    /// passed through; hole punching and the other modes are not supported (EOPNOTSUPP).
+    /// fallocate: plain allocation (mode 0, which may extend the file), KEEP_SIZE, and
+    /// PUNCH_HOLE|KEEP_SIZE (RocksDB's close releases preallocated blocks past the end with it;
+    /// a hole inside the file is recorded like a write of zeros) are passed through; the other
+    /// modes are not supported (EOPNOTSUPP).
     pub fn fallocate(&mut self, fh: u64, offset: u64, length: u64, mode: i32) -> io::Result<()> {
-        if self.faults.disk_full {
-            return Err(errno(libc::ENOSPC));
-        }
         let flags = FallocateFlags::from_bits(mode).ok_or_else(|| errno(libc::EOPNOTSUPP))?;
-        if !(flags.is_empty() || flags == FallocateFlags::FALLOC_FL_KEEP_SIZE) {
+        let keep = FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        let punch = keep | FallocateFlags::FALLOC_FL_PUNCH_HOLE;
+        if !(flags.is_empty() || flags == keep || flags == punch) {
             return Err(errno(libc::EOPNOTSUPP));
+        }
+        if self.faults.disk_full && flags != punch {
+            return Err(errno(libc::ENOSPC));
         }
         let handle = self.handle(fh)?;
         let ino = handle.ino;
         let size_before = handle.file.metadata()?.len();
         let off = i64::try_from(offset).map_err(|_| errno(libc::EFBIG))?;
         let len = i64::try_from(length).map_err(|_| errno(libc::EFBIG))?;
+        let zeroed = offset
+            .saturating_add(length)
+            .min(size_before)
+            .saturating_sub(offset);
+        let punched = if flags == punch && zeroed > 0 {
+            Some(DataOp::before_write(&handle.file, offset, zeroed)?)
+        } else {
+            None
+        };
         nix::fcntl::fallocate(&handle.file, flags, off, len).map_err(io::Error::from)?;
         let size_after = handle.file.metadata()?.len();
+        if let Some(op) = punched {
+            self.record(ino, op);
+        }
         if size_after != size_before {
             self.record(
                 ino,

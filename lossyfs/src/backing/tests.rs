@@ -303,3 +303,22 @@ fn the_meta_directory_is_hidden() {
     assert!(b.lookup(ROOT_INO, name(META_DIR)).is_err());
     assert!(b.mkdir(ROOT_INO, name(META_DIR), 0o755).is_err());
 }
+
+#[test]
+fn fallocate_extends_undoably_and_a_punched_hole_is_refilled() {
+    let (dir, mut b) = setup(1 << 20);
+    let (ino, fh) = create_with(&mut b, ROOT_INO, "f", b"0123456789");
+    b.fsync(ino).unwrap();
+    b.fsyncdir(ROOT_INO).unwrap();
+    b.fallocate(fh, 0, 100, 0).unwrap();
+    assert_eq!(fs::metadata(dir.path().join("f")).unwrap().len(), 100);
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    b.fallocate(fh, 2, 4096, punch).unwrap();
+    assert_eq!(&read(dir.path(), "f").unwrap()[..10], b"01\0\0\0\0\0\0\0\0");
+    let e = b
+        .fallocate(fh, 0, 10, libc::FALLOC_FL_COLLAPSE_RANGE)
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
+    b.power_loss(1, false);
+    assert_eq!(read(dir.path(), "f").unwrap(), b"0123456789");
+}
