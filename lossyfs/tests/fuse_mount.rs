@@ -19,7 +19,17 @@ fn skip_reason() -> Option<String> {
     if let Err(e) = OpenOptions::new().read(true).write(true).open("/dev/fuse") {
         return Some(format!("/dev/fuse: {e}"));
     }
-    None
+    // Root in a container may still be refused mount(2).
+    let dir = tempfile::tempdir().ok()?;
+    let backing = match Backing::new(dir.path(), 1 << 10) {
+        Ok(backing) => backing,
+        Err(e) => return Some(format!("backing dir: {e}")),
+    };
+    let mnt = tempfile::tempdir().ok()?;
+    match mount::mount(backing, mnt.path()) {
+        Ok(mounted) => mounted.unmount().err().map(|e| format!("unmount: {e}")),
+        Err(e) => Some(format!("mount: {e}")),
+    }
 }
 
 fn skip(test: &str) -> bool {
