@@ -370,6 +370,23 @@ impl Filesystem for LossyFs {
         reply.error(Errno::ENOSYS);
     }
 
+    // ENOSYS: the kernel (and cp) fall back to reads and writes, which are recorded.
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
     fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         empty(reply, self.backing.lock().getattr(ino.0).map(|_| ()));
     }
