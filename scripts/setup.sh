@@ -20,6 +20,12 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# lossyfs (the power-loss file system) mounts through /dev/fuse with mount(2) as root; it needs
+# no FUSE library or fusermount, only the kernel module.
+if [ "$(id -u)" -eq 0 ] && [ ! -e /dev/fuse ]; then
+  modprobe fuse 2>/dev/null || echo "setup: no /dev/fuse (modprobe fuse failed): lossyfs's mount tests will be skipped"
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install Rust from https://rustup.rs (stable >= 1.85)" >&2
   exit 1
