@@ -375,7 +375,8 @@ impl Nemesis {
         }
         Ok(Applied {
             targets,
-            detail: "wall clock offset via libfaketime (monotonic clock untouched); reset at heal".into(),
+            detail: "wall clock offset via libfaketime (monotonic clock untouched); reset at heal"
+                .into(),
             noop: false,
         })
     }
@@ -392,7 +393,9 @@ impl Nemesis {
         }
         Ok(Applied {
             targets: vec![format!("{pct}%")],
-            detail: format!("every node drops {pct}% of the packets from the other nodes (nftables numgen)"),
+            detail: format!(
+                "every node drops {pct}% of the packets from the other nodes (nftables numgen)"
+            ),
             noop: false,
         })
     }

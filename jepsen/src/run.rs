@@ -275,7 +275,9 @@ async fn start_cluster(
     dir: &Path,
     notes: &mut Vec<String>,
 ) -> Result<Cluster> {
-    let Plan { bin, caps, faults, .. } = plan;
+    let Plan {
+        bin, caps, faults, ..
+    } = plan;
     let skew = faults.iter().any(|f| f == "clock-skew") && caps.faketime.is_some();
     if faults.iter().any(|f| f == "clock-skew") && caps.faketime.is_none() {
         notes.push(
