@@ -585,3 +585,161 @@ fn recovery_is_timed_per_shard_group_when_known() {
         vec!["group 7"]
     );
 }
+
+#[test]
+fn order_within_a_history_page() {
+    let mut h = clean();
+    // A history page is newest first: listing seq 2 after seq 1 is out of order.
+    let page = h.history(1, 11, vec![m(1, "p0-1"), m(2, "p1-1"), m(3, "p0-2")], false);
+    let r = h.check();
+    assert_found(&r, "order");
+    assert_eq!(r.anomalies["order"][0].op_ids, vec![page]);
+    assert!(r.anomalies["order"][0].message.contains("descending"));
+}
+
+#[test]
+fn gap_history_page_without_more_must_reach_seq_one() {
+    let mut h = clean();
+    // No more pages, yet the oldest message listed is seq 2.
+    let page = h.history(1, 11, vec![m(3, "p0-2"), m(2, "p1-1")], false);
+    let r = h.check();
+    assert_found(&r, "gap");
+    let a = &r.anomalies["gap"][0];
+    assert_eq!((a.seq, a.op_ids.clone()), (Some(1), vec![page]));
+}
+
+#[test]
+fn history_page_with_more_need_not_reach_seq_one() {
+    let mut h = clean();
+    h.history(1, 11, vec![m(3, "p0-2"), m(2, "p1-1")], true);
+    let r = h.check();
+    assert!(r.valid, "{:#?}", r.anomalies);
+}
+
+#[test]
+fn older_history_page_is_not_stale() {
+    let mut h = clean();
+    // A page asked with before_seq=2 is an older page: it need not show seq 3.
+    let op = h.next();
+    let mut e = h.ev(op, 1, Type::Invoke, F::History);
+    e.conn = Some(11);
+    e.conversation = Some(C.into());
+    e.value = Some(Value {
+        before_seq: Some(2),
+        ..Default::default()
+    });
+    h.events.push(e.clone());
+    let mut done = h.ev(op, 1, Type::Ok, F::History);
+    done.conn = e.conn;
+    done.conversation = e.conversation;
+    done.value = Some(Value {
+        messages: Some(vec![m(1, "p0-1")]),
+        has_more: Some(false),
+        ..Default::default()
+    });
+    h.events.push(done);
+    let r = h.check();
+    assert!(r.valid, "{:#?}", r.anomalies);
+}
+
+#[test]
+fn stale_sync_that_claims_no_more_below_an_ack() {
+    let mut h = H::default();
+    h.send(0, 10, "p0-1", Ok(1));
+    let ack = h.send(0, 10, "p0-2", Ok(2));
+    // last_seq says 2, but the entry (has_more=false) stops at seq 1.
+    let sync = h.sync(1, 11, 0, vec![m(1, "p0-1")], 2);
+    h.final_read("n1", vec![m(1, "p0-1"), m(2, "p0-2")]);
+    let r = h.check();
+    assert_found(&r, "stale-read");
+    assert_eq!(r.anomalies["stale-read"][0].op_ids, vec![ack, sync]);
+}
+
+#[test]
+fn sync_entry_with_an_error_is_not_stale() {
+    let mut h = H::default();
+    h.send(0, 10, "p0-1", Ok(1));
+    let op = h.next();
+    let mut e = h.ev(op, 1, Type::Invoke, F::Sync);
+    e.conn = Some(11);
+    h.events.push(e);
+    let mut done = h.ev(op, 1, Type::Ok, F::Sync);
+    done.conn = Some(11);
+    done.value = Some(Value {
+        entries: Some(vec![SyncEntry {
+            conversation: C.into(),
+            from_seq: 0,
+            error: Some("unavailable".into()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    h.events.push(done);
+    h.final_read("n1", vec![m(1, "p0-1")]);
+    let r = h.check();
+    assert!(r.valid, "{:#?}", r.anomalies);
+}
+
+#[test]
+fn push_gap_without_a_later_sync_is_counted_not_an_anomaly() {
+    let mut h = H::default();
+    h.send(0, 10, "p0-1", Ok(1));
+    h.send(0, 10, "p0-2", Ok(2));
+    h.send(0, 10, "p0-3", Ok(3));
+    h.push(1, 11, vec![m(1, "p0-1"), m(3, "p0-3")]); // skips 2; connection 11 closes
+    h.final_read("n1", vec![m(1, "p0-1"), m(2, "p0-2"), m(3, "p0-3")]);
+    let r = h.check();
+    assert!(r.valid, "{:#?}", r.anomalies);
+    assert_eq!(r.stats.push_gaps_unfilled_no_chance, 1);
+    assert_eq!(r.stats.push_messages, 2);
+}
+
+#[test]
+fn membership_events_are_not_phantom() {
+    let mut h = clean();
+    // Membership events carry client_msg_id = msg_id, and the workload sent none.
+    let event = Msg {
+        seq: 4,
+        msg_id: Some("ev-1".into()),
+        client_msg_id: "ev-1".into(),
+        sender: None,
+    };
+    let all = vec![m(1, "p0-1"), m(2, "p1-1"), m(3, "p0-2"), event];
+    h.final_read("n1", all.clone());
+    h.final_read("n2", all);
+    let r = h.check();
+    assert!(r.valid, "{:#?}", r.anomalies);
+}
+
+#[test]
+fn missing_or_unanswered_checksums_are_notes() {
+    let mut h = H::default();
+    h.send(0, 10, "p0-1", Ok(1));
+    h.final_read("n1", vec![m(1, "p0-1")]);
+    let r = h.check();
+    assert!(r.valid, "{:#?}", r.anomalies);
+    assert!(r
+        .notes
+        .iter()
+        .any(|n| n == "replica checksums: not recorded"));
+
+    h.checksum(serde_json::json!({"n1": null, "n2": null}));
+    let r = h.check();
+    assert!(r.valid, "{:#?}", r.anomalies);
+    assert!(r
+        .notes
+        .iter()
+        .any(|n| n.starts_with("replica checksums: skipped")));
+}
+
+#[test]
+fn recovered_send_names_its_last_attempt() {
+    let mut h = H::default();
+    h.send(0, 10, "p0-1", Err(Type::Fail));
+    h.send(0, 10, "p0-1", Err(Type::Info));
+    h.final_read("n1", vec![m(1, "p0-1")]);
+    let r = h.check();
+    assert_eq!(r.recovered_count, 1);
+    assert_eq!(r.recovered[0].last, "info");
+    assert_eq!(r.recovered[0].seq, 1);
+}

@@ -15,7 +15,7 @@ use rand::Rng;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 
 pub const ALL: &[&str] = &[
     "partition-halves",
@@ -193,6 +193,7 @@ impl Nemesis {
         m
     }
 
+    /// Applies one fault to the running members.
     async fn start(&mut self, fault: &str) -> Result<Applied> {
         let members = self.members().await;
         let n = members.len();
@@ -203,170 +204,200 @@ impl Nemesis {
                 let victim = *members.choose(&mut self.rng).unwrap();
                 self.isolate(&members, victim, "random")
             }
-            "isolate-leader" => {
-                let (victim, how) = match busiest_leader(&self.cluster).await {
-                    Some(v) => (v, "leads the most groups".to_string()),
-                    None => (
-                        *members.choose(&mut self.rng).unwrap(),
-                        "random: /admin/status gave no leaders".to_string(),
-                    ),
-                };
-                self.isolate(&members, victim, &how)
-            }
+            "isolate-leader" => self.isolate_leader(&members).await,
             "bridge" => self.bridge(&members),
             "ring" => self.ring(&members),
-            "kill" => {
-                let victims = self.pick(minority).await;
-                let mut c = self.cluster.lock().await;
-                for &v in &victims {
-                    c.kill(v).await;
-                }
-                Ok(Applied {
-                    targets: node_names(&victims),
-                    detail: "SIGKILL; restarted at heal".into(),
-                    noop: false,
-                })
-            }
-            "pause" => {
-                let victims = self.pick(minority).await;
-                let mut c = self.cluster.lock().await;
-                for &v in &victims {
-                    c.pause(v);
-                }
-                Ok(Applied {
-                    targets: node_names(&victims),
-                    detail: "SIGSTOP; SIGCONT at heal".into(),
-                    noop: false,
-                })
-            }
-            "flaky-links" => {
-                let c = self.cluster.lock().await;
-                let Some(relays) = c.relays.clone() else {
-                    return Ok(Applied {
-                        detail: "skipped: the run has no relays".into(),
-                        noop: true,
-                        ..Default::default()
-                    });
-                };
-                drop(c);
-                let lo = self.rng.gen_range(5..=50);
-                let hi = lo + self.rng.gen_range(50..=250);
-                let f = crate::relay::LinkFaults {
-                    delay_ms: Some((lo, hi)),
-                    duplicate_pct: self.rng.gen_range(5..=20),
-                    drop_pct: self.rng.gen_range(0..=5),
-                };
-                relays.set(f);
-                Ok(Applied {
-                    targets: vec![format!(
-                        "delay {lo}-{hi}ms dup {}% drop {}%",
-                        f.duplicate_pct, f.drop_pct
-                    )],
-                    detail: "every peer datagram through the UDP relays: delayed with jitter (so reordered), some duplicated, some dropped".into(),
-                    noop: false,
-                })
-            }
-            "kill-all" => {
-                let mut c = self.cluster.lock().await;
-                for &v in &members {
-                    c.kill(v).await;
-                }
-                Ok(Applied {
-                    targets: node_names(&members),
-                    detail: "SIGKILL on every node at once (a power loss); restarted at heal"
-                        .into(),
-                    noop: false,
-                })
-            }
-            "isolate+kill-rest" => {
-                if let Some(a) = self.single_node(n) {
-                    return Ok(a);
-                }
-                let victim = *members.choose(&mut self.rng).unwrap();
-                let mut a = self.isolate(&members, victim, "random")?;
-                // The others crash and come back at once, while the isolated node, which
-                // remembers the latest term, is cut off: they must elect among themselves.
-                let mut c = self.cluster.lock().await;
-                for &v in members.iter().filter(|&&v| v != victim) {
-                    c.kill(v).await;
-                    c.start(v, false)?;
-                    a.targets.push(format!("restart {}", node_name(v)));
-                }
-                a.detail = format!(
-                    "{}; every other node SIGKILLed and restarted at once",
-                    a.detail
-                );
-                Ok(a)
-            }
-            "partition+kill" => {
-                let mut a = self.partition_halves(&members)?;
-                let victim = *members.choose(&mut self.rng).unwrap();
-                self.cluster.lock().await.kill(victim).await;
-                a.targets.push(format!("kill {}", node_name(victim)));
-                a.noop = false;
-                Ok(a)
-            }
-            "pause+kill" => {
-                let mut m = members.clone();
-                m.shuffle(&mut self.rng);
-                let mut c = self.cluster.lock().await;
-                let mut targets = Vec::new();
-                if m.len() >= 2 {
-                    c.pause(m[1]);
-                    targets.push(format!("pause {}", node_name(m[1])));
-                }
-                c.kill(m[0]).await;
-                targets.push(format!("kill {}", node_name(m[0])));
-                Ok(Applied {
-                    targets,
-                    detail: "SIGSTOP one node, SIGKILL another".into(),
-                    noop: false,
-                })
-            }
-            "clock-skew" => {
-                let c = self.cluster.lock().await;
-                if !c.skew || c.caps.faketime.is_none() {
-                    return Ok(Applied {
-                        detail: "skipped: libfaketime is not installed (apt-get install faketime)"
-                            .into(),
-                        noop: true,
-                        ..Default::default()
-                    });
-                }
-                drop(c);
-                let victims = self.pick(minority).await;
-                let c = self.cluster.lock().await;
-                let mut targets = Vec::new();
-                for &v in &victims {
-                    let secs =
-                        self.rng.gen_range(3..=20) * if self.rng.gen_bool(0.5) { 1 } else { -1 };
-                    c.set_clock(v, secs)?;
-                    targets.push(format!("{}:{:+}s", node_name(v), secs));
-                }
-                Ok(Applied {
-                    targets,
-                    detail: "wall clock offset via libfaketime (monotonic clock untouched); reset at heal".into(),
-                    noop: false,
-                })
-            }
+            "kill" => self.kill_some(minority).await,
+            "pause" => self.pause_some(minority).await,
+            "flaky-links" => self.flaky_links().await,
+            "kill-all" => self.kill_all(&members).await,
+            "isolate+kill-rest" => self.isolate_kill_rest(&members).await,
+            "partition+kill" => self.partition_kill(&members).await,
+            "pause+kill" => self.pause_kill(&members).await,
+            "clock-skew" => self.clock_skew(minority).await,
             "join-leave" => self.join_leave().await,
-            "lossy" => {
-                if let Some(a) = self.single_node(n) {
-                    return Ok(a);
-                }
-                let pct = self.rng.gen_range(10..=40);
-                for &i in &members {
-                    let others: Vec<usize> = members.iter().copied().filter(|&o| o != i).collect();
-                    net::set_lossy(i, &others, pct)?;
-                }
-                Ok(Applied {
-                    targets: vec![format!("{pct}%")],
-                    detail: format!("every node drops {pct}% of the packets from the other nodes (nftables numgen)"),
-                    noop: false,
-                })
-            }
+            "lossy" => self.lossy(&members),
             other => bail!("unknown fault {other}"),
         }
+    }
+
+    /// Cuts off the node that leads the most groups (a random one if no status answers).
+    async fn isolate_leader(&mut self, members: &[usize]) -> Result<Applied> {
+        let (victim, how) = match busiest_leader(&self.cluster).await {
+            Some(v) => (v, "leads the most groups".to_string()),
+            None => (
+                *members.choose(&mut self.rng).unwrap(),
+                "random: /admin/status gave no leaders".to_string(),
+            ),
+        };
+        self.isolate(members, victim, &how)
+    }
+
+    /// SIGKILLs up to `minority` random members (restarted at heal).
+    async fn kill_some(&mut self, minority: usize) -> Result<Applied> {
+        let victims = self.pick(minority).await;
+        let mut c = self.cluster.lock().await;
+        for &v in &victims {
+            c.kill(v).await;
+        }
+        Ok(Applied {
+            targets: node_names(&victims),
+            detail: "SIGKILL; restarted at heal".into(),
+            noop: false,
+        })
+    }
+
+    /// SIGSTOPs up to `minority` random members (SIGCONT at heal).
+    async fn pause_some(&mut self, minority: usize) -> Result<Applied> {
+        let victims = self.pick(minority).await;
+        let mut c = self.cluster.lock().await;
+        for &v in &victims {
+            c.pause(v);
+        }
+        Ok(Applied {
+            targets: node_names(&victims),
+            detail: "SIGSTOP; SIGCONT at heal".into(),
+            noop: false,
+        })
+    }
+
+    /// Delays (with jitter), duplicates and drops peer datagrams in the UDP relays.
+    async fn flaky_links(&mut self) -> Result<Applied> {
+        let c = self.cluster.lock().await;
+        let Some(relays) = c.relays.clone() else {
+            return Ok(Applied {
+                detail: "skipped: the run has no relays".into(),
+                noop: true,
+                ..Default::default()
+            });
+        };
+        drop(c);
+        let lo = self.rng.gen_range(5..=50);
+        let hi = lo + self.rng.gen_range(50..=250);
+        let f = crate::relay::LinkFaults {
+            delay_ms: Some((lo, hi)),
+            duplicate_pct: self.rng.gen_range(5..=20),
+            drop_pct: self.rng.gen_range(0..=5),
+        };
+        relays.set(f);
+        Ok(Applied {
+            targets: vec![format!(
+                "delay {lo}-{hi}ms dup {}% drop {}%",
+                f.duplicate_pct, f.drop_pct
+            )],
+            detail: "every peer datagram through the UDP relays: delayed with jitter (so reordered), some duplicated, some dropped".into(),
+            noop: false,
+        })
+    }
+
+    /// SIGKILLs every member at once (a power loss).
+    async fn kill_all(&mut self, members: &[usize]) -> Result<Applied> {
+        let mut c = self.cluster.lock().await;
+        for &v in members {
+            c.kill(v).await;
+        }
+        Ok(Applied {
+            targets: node_names(members),
+            detail: "SIGKILL on every node at once (a power loss); restarted at heal".into(),
+            noop: false,
+        })
+    }
+
+    /// Cuts one node off, then crashes and restarts every other node at once.
+    async fn isolate_kill_rest(&mut self, members: &[usize]) -> Result<Applied> {
+        if let Some(a) = self.single_node(members.len()) {
+            return Ok(a);
+        }
+        let victim = *members.choose(&mut self.rng).unwrap();
+        let mut a = self.isolate(members, victim, "random")?;
+        // The others crash and come back at once, while the isolated node, which
+        // remembers the latest term, is cut off: they must elect among themselves.
+        let mut c = self.cluster.lock().await;
+        for &v in members.iter().filter(|&&v| v != victim) {
+            c.kill(v).await;
+            c.start(v, false)?;
+            a.targets.push(format!("restart {}", node_name(v)));
+        }
+        a.detail = format!(
+            "{}; every other node SIGKILLed and restarted at once",
+            a.detail
+        );
+        Ok(a)
+    }
+
+    /// Two halves, and one random node SIGKILLed.
+    async fn partition_kill(&mut self, members: &[usize]) -> Result<Applied> {
+        let mut a = self.partition_halves(members)?;
+        let victim = *members.choose(&mut self.rng).unwrap();
+        self.cluster.lock().await.kill(victim).await;
+        a.targets.push(format!("kill {}", node_name(victim)));
+        a.noop = false;
+        Ok(a)
+    }
+
+    /// SIGSTOPs one random node and SIGKILLs another.
+    async fn pause_kill(&mut self, members: &[usize]) -> Result<Applied> {
+        let mut m = members.to_vec();
+        m.shuffle(&mut self.rng);
+        let mut c = self.cluster.lock().await;
+        let mut targets = Vec::new();
+        if m.len() >= 2 {
+            c.pause(m[1]);
+            targets.push(format!("pause {}", node_name(m[1])));
+        }
+        c.kill(m[0]).await;
+        targets.push(format!("kill {}", node_name(m[0])));
+        Ok(Applied {
+            targets,
+            detail: "SIGSTOP one node, SIGKILL another".into(),
+            noop: false,
+        })
+    }
+
+    /// Moves the wall clock of up to `minority` random members by ±3–20 s (libfaketime).
+    async fn clock_skew(&mut self, minority: usize) -> Result<Applied> {
+        let c = self.cluster.lock().await;
+        if !c.skew || c.caps.faketime.is_none() {
+            return Ok(Applied {
+                detail: "skipped: libfaketime is not installed (apt-get install faketime)".into(),
+                noop: true,
+                ..Default::default()
+            });
+        }
+        drop(c);
+        let victims = self.pick(minority).await;
+        let c = self.cluster.lock().await;
+        let mut targets = Vec::new();
+        for &v in &victims {
+            let secs = self.rng.gen_range(3..=20) * if self.rng.gen_bool(0.5) { 1 } else { -1 };
+            c.set_clock(v, secs)?;
+            targets.push(format!("{}:{:+}s", node_name(v), secs));
+        }
+        Ok(Applied {
+            targets,
+            detail: "wall clock offset via libfaketime (monotonic clock untouched); reset at heal"
+                .into(),
+            noop: false,
+        })
+    }
+
+    /// Every node drops 10–40 % of the packets from the other nodes.
+    fn lossy(&mut self, members: &[usize]) -> Result<Applied> {
+        if let Some(a) = self.single_node(members.len()) {
+            return Ok(a);
+        }
+        let pct = self.rng.gen_range(10..=40);
+        for &i in members {
+            let others: Vec<usize> = members.iter().copied().filter(|&o| o != i).collect();
+            net::set_lossy(i, &others, pct)?;
+        }
+        Ok(Applied {
+            targets: vec![format!("{pct}%")],
+            detail: format!(
+                "every node drops {pct}% of the packets from the other nodes (nftables numgen)"
+            ),
+            noop: false,
+        })
     }
 
     fn single_node(&self, n: usize) -> Option<Applied> {
@@ -463,8 +494,11 @@ impl Nemesis {
         })
     }
 
+    /// A spare node joins the cluster if there is one; else a member leaves.
     async fn join_leave(&mut self) -> Result<Applied> {
-        let mut c = self.cluster.lock().await;
+        // A clone, so that the guard does not borrow `self`.
+        let cluster = self.cluster.clone();
+        let c = cluster.lock().await;
         if !c.caps.clustered() || self.leave_unsupported {
             return Ok(Applied {
                 detail:
@@ -479,23 +513,35 @@ impl Nemesis {
             .iter()
             .find(|n| !n.member && !n.running())
             .map(|n| n.idx);
-        if let Some(s) = spare {
-            let _ = std::fs::remove_dir_all(&c.node(s).data_dir);
-            c.start(s, true)?;
-            let addr = c.node(s).client_addr();
-            drop(c);
-            let ready = crate::cluster::wait_ready(&addr, Duration::from_secs(30))
-                .await
-                .is_ok();
-            if ready {
-                self.nodes.write().unwrap().push((s, addr));
-            }
-            return Ok(Applied {
-                targets: vec![node_name(s)],
-                detail: format!("{} joined (ready: {ready})", node_name(s)),
-                noop: false,
-            });
+        match spare {
+            Some(s) => self.join(c, s).await,
+            None => self.leave(c).await,
         }
+    }
+
+    /// Starts spare node `s` with an empty data dir and --join; clients may use it once it
+    /// is ready.
+    async fn join(&mut self, mut c: MutexGuard<'_, Cluster>, s: usize) -> Result<Applied> {
+        let _ = std::fs::remove_dir_all(&c.node(s).data_dir);
+        c.start(s, true)?;
+        let addr = c.node(s).client_addr();
+        drop(c);
+        let ready = crate::cluster::wait_ready(&addr, Duration::from_secs(30))
+            .await
+            .is_ok();
+        if ready {
+            self.nodes.write().unwrap().push((s, addr));
+        }
+        Ok(Applied {
+            targets: vec![node_name(s)],
+            detail: format!("{} joined (ready: {ready})", node_name(s)),
+            noop: false,
+        })
+    }
+
+    /// A random member other than the seed leaves via POST /admin/leave (at least 3 stay
+    /// candidates); clients stop using it at once, and get it back if it could not leave.
+    async fn leave(&mut self, c: MutexGuard<'_, Cluster>) -> Result<Applied> {
         // Nobody spare: a member other than the seed leaves (keep at least 3).
         let mut candidates: Vec<usize> = c.members().into_iter().filter(|&i| i != 1).collect();
         if candidates.len() < 3 {
@@ -531,20 +577,7 @@ impl Nemesis {
                 })
             }
             Ok(r) if r.status < 300 => {
-                // Give the node time to hand its replicas over, then retire the process.
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-                loop {
-                    let mut c = self.cluster.lock().await;
-                    c.reap();
-                    if !c.node(leaver).running() || tokio::time::Instant::now() > deadline {
-                        c.kill(leaver).await;
-                        let n = &mut c.nodes[leaver - 1];
-                        n.member = false;
-                        break;
-                    }
-                    drop(c);
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
+                self.retire(leaver).await;
                 Ok(Applied {
                     targets: vec![node_name(leaver)],
                     detail: format!("{} left via /admin/leave", node_name(leaver)),
@@ -564,6 +597,24 @@ impl Nemesis {
                 self.nodes.write().unwrap().push((leaver, addr));
                 Err(e)
             }
+        }
+    }
+
+    /// Gives a node that left time (60 s) to hand its replicas over and exit, then kills
+    /// the process and marks it no member.
+    async fn retire(&self, leaver: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut c = self.cluster.lock().await;
+            c.reap();
+            if !c.node(leaver).running() || tokio::time::Instant::now() > deadline {
+                c.kill(leaver).await;
+                let n = &mut c.nodes[leaver - 1];
+                n.member = false;
+                break;
+            }
+            drop(c);
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 }

@@ -185,12 +185,38 @@ fn run_once(
     Ok(Outcome { code, counts })
 }
 
+/// Runs every selected broken switch (each must be caught), then the real build through
+/// each distinct run (each must be clean); 0 when all held, 1 otherwise.
 pub fn prove(opts: ProveOpts) -> Result<u8> {
     let real_bin = crate::cluster::find_bin(opts.bin.clone())?;
-    let only: Option<Vec<String>> = opts
-        .only
-        .as_deref()
-        .map(|s| s.split(',').map(|p| p.trim().to_string()).collect());
+    let cases = selected_cases(opts.only.as_deref())?;
+    let mut failed = Vec::new();
+    println!(
+        "{:<22} {:<18} {:<12} result",
+        "switch", "nemesis", "must find"
+    );
+    for c in &cases {
+        prove_caught(&opts, c, &mut failed);
+    }
+    if !opts.skip_real {
+        for c in distinct_runs(&cases) {
+            prove_clean(&opts, &real_bin, c, &mut failed);
+        }
+    }
+    println!("runs under {}", opts.out.display());
+    if failed.is_empty() {
+        println!("prove: every switch caught, the real build clean");
+        Ok(0)
+    } else {
+        println!("prove: FAILED: {}", failed.join(", "));
+        Ok(1)
+    }
+}
+
+/// The cases named in `--only` (comma-separated switches), or all of them.
+fn selected_cases(only: Option<&str>) -> Result<Vec<&'static Case>> {
+    let only: Option<Vec<String>> =
+        only.map(|s| s.split(',').map(|p| p.trim().to_string()).collect());
     let cases: Vec<&Case> = CASES
         .iter()
         .filter(|c| {
@@ -208,70 +234,64 @@ pub fn prove(opts: ProveOpts) -> Result<u8> {
                 .join(", ")
         );
     }
-    let mut failed = Vec::new();
+    Ok(cases)
+}
+
+/// Runs the broken build with the case's switch on; the case's class must be found.
+fn prove_caught(opts: &ProveOpts, c: &Case, failed: &mut Vec<String>) {
+    let dir = opts.out.join(c.switch);
+    let verdict = match run_once(opts, &opts.broken_bin, c, Some(c.switch), &dir) {
+        Ok(o) if o.count(c.expect) > 0 => format!("caught: {}", o.summary()),
+        Ok(o) => {
+            failed.push(c.switch.to_string());
+            format!("NOT CAUGHT (exit {}): {}", o.code, o.summary())
+        }
+        Err(e) => {
+            failed.push(c.switch.to_string());
+            format!("HARNESS FAILED: {e:#}")
+        }
+    };
     println!(
-        "{:<22} {:<18} {:<12} result",
-        "switch", "nemesis", "must find"
+        "{:<22} {:<18} {:<12} {verdict}",
+        c.switch, c.nemesis, c.expect
     );
-    for c in &cases {
-        let dir = opts.out.join(c.switch);
-        let verdict = match run_once(&opts, &opts.broken_bin, c, Some(c.switch), &dir) {
-            Ok(o) if o.count(c.expect) > 0 => format!("caught: {}", o.summary()),
-            Ok(o) => {
-                failed.push(c.switch.to_string());
-                format!("NOT CAUGHT (exit {}): {}", o.code, o.summary())
-            }
-            Err(e) => {
-                failed.push(c.switch.to_string());
-                format!("HARNESS FAILED: {e:#}")
-            }
-        };
-        println!(
-            "{:<22} {:<18} {:<12} {verdict}",
-            c.switch, c.nemesis, c.expect
-        );
-    }
-    if !opts.skip_real {
-        // The real build goes through each distinct run once.
-        let mut runs: Vec<&Case> = Vec::new();
-        for c in &cases {
-            if !runs
-                .iter()
-                .any(|r| r.nemesis == c.nemesis && r.load == c.load)
-            {
-                runs.push(c);
-            }
-        }
-        for c in runs {
-            let n = c.nemesis;
-            let dir = opts.out.join(format!("real-{}", c.switch));
-            let verdict = match run_once(&opts, &real_bin, c, None, &dir) {
-                Ok(o) if o.code == 0 => "passed: no anomaly".to_string(),
-                Ok(o) => {
-                    failed.push(format!("real build under {n}"));
-                    format!("FAILED (exit {}): {}", o.code, o.summary())
-                }
-                Err(e) => {
-                    failed.push(format!("real build under {n}"));
-                    format!("HARNESS FAILED: {e:#}")
-                }
-            };
-            let what = match c.load {
-                Some((clients, rate)) => format!("{n} ({clients} clients, {rate}/s)"),
-                None => n.to_string(),
-            };
-            println!(
-                "{:<22} {:<18} {:<12} {verdict}",
-                "(real build)", what, "nothing"
-            );
+}
+
+/// One case per distinct (nemesis, load): the real build goes through each run once.
+fn distinct_runs<'c>(cases: &[&'c Case]) -> Vec<&'c Case> {
+    let mut runs: Vec<&Case> = Vec::new();
+    for c in cases {
+        if !runs
+            .iter()
+            .any(|r| r.nemesis == c.nemesis && r.load == c.load)
+        {
+            runs.push(c);
         }
     }
-    println!("runs under {}", opts.out.display());
-    if failed.is_empty() {
-        println!("prove: every switch caught, the real build clean");
-        Ok(0)
-    } else {
-        println!("prove: FAILED: {}", failed.join(", "));
-        Ok(1)
-    }
+    runs
+}
+
+/// Runs the real build through the case's run; it must exit 0 (no anomaly).
+fn prove_clean(opts: &ProveOpts, real_bin: &Path, c: &Case, failed: &mut Vec<String>) {
+    let n = c.nemesis;
+    let dir = opts.out.join(format!("real-{}", c.switch));
+    let verdict = match run_once(opts, real_bin, c, None, &dir) {
+        Ok(o) if o.code == 0 => "passed: no anomaly".to_string(),
+        Ok(o) => {
+            failed.push(format!("real build under {n}"));
+            format!("FAILED (exit {}): {}", o.code, o.summary())
+        }
+        Err(e) => {
+            failed.push(format!("real build under {n}"));
+            format!("HARNESS FAILED: {e:#}")
+        }
+    };
+    let what = match c.load {
+        Some((clients, rate)) => format!("{n} ({clients} clients, {rate}/s)"),
+        None => n.to_string(),
+    };
+    println!(
+        "{:<22} {:<18} {:<12} {verdict}",
+        "(real build)", what, "nothing"
+    );
 }

@@ -1,12 +1,22 @@
 //! The terminal summary and the latency plot (SVG written by hand: no plotting dependency).
 
-use crate::checker::{Op, Report, CLASSES};
+use crate::checker::{Op, Report, Stats, CLASSES};
 use crate::history::{Type, F};
 use std::fmt::Write as _;
 
+/// The terminal summary: op counts and stats, anomalies per class, availability per fault,
+/// notes and the verdict.
 pub fn summary(r: &Report) -> String {
     let mut s = String::new();
-    let st = &r.stats;
+    summary_stats(&mut s, &r.stats);
+    summary_anomalies(&mut s, r);
+    summary_availability(&mut s, r);
+    summary_verdict(&mut s, r);
+    s
+}
+
+/// Op counts per f, sends, pushes, send latency and the final reads' ends.
+fn summary_stats(s: &mut String, st: &Stats) {
     let _ = writeln!(
         s,
         "\n=== chatnode-jepsen results ({:.0} s of history) ===",
@@ -59,6 +69,10 @@ pub fn summary(r: &Report) -> String {
                 .join(" ")
         );
     }
+}
+
+/// One line per anomaly class (count and first example), and the recovered count.
+fn summary_anomalies(s: &mut String, r: &Report) {
     let _ = writeln!(s, "\n{:<16} {:>7}  first example", "anomaly", "count");
     for class in CLASSES {
         let n = r.counts.get(*class).copied().unwrap_or(0);
@@ -75,6 +89,10 @@ pub fn summary(r: &Report) -> String {
         "{:<16} {:>7}  (allowed: failed/indeterminate sends that were stored)",
         "recovered", r.recovered_count
     );
+}
+
+/// One line per fault: windows, sends by outcome, unavailability and heal-to-ok times.
+fn summary_availability(s: &mut String, r: &Report) {
     let _ = writeln!(
         s,
         "\n{:<18} {:>7} {:>7} {:>7} {:>6} {:>6} {:>8} {:>14} {:>14}",
@@ -107,6 +125,10 @@ pub fn summary(r: &Report) -> String {
                 .unwrap_or("-".into()),
         );
     }
+}
+
+/// Notes, the harness error if any, and the result line.
+fn summary_verdict(s: &mut String, r: &Report) {
     for n in &r.notes {
         let _ = writeln!(s, "note: {n}");
     }
@@ -119,7 +141,6 @@ pub fn summary(r: &Report) -> String {
     } else if total > 0 {
         let _ = writeln!(s, "\nRESULT: {total} ANOMALIES");
     }
-    s
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -130,35 +151,36 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
+// The plot's size and margins (px).
+const W: f64 = 1200.0;
+const H: f64 = 520.0;
+const L: f64 = 70.0;
+const R: f64 = 20.0;
+const T: f64 = 40.0;
+const B: f64 = 50.0;
+/// The latency axis, log10 of ms: 0.1 ms .. 10 s.
+const Y_MIN: f64 = -1.0;
+const Y_MAX: f64 = 4.0;
+
+/// Where a time (s) and a latency (ms) go on a plot `duration` seconds wide.
+struct Plot {
+    duration: f64,
+}
+
+impl Plot {
+    fn x(&self, t: f64) -> f64 {
+        L + (t / self.duration) * (W - L - R)
+    }
+    fn y(&self, ms: f64) -> f64 {
+        let l = ms.max(0.1).log10().clamp(Y_MIN, Y_MAX);
+        T + (Y_MAX - l) / (Y_MAX - Y_MIN) * (H - T - B)
+    }
+}
+
 /// Op latency over time (log scale), one dot per client op, nemesis windows shaded.
 pub fn latency_svg(ops: &[Op], report: &Report) -> String {
-    const W: f64 = 1200.0;
-    const H: f64 = 520.0;
-    const L: f64 = 70.0;
-    const R: f64 = 20.0;
-    const T: f64 = 40.0;
-    const B: f64 = 50.0;
-    // The workload's span (the final phase after it is not plotted).
-    let last_client_ns = ops
-        .iter()
-        .filter(|o| o.process >= 0)
-        .map(|o| {
-            if o.complete_ns == u64::MAX {
-                o.invoke_ns
-            } else {
-                o.complete_ns
-            }
-        })
-        .max();
-    let duration = last_client_ns
-        .map(|ns| ns as f64 / 1e9 * 1.02)
-        .unwrap_or(report.stats.duration_s)
-        .max(1.0);
-    let (ymin, ymax) = (-1.0f64, 4.0f64); // 0.1 ms .. 10 s
-    let x = |t: f64| L + (t / duration) * (W - L - R);
-    let y = |ms: f64| {
-        let l = ms.max(0.1).log10().clamp(ymin, ymax);
-        T + (ymax - l) / (ymax - ymin) * (H - T - B)
+    let plot = Plot {
+        duration: workload_span(ops, report),
     };
     let mut s = String::new();
     let _ = writeln!(
@@ -170,11 +192,45 @@ pub fn latency_svg(ops: &[Op], report: &Report) -> String {
         s,
         r##"<text x="{L}" y="20" font-size="14">chatnode-jepsen: op latency over time (ok blue, fail red, info orange; faults shaded)</text>"##
     );
+    draw_windows(&mut s, &plot, report);
+    draw_axes(&mut s, &plot);
+    draw_points(&mut s, &plot, ops);
+    draw_legend(&mut s);
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The workload's span in s, 2 % beyond the last client op (the final phase after it is
+/// not plotted); at least 1 s.
+fn workload_span(ops: &[Op], report: &Report) -> f64 {
+    let last_client_ns = ops
+        .iter()
+        .filter(|o| o.process >= 0)
+        .map(|o| {
+            if o.complete_ns == u64::MAX {
+                o.invoke_ns
+            } else {
+                o.complete_ns
+            }
+        })
+        .max();
+    last_client_ns
+        .map(|ns| ns as f64 / 1e9 * 1.02)
+        .unwrap_or(report.stats.duration_s)
+        .max(1.0)
+}
+
+/// A shaded band and a label per fault window.
+fn draw_windows(s: &mut String, plot: &Plot, report: &Report) {
+    let duration = plot.duration;
     for (i, w) in report.windows.iter().enumerate() {
         if w.start_s > duration {
             continue;
         }
-        let (x0, x1) = (x(w.start_s), x(w.end_s.clamp(w.start_s, duration)));
+        let (x0, x1) = (
+            plot.x(w.start_s),
+            plot.x(w.end_s.clamp(w.start_s, duration)),
+        );
         let _ = writeln!(
             s,
             r##"<rect x="{x0:.1}" y="{T}" width="{:.1}" height="{:.1}" fill="#f4a6a6" fill-opacity="0.35"><title>{} {} ({:.1}s-{:.1}s)</title></rect>"##,
@@ -193,10 +249,14 @@ pub fn latency_svg(ops: &[Op], report: &Report) -> String {
             xml(&w.fault)
         );
     }
-    // Axes and grid.
-    for e in (ymin as i32)..=(ymax as i32) {
+}
+
+/// Grid lines and labels for each power of ten of latency and each time step; the frame.
+fn draw_axes(s: &mut String, plot: &Plot) {
+    let duration = plot.duration;
+    for e in (Y_MIN as i32)..=(Y_MAX as i32) {
         let ms = 10f64.powi(e);
-        let yy = y(ms);
+        let yy = plot.y(ms);
         let label = if ms >= 1000.0 {
             format!("{} s", ms / 1000.0)
         } else {
@@ -217,7 +277,7 @@ pub fn latency_svg(ops: &[Op], report: &Report) -> String {
     let step = nice_step(duration / 10.0);
     let mut t = 0.0;
     while t <= duration + 1e-9 {
-        let xx = x(t);
+        let xx = plot.x(t);
         let _ = writeln!(
             s,
             r##"<line x1="{xx:.1}" x2="{xx:.1}" y1="{T}" y2="{:.1}" stroke="#eee"/>"##,
@@ -242,7 +302,11 @@ pub fn latency_svg(ops: &[Op], report: &Report) -> String {
         W - L - R,
         H - T - B
     );
-    // Points: every failure, and at most ~15000 ok ops (evenly thinned).
+}
+
+/// One dot per client send, history and sync: every failure, and at most ~15000 ok ops
+/// (evenly thinned). An op that never completed is drawn up to the plot's end.
+fn draw_points(s: &mut String, plot: &Plot, ops: &[Op]) {
     let client: Vec<&Op> = ops
         .iter()
         .filter(|o| {
@@ -254,7 +318,7 @@ pub fn latency_svg(ops: &[Op], report: &Report) -> String {
     let oks = client.iter().filter(|o| o.ty == Type::Ok).count();
     let stride = (oks / 15000).max(1);
     let mut k = 0usize;
-    let end_ns = (duration * 1e9) as u64;
+    let end_ns = (plot.duration * 1e9) as u64;
     for o in client {
         let done = if o.completed && o.complete_ns != u64::MAX {
             o.complete_ns
@@ -280,10 +344,14 @@ pub fn latency_svg(ops: &[Op], report: &Report) -> String {
         let _ = writeln!(
             s,
             r##"<circle cx="{:.1}" cy="{:.1}" r="1.4" fill="{color}" fill-opacity="0.6"/>"##,
-            x(o.invoke_ns as f64 / 1e9),
-            y(ms)
+            plot.x(o.invoke_ns as f64 / 1e9),
+            plot.y(ms)
         );
     }
+}
+
+/// The colours' legend, top right.
+fn draw_legend(s: &mut String) {
     let legend = [
         ("#1f5fbf", "send ok"),
         ("#5fa05f", "read ok"),
@@ -298,8 +366,6 @@ pub fn latency_svg(ops: &[Op], report: &Report) -> String {
             lx + 8.0
         );
     }
-    s.push_str("</svg>\n");
-    s
 }
 
 fn nice_step(raw: f64) -> f64 {

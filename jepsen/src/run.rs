@@ -115,8 +115,93 @@ impl Drop for Teardown {
     }
 }
 
+/// What the options and the binary decide before anything starts.
+struct Plan {
+    bin: PathBuf,
+    caps: Caps,
+    faults: Vec<String>,
+    interval: (f64, f64),
+    seed: u64,
+}
+
+/// Everything that runs during the workload phase.
+struct Running {
+    clients: Vec<tokio::task::JoinHandle<()>>,
+    nemesis: tokio::task::JoinHandle<()>,
+    progress: tokio::task::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+    nemesis_notes: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
 /// Runs everything; returns the exit code (0 clean, 1 anomalies, 2 harness failure).
 pub async fn run(opts: RunOpts) -> Result<u8> {
+    let plan = plan(&opts)?;
+    let dir = prepare_dir(&opts, &plan)?;
+
+    for r in net::cleanup() {
+        eprintln!("  leftover from an earlier run removed: {r}");
+    }
+    let mut teardown = Teardown { armed: true };
+    let mut notes: Vec<String> = Vec::new();
+    let cluster = Arc::new(Mutex::new(
+        start_cluster(&opts, &plan, &dir, &mut notes).await?,
+    ));
+
+    let start = Instant::now();
+    let (hist, writer) = History::create(&dir.join("history.jsonl"), start)?;
+    let nodes: Nodes = Arc::new(std::sync::RwLock::new(
+        (1..=opts.nodes)
+            .map(|i| (i, format!("{}:{}", net::node_ip(i), net::CLIENT_PORT)))
+            .collect(),
+    ));
+    let node_list = nodes.read().unwrap().clone();
+    let setup = workload::setup(&node_list, opts.clients, opts.conversations, &hist)
+        .await
+        .context("workload setup (users, conversations)")?;
+    eprintln!(
+        "  {} users, {} conversations; workload starts",
+        setup.users.len(),
+        setup.conversations.len()
+    );
+    record_shards(&node_list[0].1, &setup.conversations, &hist).await;
+
+    let running = start_workload(&opts, &plan, &setup, &cluster, &hist, nodes, start);
+    tokio::time::sleep(Duration::from_secs(opts.time)).await;
+    let nemesis_notes = wind_down(running, &cluster, &hist, &mut notes).await;
+
+    // Final phase: every member ready, full reads through every node, replica checksums.
+    let members: Vec<(usize, String)> = {
+        let c = cluster.lock().await;
+        c.nodes
+            .iter()
+            .filter(|n| n.member && n.running())
+            .map(|n| (n.idx, n.client_addr()))
+            .collect()
+    };
+    await_ready(&members, opts.recovery_wait, &hist).await;
+    final_reads(&members, &setup, &hist, opts.recovery_wait, &mut notes).await;
+    collect_checksums(&members, &hist).await;
+    record_final_status(&members, &dir).await?;
+    stop_cluster(&cluster, &mut notes).await;
+    drop(hist);
+    match writer.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e.context("writing the history")),
+        Err(e) => bail!("history writer: {e}"),
+    }
+    for r in net::cleanup() {
+        tracing::debug!("teardown: removed {r}");
+    }
+    teardown.armed = false;
+    notes.extend(nemesis_notes.lock().unwrap().iter().cloned());
+
+    eprintln!("  checking {}", dir.join("history.jsonl").display());
+    check_dir(&dir.join("history.jsonl"), &dir, notes)
+}
+
+/// Checks the options against each other and against the binary's capabilities; picks the
+/// seed.
+fn plan(opts: &RunOpts) -> Result<Plan> {
     net::preflight()?;
     let bin = cluster::find_bin(opts.bin.clone())?;
     let caps = Caps::detect(&bin)?;
@@ -135,6 +220,25 @@ pub async fn run(opts: RunOpts) -> Result<u8> {
         bail!("--clients, --conversations and --rate must be positive");
     }
     let seed = opts.seed.unwrap_or_else(rand::random::<u64>);
+    Ok(Plan {
+        bin,
+        caps,
+        faults,
+        interval,
+        seed,
+    })
+}
+
+/// Creates the run's directory (and the `latest` link to it), prints the run's parameters
+/// and saves them in run.json.
+fn prepare_dir(opts: &RunOpts, plan: &Plan) -> Result<PathBuf> {
+    let Plan {
+        bin,
+        caps,
+        faults,
+        seed,
+        ..
+    } = plan;
     let name = format!("{}-s{seed}", timestamp());
     let dir = opts.out.join(&name);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -160,12 +264,20 @@ pub async fn run(opts: RunOpts) -> Result<u8> {
             "nemesis": faults, "interval": opts.interval, "caps": caps,
         }))?,
     )?;
+    Ok(dir)
+}
 
-    for r in net::cleanup() {
-        eprintln!("  leftover from an earlier run removed: {r}");
-    }
-    let mut teardown = Teardown { armed: true };
-    let mut notes: Vec<String> = Vec::new();
+/// Sets up the network (with UDP relays when a fault needs them; a spare node for
+/// join-leave) and forms the cluster of --nodes members.
+async fn start_cluster(
+    opts: &RunOpts,
+    plan: &Plan,
+    dir: &Path,
+    notes: &mut Vec<String>,
+) -> Result<Cluster> {
+    let Plan {
+        bin, caps, faults, ..
+    } = plan;
     let skew = faults.iter().any(|f| f == "clock-skew") && caps.faketime.is_some();
     if faults.iter().any(|f| f == "clock-skew") && caps.faketime.is_none() {
         notes.push(
@@ -185,7 +297,7 @@ pub async fn run(opts: RunOpts) -> Result<u8> {
     }
     let mut c = Cluster::new(
         bin.clone(),
-        dir.clone(),
+        dir.to_path_buf(),
         caps.clone(),
         total,
         skew,
@@ -199,26 +311,20 @@ pub async fn run(opts: RunOpts) -> Result<u8> {
         opts.nodes,
         formed.elapsed().as_secs_f64()
     );
-    let cluster = Arc::new(Mutex::new(c));
+    Ok(c)
+}
 
-    let start = Instant::now();
-    let (hist, writer) = History::create(&dir.join("history.jsonl"), start)?;
-    let nodes: Nodes = Arc::new(std::sync::RwLock::new(
-        (1..=opts.nodes)
-            .map(|i| (i, format!("{}:{}", net::node_ip(i), net::CLIENT_PORT)))
-            .collect(),
-    ));
-    let node_list = nodes.read().unwrap().clone();
-    let setup = workload::setup(&node_list, opts.clients, opts.conversations, &hist)
-        .await
-        .context("workload setup (users, conversations)")?;
-    eprintln!(
-        "  {} users, {} conversations; workload starts",
-        setup.users.len(),
-        setup.conversations.len()
-    );
-    record_shards(&node_list[0].1, &setup.conversations, &hist).await;
-
+/// Spawns one task per client, the nemesis and the progress line.
+fn start_workload(
+    opts: &RunOpts,
+    plan: &Plan,
+    setup: &workload::Setup,
+    cluster: &Arc<Mutex<Cluster>>,
+    hist: &History,
+    nodes: Nodes,
+    start: Instant,
+) -> Running {
+    let seed = plan.seed;
     let stop = Arc::new(AtomicBool::new(false));
     let current = Arc::new(std::sync::Mutex::new("none".to_string()));
     let nemesis_notes = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -241,45 +347,69 @@ pub async fn run(opts: RunOpts) -> Result<u8> {
         cluster.clone(),
         hist.clone(),
         StdRng::seed_from_u64(seed),
-        faults.clone(),
+        plan.faults.clone(),
         current.clone(),
         stop.clone(),
         nodes.clone(),
-        interval,
+        plan.interval,
         nemesis_notes.clone(),
     );
-    let nemesis_task = tokio::spawn(nem.run());
-    let progress = {
-        let hist = hist.clone();
-        let current = current.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let c = &hist.counters;
-                eprintln!(
-                    "[{:>5.0}s] ok {:>7} fail {:>6} info {:>6} | fault: {}{}",
-                    start.elapsed().as_secs_f64(),
-                    c.ok.load(Ordering::Relaxed),
-                    c.fail.load(Ordering::Relaxed),
-                    c.info.load(Ordering::Relaxed),
-                    current.lock().unwrap(),
-                    if stop.load(Ordering::Relaxed) {
-                        " (winding down)"
-                    } else {
-                        ""
-                    }
-                );
-            }
-        })
-    };
+    let nemesis = tokio::spawn(nem.run());
+    let progress = tokio::spawn(progress_line(hist.clone(), current, stop.clone(), start));
+    Running {
+        clients,
+        nemesis,
+        progress,
+        stop,
+        nemesis_notes,
+    }
+}
 
-    tokio::time::sleep(Duration::from_secs(opts.time)).await;
+/// Prints the counts and the current fault on stderr every second, until aborted.
+async fn progress_line(
+    hist: History,
+    current: Arc<std::sync::Mutex<String>>,
+    stop: Arc<AtomicBool>,
+    start: Instant,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let c = &hist.counters;
+        eprintln!(
+            "[{:>5.0}s] ok {:>7} fail {:>6} info {:>6} | fault: {}{}",
+            start.elapsed().as_secs_f64(),
+            c.ok.load(Ordering::Relaxed),
+            c.fail.load(Ordering::Relaxed),
+            c.info.load(Ordering::Relaxed),
+            current.lock().unwrap(),
+            if stop.load(Ordering::Relaxed) {
+                " (winding down)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+/// Time is up: stops the nemesis, heals everything, lets every client finish its op (90 s
+/// in all) and stops the progress line. Returns the nemesis' notes.
+async fn wind_down(
+    running: Running,
+    cluster: &Arc<Mutex<Cluster>>,
+    hist: &History,
+    notes: &mut Vec<String>,
+) -> Arc<std::sync::Mutex<Vec<String>>> {
+    let Running {
+        clients,
+        nemesis: mut nemesis_task,
+        progress,
+        stop,
+        nemesis_notes,
+    } = running;
     stop.store(true, Ordering::Relaxed);
     eprintln!("  time is up: healing, letting clients finish");
-    let mut nemesis_task = nemesis_task;
     if tokio::time::timeout(Duration::from_secs(60), &mut nemesis_task)
         .await
         .is_err()
@@ -287,7 +417,7 @@ pub async fn run(opts: RunOpts) -> Result<u8> {
         nemesis_task.abort();
         notes.push("the nemesis did not stop within 60 s of the end".into());
     }
-    if let Err(e) = nemesis::heal_all(&cluster, &hist).await {
+    if let Err(e) = nemesis::heal_all(cluster, hist).await {
         notes.push(format!("final heal: {e:#}"));
     }
     let wind_down = Instant::now() + Duration::from_secs(90);
@@ -303,18 +433,12 @@ pub async fn run(opts: RunOpts) -> Result<u8> {
         }
     }
     progress.abort();
+    nemesis_notes
+}
 
-    // Final phase: every member ready, full reads through every node, replica checksums.
-    let members: Vec<(usize, String)> = {
-        let c = cluster.lock().await;
-        c.nodes
-            .iter()
-            .filter(|n| n.member && n.running())
-            .map(|n| (n.idx, n.client_addr()))
-            .collect()
-    };
-    let recovery_wait = opts.recovery_wait;
-    // Every member ready, waiting for all of them at once (one deadline).
+/// Waits for every member's /ready at once (one deadline of `recovery_wait` s), records
+/// which were ready (`f: ready`) and prints the outcome.
+async fn await_ready(members: &[(usize, String)], recovery_wait: u64, hist: &History) {
     let ready_start = Instant::now();
     let waits = members.iter().map(|(i, addr)| async move {
         (
@@ -350,17 +474,29 @@ pub async fn run(opts: RunOpts) -> Result<u8> {
         let names: Vec<String> = not_ready.iter().map(|&i| cluster::node_name(i)).collect();
         eprintln!(
             "  NOT READY {} s after healing: {}",
-            opts.recovery_wait,
+            recovery_wait,
             names.join(",")
         );
     }
-    // Nodes must agree; a write that committed late (a send given up at the end) can make
-    // an earlier node's read shorter, so disagreeing reads are repeated (the checker judges
-    // the last read of each node, and every read against the acks before it).
+}
+
+/// Full reads of every conversation through every member, repeated (3 rounds at most)
+/// while complete reads disagree.
+///
+/// Nodes must agree; a write that committed late (a send given up at the end) can make an
+/// earlier node's read shorter, so disagreeing reads are repeated (the checker judges the
+/// last read of each node, and every read against the acks before it).
+async fn final_reads(
+    members: &[(usize, String)],
+    setup: &workload::Setup,
+    hist: &History,
+    recovery_wait: u64,
+    notes: &mut Vec<String>,
+) {
     eprintln!("  final reads on {} nodes", members.len());
     for round in 0..3 {
         let reads = members.iter().map(|(i, addr)| {
-            let (hist, user, convs) = (&hist, &setup.users[0], &setup.conversations);
+            let (hist, user, convs) = (hist, &setup.users[0], &setup.conversations);
             async move {
                 (
                     *i,
@@ -393,10 +529,13 @@ pub async fn run(opts: RunOpts) -> Result<u8> {
         eprintln!("  final reads disagree between nodes; reading again");
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    collect_checksums(&members, &hist).await;
-    // Every node's /admin/status at the end, for diagnosis (lagging replicas, leaders).
+}
+
+/// Every node's /admin/status at the end, for diagnosis (lagging replicas, leaders), into
+/// final-status.json.
+async fn record_final_status(members: &[(usize, String)], dir: &Path) -> Result<()> {
     let mut status = serde_json::Map::new();
-    for (i, addr) in &members {
+    for (i, addr) in members {
         let v = match http::get(addr, "/admin/status", Duration::from_secs(10)).await {
             Ok(r) if r.status == 200 => r.json().unwrap_or(serde_json::Value::Null),
             Ok(r) => serde_json::json!({"http_status": r.status}),
@@ -408,6 +547,11 @@ pub async fn run(opts: RunOpts) -> Result<u8> {
         dir.join("final-status.json"),
         serde_json::to_string_pretty(&status)?,
     );
+    Ok(())
+}
+
+/// Stops every node; notes those that had exited by themselves before.
+async fn stop_cluster(cluster: &Arc<Mutex<Cluster>>, notes: &mut Vec<String>) {
     let exited = {
         let mut c = cluster.lock().await;
         let exited = c.reap();
@@ -419,20 +563,6 @@ pub async fn run(opts: RunOpts) -> Result<u8> {
             "n{i} had exited by itself before the end: {status}"
         ));
     }
-    drop(hist);
-    match writer.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e.context("writing the history")),
-        Err(e) => bail!("history writer: {e}"),
-    }
-    for r in net::cleanup() {
-        tracing::debug!("teardown: removed {r}");
-    }
-    teardown.armed = false;
-    notes.extend(nemesis_notes.lock().unwrap().iter().cloned());
-
-    eprintln!("  checking {}", dir.join("history.jsonl").display());
-    check_dir(&dir.join("history.jsonl"), &dir, notes)
 }
 
 async fn collect_checksums(members: &[(usize, String)], hist: &History) {

@@ -309,29 +309,18 @@ pub fn parse_msg(m: &serde_json::Value) -> Option<Msg> {
     })
 }
 
+/// Reads the connection's frames until it closes: replies go to their waiting request (a
+/// late ack is recorded), pushes are tracked and written to the history in batches.
 async fn read_loop(mut stream: futures_util::stream::SplitStream<Ws>, r: ReaderCtx) {
     let mut pushes: BTreeMap<String, Vec<Msg>> = BTreeMap::new();
     let mut first_buffered: Option<Instant> = None;
     let mut tick = tokio::time::interval(PUSH_FLUSH / 2);
-    let flush = |pushes: &mut BTreeMap<String, Vec<Msg>>| {
-        for (conv, msgs) in std::mem::take(pushes) {
-            let mut ev = Event::new(0, r.ctx.process, Type::Ok, F::Push, 0);
-            ev.node = Some(crate::cluster::node_name(r.node));
-            ev.conn = Some(r.conn);
-            ev.conversation = Some(conv);
-            ev.value = Some(Value {
-                messages: Some(msgs),
-                ..Default::default()
-            });
-            r.ctx.hist.observe(ev);
-        }
-    };
     loop {
         let frame = tokio::select! {
             f = stream.next() => f,
             _ = tick.tick() => {
                 if first_buffered.is_some_and(|t| t.elapsed() >= PUSH_FLUSH) {
-                    flush(&mut pushes);
+                    r.flush_pushes(&mut pushes);
                     first_buffered = None;
                 }
                 continue;
@@ -347,81 +336,104 @@ async fn read_loop(mut stream: futures_util::stream::SplitStream<Ws>, r: ReaderC
             continue;
         };
         if let Some(id) = v.get("id").and_then(|i| i.as_u64()) {
-            let waiter = r.pending.lock().unwrap().remove(&id);
-            match waiter {
-                Some(tx) => {
-                    let _ = tx.send(v);
-                }
-                None if v["type"] == "ack" => {
-                    // The send was given up (timeout): its ack still tells where it went.
-                    if let (Some(conv), Some(seq)) =
-                        (v["conversation_id"].as_str(), v["seq"].as_u64())
-                    {
-                        r.state
-                            .lock()
-                            .unwrap()
-                            .convs
-                            .entry(conv.to_string())
-                            .or_default()
-                            .on_seen(seq);
-                        if let Some(known) = &r.ctx.known {
-                            known
-                                .lock()
-                                .unwrap()
-                                .entry(conv.to_string())
-                                .or_default()
-                                .insert(seq);
-                        }
-                        let mut ev = Event::new(0, r.ctx.process, Type::Ok, F::LateAck, 0);
-                        ev.node = Some(crate::cluster::node_name(r.node));
-                        ev.conn = Some(r.conn);
-                        ev.conversation = Some(conv.to_string());
-                        ev.client_msg_id = v["client_msg_id"].as_str().map(str::to_string);
-                        ev.value = Some(Value {
-                            seq: Some(seq),
-                            msg_id: v["msg_id"].as_str().map(str::to_string),
-                            ..Default::default()
-                        });
-                        r.ctx.hist.observe(ev);
-                    }
-                }
-                None => {}
-            }
+            r.on_reply(id, v);
             continue;
         }
         match v["type"].as_str() {
             Some("message") if r.ctx.record_pushes => {
-                let (Some(conv), Some(m)) = (v["conversation_id"].as_str(), parse_msg(&v)) else {
-                    continue;
-                };
-                r.state
-                    .lock()
-                    .unwrap()
-                    .convs
-                    .entry(conv.to_string())
-                    .or_default()
-                    .on_push(m.seq);
-                if let Some(known) = &r.ctx.known {
-                    known
-                        .lock()
-                        .unwrap()
-                        .entry(conv.to_string())
-                        .or_default()
-                        .insert(m.seq);
+                if r.on_push(&v, &mut pushes) {
+                    first_buffered.get_or_insert_with(Instant::now);
                 }
-                // Pushes leave out the sender: the client_msg_id names the process.
-                let m = Msg { sender: None, ..m };
-                pushes.entry(conv.to_string()).or_default().push(m);
-                first_buffered.get_or_insert_with(Instant::now);
             }
             Some("reconnect") => break,
             _ => {}
         }
     }
-    flush(&mut pushes);
+    r.flush_pushes(&mut pushes);
     r.alive.store(false, Ordering::Release);
     // Dropping the waiters tells every pending request that the connection is gone.
     r.pending.lock().unwrap().clear();
+}
+
+impl ReaderCtx {
+    /// Writes the buffered pushes to the history, one event per conversation.
+    fn flush_pushes(&self, pushes: &mut BTreeMap<String, Vec<Msg>>) {
+        for (conv, msgs) in std::mem::take(pushes) {
+            let mut ev = Event::new(0, self.ctx.process, Type::Ok, F::Push, 0);
+            ev.node = Some(crate::cluster::node_name(self.node));
+            ev.conn = Some(self.conn);
+            ev.conversation = Some(conv);
+            ev.value = Some(Value {
+                messages: Some(msgs),
+                ..Default::default()
+            });
+            self.ctx.hist.observe(ev);
+        }
+    }
+
+    /// Notes a seq of `conv` this connection (and its process, if tracked) now holds.
+    fn track(&self, conv: &str, seq: u64, push: bool) {
+        {
+            let mut st = self.state.lock().unwrap();
+            let t = st.convs.entry(conv.to_string()).or_default();
+            if push {
+                t.on_push(seq);
+            } else {
+                t.on_seen(seq);
+            }
+        }
+        if let Some(known) = &self.ctx.known {
+            known
+                .lock()
+                .unwrap()
+                .entry(conv.to_string())
+                .or_default()
+                .insert(seq);
+        }
+    }
+
+    /// Hands a reply to its waiting request; an ack nobody waits for any more is a late ack.
+    fn on_reply(&self, id: u64, v: serde_json::Value) {
+        let waiter = self.pending.lock().unwrap().remove(&id);
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(v);
+            }
+            None if v["type"] == "ack" => self.record_late_ack(&v),
+            None => {}
+        }
+    }
+
+    /// The send was given up (timeout): its ack still tells where it went.
+    fn record_late_ack(&self, v: &serde_json::Value) {
+        let (Some(conv), Some(seq)) = (v["conversation_id"].as_str(), v["seq"].as_u64()) else {
+            return;
+        };
+        self.track(conv, seq, false);
+        let mut ev = Event::new(0, self.ctx.process, Type::Ok, F::LateAck, 0);
+        ev.node = Some(crate::cluster::node_name(self.node));
+        ev.conn = Some(self.conn);
+        ev.conversation = Some(conv.to_string());
+        ev.client_msg_id = v["client_msg_id"].as_str().map(str::to_string);
+        ev.value = Some(Value {
+            seq: Some(seq),
+            msg_id: v["msg_id"].as_str().map(str::to_string),
+            ..Default::default()
+        });
+        self.ctx.hist.observe(ev);
+    }
+
+    /// Tracks a pushed message and buffers it for the history; false if it is not one.
+    fn on_push(&self, v: &serde_json::Value, pushes: &mut BTreeMap<String, Vec<Msg>>) -> bool {
+        let (Some(conv), Some(m)) = (v["conversation_id"].as_str(), parse_msg(v)) else {
+            return false;
+        };
+        self.track(conv, m.seq, true);
+        // Pushes leave out the sender: the client_msg_id names the process.
+        let m = Msg { sender: None, ..m };
+        pushes.entry(conv.to_string()).or_default().push(m);
+        true
+    }
 }
 
 // ---------------------------------------------------------------- setup
@@ -468,26 +480,7 @@ pub async fn setup(nodes: &[(usize, String)], k: usize, c: usize, hist: &History
             .take(addrs.len())
             .cloned()
             .collect();
-        tasks.push(tokio::spawn(async move {
-            let creds = json!({"username": format!("jepsen{p}"), "password": PASSWORD}).to_string();
-            match http_retry(&addrs, "/v1/register", &creds, &[201, 200]).await {
-                Ok(_) => {}
-                // A retried registration that had gone through answers "taken": fine.
-                Err(e) if e.to_string().contains(" 409 ") => {}
-                Err(e) => return Err(e),
-            }
-            let login = http_retry(&addrs, "/v1/login", &creds, &[200]).await?;
-            Ok::<_, anyhow::Error>(User {
-                user_id: login["user_id"]
-                    .as_str()
-                    .ok_or_else(|| anyhow!("login: {login}"))?
-                    .to_string(),
-                token: login["token"]
-                    .as_str()
-                    .ok_or_else(|| anyhow!("login: {login}"))?
-                    .to_string(),
-            })
-        }));
+        tasks.push(tokio::spawn(register_user(p, addrs)));
     }
     let mut users = Vec::new();
     for t in tasks {
@@ -510,32 +503,56 @@ pub async fn setup(nodes: &[(usize, String)], k: usize, c: usize, hist: &History
     let members: Vec<&str> = users[1..].iter().map(|u| u.user_id.as_str()).collect();
     let mut conversations = Vec::new();
     for i in 0..c {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let frame = json!({"type":"create_conversation","kind":"group","title":format!("jepsen-{i}"),"members":members});
-            match conn.request(frame, Duration::from_secs(10)).await {
-                Ok(v) if v["type"] == "conversation" => {
-                    conversations.push(
-                        v["conversation"]["conversation_id"]
-                            .as_str()
-                            .ok_or_else(|| anyhow!("create_conversation: {v}"))?
-                            .to_string(),
-                    );
-                    break;
-                }
-                r if tries < 10 => {
-                    tracing::warn!("create_conversation: {r:?}; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                r => bail!("create_conversation failed: {r:?}"),
-            }
-        }
+        conversations.push(create_conversation(&conn, i, &members).await?);
     }
     Ok(Setup {
         users,
         conversations,
     })
+}
+
+/// Registers user `jepsen{p}` (trying `addrs` in turn) and logs it in.
+async fn register_user(p: usize, addrs: Vec<String>) -> Result<User> {
+    let creds = json!({"username": format!("jepsen{p}"), "password": PASSWORD}).to_string();
+    match http_retry(&addrs, "/v1/register", &creds, &[201, 200]).await {
+        Ok(_) => {}
+        // A retried registration that had gone through answers "taken": fine.
+        Err(e) if e.to_string().contains(" 409 ") => {}
+        Err(e) => return Err(e),
+    }
+    let login = http_retry(&addrs, "/v1/login", &creds, &[200]).await?;
+    Ok::<_, anyhow::Error>(User {
+        user_id: login["user_id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("login: {login}"))?
+            .to_string(),
+        token: login["token"]
+            .as_str()
+            .ok_or_else(|| anyhow!("login: {login}"))?
+            .to_string(),
+    })
+}
+
+/// Creates group conversation `jepsen-{i}` with `members` (10 tries); returns its id.
+async fn create_conversation(conn: &Conn, i: usize, members: &[&str]) -> Result<String> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let frame = json!({"type":"create_conversation","kind":"group","title":format!("jepsen-{i}"),"members":members});
+        match conn.request(frame, Duration::from_secs(10)).await {
+            Ok(v) if v["type"] == "conversation" => {
+                return Ok(v["conversation"]["conversation_id"]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("create_conversation: {v}"))?
+                    .to_string());
+            }
+            r if tries < 10 => {
+                tracing::warn!("create_conversation: {r:?}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            r => bail!("create_conversation failed: {r:?}"),
+        }
+    }
 }
 
 // ---------------------------------------------------------------- client process
@@ -698,6 +715,9 @@ impl Client {
         }
     }
 
+    /// Sends one new client_msg_id to `conv`, retrying it (same id, with backoff, on the
+    /// next node after a timeout, a lost connection or a retryable refusal) up to
+    /// MAX_ATTEMPTS times; fewer when the workload is winding down.
     async fn send(&mut self, conv: &str) {
         let cmid = format!("p{}-{}", self.cfg.process, self.next_msg);
         self.next_msg += 1;
@@ -725,56 +745,8 @@ impl Client {
                 json!({"type":"send","conversation_id":conv,"client_msg_id":cmid,"body":body});
             let conn = self.conn.as_ref().unwrap();
             let res = conn.request(frame, OP_TIMEOUT).await;
-            match res {
-                Ok(v) if v["type"] == "ack" => {
-                    let seq = v["seq"].as_u64();
-                    if let Some(seq) = seq {
-                        conn.seen(conv, seq);
-                        self.known
-                            .lock()
-                            .unwrap()
-                            .entry(conv.to_string())
-                            .or_default()
-                            .insert(seq);
-                    }
-                    let value = Value {
-                        seq,
-                        msg_id: v["msg_id"].as_str().map(str::to_string),
-                        ts: v["ts"].as_u64(),
-                        ..Default::default()
-                    };
-                    self.cfg.hist.complete(done, Type::Ok, Some(value), None);
-                    return;
-                }
-                Ok(v) => {
-                    let code = v["code"].as_str().unwrap_or("unknown").to_string();
-                    let retryable = v["retryable"].as_bool().unwrap_or(false);
-                    self.cfg
-                        .hist
-                        .complete(done, Type::Fail, None, Some(code.clone()));
-                    if !retryable {
-                        tracing::warn!("p{}: send {cmid}: {v}", self.cfg.process);
-                        return;
-                    }
-                    if let Some(ms) = v["retry_after_ms"].as_u64() {
-                        tokio::time::sleep(Duration::from_millis(ms.min(5000))).await;
-                    }
-                    if code != "rate_limited" {
-                        self.rotate();
-                    }
-                }
-                Err(ReqError::Timeout) => {
-                    self.cfg
-                        .hist
-                        .complete(done, Type::Info, None, Some("timeout".into()));
-                    self.rotate();
-                }
-                Err(ReqError::Lost) => {
-                    self.cfg
-                        .hist
-                        .complete(done, Type::Info, None, Some("connection-lost".into()));
-                    self.rotate();
-                }
+            if self.on_send_reply(conv, &cmid, done, res).await {
+                return;
             }
             if self.cfg.stop.load(Ordering::Relaxed) && attempt >= 3 {
                 // Winding down: do not hold the end of the run up for long.
@@ -783,6 +755,72 @@ impl Client {
         }
     }
 
+    /// Records one send attempt's outcome; true when the send is over (acked, or refused
+    /// for good), false when it is to be tried again.
+    async fn on_send_reply(
+        &mut self,
+        conv: &str,
+        cmid: &str,
+        done: Event,
+        res: Result<serde_json::Value, ReqError>,
+    ) -> bool {
+        match res {
+            Ok(v) if v["type"] == "ack" => {
+                let seq = v["seq"].as_u64();
+                if let Some(seq) = seq {
+                    if let Some(conn) = self.conn.as_ref() {
+                        conn.seen(conv, seq);
+                    }
+                    self.known
+                        .lock()
+                        .unwrap()
+                        .entry(conv.to_string())
+                        .or_default()
+                        .insert(seq);
+                }
+                let value = Value {
+                    seq,
+                    msg_id: v["msg_id"].as_str().map(str::to_string),
+                    ts: v["ts"].as_u64(),
+                    ..Default::default()
+                };
+                self.cfg.hist.complete(done, Type::Ok, Some(value), None);
+                return true;
+            }
+            Ok(v) => {
+                let code = v["code"].as_str().unwrap_or("unknown").to_string();
+                let retryable = v["retryable"].as_bool().unwrap_or(false);
+                self.cfg
+                    .hist
+                    .complete(done, Type::Fail, None, Some(code.clone()));
+                if !retryable {
+                    tracing::warn!("p{}: send {cmid}: {v}", self.cfg.process);
+                    return true;
+                }
+                if let Some(ms) = v["retry_after_ms"].as_u64() {
+                    tokio::time::sleep(Duration::from_millis(ms.min(5000))).await;
+                }
+                if code != "rate_limited" {
+                    self.rotate();
+                }
+            }
+            Err(ReqError::Timeout) => {
+                self.cfg
+                    .hist
+                    .complete(done, Type::Info, None, Some("timeout".into()));
+                self.rotate();
+            }
+            Err(ReqError::Lost) => {
+                self.cfg
+                    .hist
+                    .complete(done, Type::Info, None, Some("connection-lost".into()));
+                self.rotate();
+            }
+        }
+        false
+    }
+
+    /// Reads the newest history page of `conv`.
     async fn history(&mut self, conv: &str) {
         let mut ev = self.base_event(F::History);
         ev.conversation = Some(conv.to_string());
@@ -795,14 +833,7 @@ impl Client {
                     .as_array()
                     .map(|a| a.iter().filter_map(parse_msg).collect())
                     .unwrap_or_default();
-                {
-                    let mut known = self.known.lock().unwrap();
-                    let t = known.entry(conv.to_string()).or_default();
-                    for m in &msgs {
-                        t.insert(m.seq);
-                        conn.seen(conv, m.seq);
-                    }
-                }
+                self.learn(conv, &msgs);
                 let value = Value {
                     messages: Some(msgs),
                     has_more: v["has_more"].as_bool(),
@@ -810,6 +841,27 @@ impl Client {
                 };
                 self.cfg.hist.complete(done, Type::Ok, Some(value), None);
             }
+            res => self.read_failed(done, res),
+        }
+    }
+
+    /// Notes the seqs of messages read from `conv` for the process and its connection.
+    fn learn(&self, conv: &str, msgs: &[Msg]) {
+        let mut known = self.known.lock().unwrap();
+        let t = known.entry(conv.to_string()).or_default();
+        for m in msgs {
+            t.insert(m.seq);
+            if let Some(conn) = self.conn.as_ref() {
+                conn.seen(conv, m.seq);
+            }
+        }
+    }
+
+    /// Records a read that did not get its answer: a refusal is a failure (and moves on to
+    /// the next node when the node is unavailable or broken), a timeout or a lost
+    /// connection is indeterminate (and moves on).
+    fn read_failed(&mut self, done: Event, res: Result<serde_json::Value, ReqError>) {
+        match res {
             Ok(v) => {
                 let code = v["code"].as_str().unwrap_or("unknown").to_string();
                 self.cfg
@@ -840,18 +892,7 @@ impl Client {
             let Some(conn) = self.conn.as_ref() else {
                 return;
             };
-            let req: BTreeMap<String, u64> = {
-                let known = self.known.lock().unwrap();
-                self.cfg
-                    .conversations
-                    .iter()
-                    .map(|c| {
-                        let w = known.get(c).map(|t| t.w).unwrap_or(0);
-                        let f = from.get(c).map(|&h| h.min(w)).unwrap_or(w);
-                        (c.clone(), f)
-                    })
-                    .collect()
-            };
+            let req = self.sync_request(&from);
             let mut ev = self.base_event(F::Sync);
             ev.value = Some(Value {
                 entries: Some(
@@ -869,47 +910,7 @@ impl Client {
             let frame = json!({"type":"sync","conversations":req});
             match conn.request(frame, OP_TIMEOUT).await {
                 Ok(v) if v["type"] == "sync" => {
-                    let mut entries = Vec::new();
-                    let mut more = HashMap::new();
-                    for e in v["conversations"].as_array().cloned().unwrap_or_default() {
-                        let conv = e["conversation_id"].as_str().unwrap_or("").to_string();
-                        let from_seq = req.get(&conv).copied().unwrap_or(0);
-                        if let Some(err) = e["error"].as_str() {
-                            entries.push(SyncEntry {
-                                conversation: conv,
-                                from_seq,
-                                error: Some(err.to_string()),
-                                ..Default::default()
-                            });
-                            continue;
-                        }
-                        let msgs: Vec<Msg> = e["messages"]
-                            .as_array()
-                            .map(|a| a.iter().filter_map(parse_msg).collect())
-                            .unwrap_or_default();
-                        {
-                            let mut known = self.known.lock().unwrap();
-                            let t = known.entry(conv.clone()).or_default();
-                            for m in &msgs {
-                                t.insert(m.seq);
-                                conn.seen(&conv, m.seq);
-                            }
-                        }
-                        let has_more = e["has_more"].as_bool().unwrap_or(false);
-                        if has_more {
-                            if let Some(last) = msgs.last() {
-                                more.insert(conv.clone(), last.seq);
-                            }
-                        }
-                        entries.push(SyncEntry {
-                            conversation: conv,
-                            from_seq,
-                            last_seq: e["last_seq"].as_u64(),
-                            has_more: Some(has_more),
-                            messages: Some(msgs),
-                            error: None,
-                        });
-                    }
+                    let (entries, more) = self.sync_entries(&req, &v);
                     let value = Value {
                         entries: Some(entries),
                         ..Default::default()
@@ -920,30 +921,71 @@ impl Client {
                     }
                     from = more;
                 }
-                Ok(v) => {
-                    let code = v["code"].as_str().unwrap_or("unknown").to_string();
-                    self.cfg
-                        .hist
-                        .complete(done, Type::Fail, None, Some(code.clone()));
-                    if code == "unavailable" || code == "internal" {
-                        self.rotate();
-                    }
-                    return;
-                }
-                Err(e) => {
-                    let err = if matches!(e, ReqError::Timeout) {
-                        "timeout"
-                    } else {
-                        "connection-lost"
-                    };
-                    self.cfg
-                        .hist
-                        .complete(done, Type::Info, None, Some(err.into()));
-                    self.rotate();
+                res => {
+                    self.read_failed(done, res);
                     return;
                 }
             }
         }
+    }
+
+    /// The seq to sync each conversation from: the process' watermark, or lower where
+    /// `from` says.
+    fn sync_request(&self, from: &HashMap<String, u64>) -> BTreeMap<String, u64> {
+        let known = self.known.lock().unwrap();
+        self.cfg
+            .conversations
+            .iter()
+            .map(|c| {
+                let w = known.get(c).map(|t| t.w).unwrap_or(0);
+                let f = from.get(c).map(|&h| h.min(w)).unwrap_or(w);
+                (c.clone(), f)
+            })
+            .collect()
+    }
+
+    /// A sync reply's entries as recorded (their messages learned), and the conversations
+    /// that have more, with the seq to continue from.
+    fn sync_entries(
+        &self,
+        req: &BTreeMap<String, u64>,
+        v: &serde_json::Value,
+    ) -> (Vec<SyncEntry>, HashMap<String, u64>) {
+        let mut entries = Vec::new();
+        let mut more = HashMap::new();
+        for e in v["conversations"].as_array().cloned().unwrap_or_default() {
+            let conv = e["conversation_id"].as_str().unwrap_or("").to_string();
+            let from_seq = req.get(&conv).copied().unwrap_or(0);
+            if let Some(err) = e["error"].as_str() {
+                entries.push(SyncEntry {
+                    conversation: conv,
+                    from_seq,
+                    error: Some(err.to_string()),
+                    ..Default::default()
+                });
+                continue;
+            }
+            let msgs: Vec<Msg> = e["messages"]
+                .as_array()
+                .map(|a| a.iter().filter_map(parse_msg).collect())
+                .unwrap_or_default();
+            self.learn(&conv, &msgs);
+            let has_more = e["has_more"].as_bool().unwrap_or(false);
+            if has_more {
+                if let Some(last) = msgs.last() {
+                    more.insert(conv.clone(), last.seq);
+                }
+            }
+            entries.push(SyncEntry {
+                conversation: conv,
+                from_seq,
+                last_seq: e["last_seq"].as_u64(),
+                has_more: Some(has_more),
+                messages: Some(msgs),
+                error: None,
+            });
+        }
+        (entries, more)
     }
 }
 
@@ -991,52 +1033,8 @@ pub async fn final_read(
             ev.conn = Some(c.id);
             ev.conversation = Some(conv.clone());
             let done = hist.invoke(ev);
-            let mut all: Vec<Msg> = Vec::new();
-            let mut before: Option<u64> = None;
-            let mut failure: Option<(Type, String)> = None;
-            loop {
-                let mut frame = json!({"type":"history","conversation_id":conv,"limit":100});
-                if let Some(b) = before {
-                    frame["before_seq"] = b.into();
-                }
-                match c.request(frame, Duration::from_secs(10)).await {
-                    Ok(v) if v["type"] == "history" => {
-                        let msgs: Vec<Msg> = v["messages"]
-                            .as_array()
-                            .map(|a| a.iter().filter_map(parse_msg).collect())
-                            .unwrap_or_default();
-                        let has_more = v["has_more"].as_bool().unwrap_or(false);
-                        let min = msgs.iter().map(|m| m.seq).min();
-                        all.extend(msgs);
-                        match (has_more, min) {
-                            (true, Some(m)) if m > 1 => before = Some(m),
-                            (true, _) => {
-                                failure = Some((Type::Fail, "has_more with an empty page".into()));
-                                break;
-                            }
-                            (false, _) => break,
-                        }
-                    }
-                    Ok(v) => {
-                        failure = Some((
-                            Type::Fail,
-                            v["code"].as_str().unwrap_or("unknown").to_string(),
-                        ));
-                        break;
-                    }
-                    Err(e) => {
-                        let err = if matches!(e, ReqError::Timeout) {
-                            "timeout"
-                        } else {
-                            "connection-lost"
-                        };
-                        failure = Some((Type::Info, err.into()));
-                        break;
-                    }
-                }
-            }
-            match failure {
-                None => {
+            match read_all(c, conv).await {
+                Ok(mut all) => {
                     all.reverse();
                     let last = all.iter().map(|m| m.seq).max();
                     let value = Value {
@@ -1047,7 +1045,7 @@ pub async fn final_read(
                     hist.complete(done, Type::Ok, Some(value), None);
                     done_convs.insert(conv.clone(), last.unwrap_or(0));
                 }
-                Some((ty, err)) => {
+                Err((ty, err)) => {
                     tracing::warn!("final read of {conv} on n{node}: {err}");
                     hist.complete(done, ty, None, Some(err));
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1057,4 +1055,50 @@ pub async fn final_read(
         }
     }
     done_convs
+}
+
+/// Every message of `conv`, newest first, page by page (`before_seq` = the oldest seq so
+/// far) until a page says has_more=false; or how the reading failed (a refusal or an
+/// inconsistent page: fail; a timeout or a lost connection: info).
+async fn read_all(c: &Conn, conv: &str) -> Result<Vec<Msg>, (Type, String)> {
+    let mut all: Vec<Msg> = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let mut frame = json!({"type":"history","conversation_id":conv,"limit":100});
+        if let Some(b) = before {
+            frame["before_seq"] = b.into();
+        }
+        match c.request(frame, Duration::from_secs(10)).await {
+            Ok(v) if v["type"] == "history" => {
+                let msgs: Vec<Msg> = v["messages"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(parse_msg).collect())
+                    .unwrap_or_default();
+                let has_more = v["has_more"].as_bool().unwrap_or(false);
+                let min = msgs.iter().map(|m| m.seq).min();
+                all.extend(msgs);
+                match (has_more, min) {
+                    (true, Some(m)) if m > 1 => before = Some(m),
+                    (true, _) => {
+                        return Err((Type::Fail, "has_more with an empty page".into()));
+                    }
+                    (false, _) => return Ok(all),
+                }
+            }
+            Ok(v) => {
+                return Err((
+                    Type::Fail,
+                    v["code"].as_str().unwrap_or("unknown").to_string(),
+                ));
+            }
+            Err(e) => {
+                let err = if matches!(e, ReqError::Timeout) {
+                    "timeout"
+                } else {
+                    "connection-lost"
+                };
+                return Err((Type::Info, err.into()));
+            }
+        }
+    }
 }
