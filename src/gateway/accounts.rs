@@ -32,9 +32,9 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use super::auth::{hash_password, valid_password, valid_username, verify_password, AccessClaims};
 use super::{now_ms, Gateway};
 use crate::config::{Config, Registration, INVITE_TTL_SECS_MAX};
-use crate::protocol::{is_valid_id, ErrorCode, ProtocolError};
-use crate::shard::command::{AuthState, Rejection, ShardOp, ShardResponse};
-use crate::shard::query::{QueryResult, ShardQuery};
+use crate::protocol::{is_valid_id, ErrorCode, ErrorKind, ProtocolError};
+use crate::shard::command::{AuthState, ShardOp, ShardResponse};
+use crate::storage::blocking;
 
 /// Largest account request body.
 pub const ACCOUNT_BODY_BYTES_MAX: usize = 16 * 1024;
@@ -254,22 +254,9 @@ impl SessionCache {
                 return Ok(state.clone());
             }
         }
-        let state = read_auth_state(gw, user_id).await?;
+        let state = gw.read_auth_state(user_id).await?;
         *entry = Some((Instant::now(), state.clone()));
         Ok(state)
-    }
-}
-
-async fn read_auth_state(gw: &Gateway, user_id: &str) -> Result<AuthState, ProtocolError> {
-    let group = gw.shard_map.shard_for_user(user_id);
-    let q = ShardQuery::AuthState {
-        user_id: user_id.to_string(),
-    };
-    match gw.cluster.query(group, q).await? {
-        QueryResult::AuthState(s) => Ok(s),
-        r => Err(ProtocolError::internal(format!(
-            "unexpected read result {r:?}"
-        ))),
     }
 }
 
@@ -349,9 +336,22 @@ fn ip_key(ip: IpAddr) -> String {
     }
 }
 
-/// Errors of the account endpoints, with their HTTP status.
+/// Errors of the account endpoints, with the HTTP status of their code.
 fn error_response(e: &ProtocolError) -> Response {
-    let status = match e.code {
+    error_response_with(status_of(e.code), e)
+}
+
+/// Registration's only conflict is a taken username: `409` (PROTOCOL.md), its code still
+/// `bad_request`.
+fn register_error(e: &ProtocolError) -> Response {
+    match e.kind {
+        ErrorKind::Conflict => error_response_with(StatusCode::CONFLICT, e),
+        ErrorKind::Plain => error_response(e),
+    }
+}
+
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
         ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
@@ -360,12 +360,10 @@ fn error_response(e: &ProtocolError) -> Response {
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable | ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    let status = if e.message == USERNAME_TAKEN {
-        StatusCode::CONFLICT
-    } else {
-        status
-    };
+    }
+}
+
+fn error_response_with(status: StatusCode, e: &ProtocolError) -> Response {
     let mut body = json!({
         "type": "error",
         "code": e.code,
@@ -401,14 +399,6 @@ async fn body_of(req: Request) -> Result<(Option<IpAddr>, HeaderMap, Vec<u8>), P
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
     serde_json::from_slice(body)
         .map_err(|e| ProtocolError::bad_request(format!("invalid body: {e}")))
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ProtocolError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ProtocolError::internal(format!("worker failed: {e}")))
 }
 
 /// The per-IP and per-username failure throttles, before any work.
@@ -472,7 +462,7 @@ pub async fn register(State(gw): State<Arc<Gateway>>, req: Request) -> Response 
         Ok(user_id) => (StatusCode::CREATED, Json(json!({ "user_id": user_id }))).into_response(),
         Err(e) => {
             gw.metrics.error(e.code);
-            error_response(&e)
+            register_error(&e)
         }
     }
 }
@@ -525,7 +515,7 @@ async fn do_register(
     };
     if gw.read_username(&b.username).await?.is_some() {
         attempt.failed(now);
-        return Err(ProtocolError::bad_request(USERNAME_TAKEN));
+        return Err(ProtocolError::conflict(USERNAME_TAKEN));
     }
     let _permit = a
         .hashing
@@ -549,9 +539,10 @@ async fn do_register(
         }
     }
     let password = b.password;
-    let hash = blocking(move || hash_password(&password))
-        .await?
-        .map_err(|e| ProtocolError::internal(e.to_string()))?;
+    let hash = blocking(move || {
+        hash_password(&password).map_err(|e| ProtocolError::internal(e.to_string()))
+    })
+    .await?;
     drop(_permit);
     gw.write_shard(
         gw.shard_map.shard_for_user(&user_id),
@@ -572,11 +563,10 @@ async fn do_register(
         .await
     {
         Ok(_) => Ok(user_id),
-        Err(e) if e.code == ErrorCode::BadRequest => {
+        // Claimed in between by someone else: apply's `Rejection::Conflict`.
+        Err(e) if e.kind == ErrorKind::Conflict => {
             attempt.failed(now);
-            Err(ProtocolError::from(Rejection::Conflict(
-                USERNAME_TAKEN.into(),
-            )))
+            Err(e)
         }
         Err(e) => Err(e),
     }
@@ -631,7 +621,9 @@ async fn do_login(
         .acquire(&gw.password_hashing, HashKind::Login)
         .await?;
     let password = b.password;
-    let ok = blocking(move || verify_password(&password, &record.password_hash)).await?;
+    let ok =
+        blocking(move || Ok::<_, ProtocolError>(verify_password(&password, &record.password_hash)))
+            .await?;
     drop(permit);
     if !ok {
         attempt.failed(now);
