@@ -477,6 +477,39 @@ async fn do_register(
     body: &[u8],
 ) -> Result<String, ProtocolError> {
     let a = &gw.accounts;
+    let b = register_body(a, body)?;
+    let now = now_ms();
+    let attempt = Attempt::new(gw, ip, &b.username);
+    attempt.check(now)?;
+    if let Some(ip) = &attempt.ip {
+        a.registrations_by_ip.hit(ip, now).map_err(|ms| {
+            ProtocolError::rate_limited("too many registrations from this address", ms)
+        })?;
+    }
+    let invite = invite_code(a, &attempt, now, b.invite)?;
+    if gw.read_username(&b.username).await?.is_some() {
+        attempt.failed(now);
+        return Err(ProtocolError::conflict(USERNAME_TAKEN));
+    }
+    let _permit = a
+        .hashing
+        .acquire(&gw.password_hashing, HashKind::Register)
+        .await?;
+    let user_id = ulid::Ulid::new().to_string();
+    if let Some(code) = invite {
+        use_invite(gw, &attempt, now, code, &user_id).await?;
+    }
+    let password = b.password;
+    let hash = blocking(move || {
+        hash_password(&password).map_err(|e| ProtocolError::internal(e.to_string()))
+    })
+    .await?;
+    drop(_permit);
+    create_user(gw, &attempt, now, user_id, b.username, hash).await
+}
+
+/// The body of a registration, checked before any throttle or read.
+fn register_body(a: &AccountsState, body: &[u8]) -> Result<RegisterBody, ProtocolError> {
     if a.registration == Registration::Closed {
         return Err(ProtocolError::forbidden(
             "registration is closed on this server",
@@ -491,77 +524,83 @@ async fn do_register(
     if !valid_password(&b.password) {
         return Err(ProtocolError::bad_request("password must be 8..256 bytes"));
     }
-    let now = now_ms();
-    let attempt = Attempt::new(gw, ip, &b.username);
-    attempt.check(now)?;
-    if let Some(ip) = &attempt.ip {
-        a.registrations_by_ip.hit(ip, now).map_err(|ms| {
-            ProtocolError::rate_limited("too many registrations from this address", ms)
-        })?;
-    }
-    let invite = match (a.registration, b.invite) {
+    Ok(b)
+}
+
+/// The invite code the registration mode asks for (`None` when it asks for none); a missing
+/// or malformed one counts as a failed attempt.
+fn invite_code(
+    a: &AccountsState,
+    attempt: &Attempt<'_>,
+    now: u64,
+    invite: Option<String>,
+) -> Result<Option<String>, ProtocolError> {
+    match (a.registration, invite) {
         (Registration::Invite, None) => {
             attempt.failed(now);
-            return Err(ProtocolError::forbidden(
+            Err(ProtocolError::forbidden(
                 "registration on this server needs an invite",
-            ));
+            ))
         }
         (Registration::Invite, Some(code)) if !is_valid_id(&code) => {
             attempt.failed(now);
-            return Err(ProtocolError::forbidden("invalid or used invite"));
+            Err(ProtocolError::forbidden("invalid or used invite"))
         }
-        (Registration::Invite, Some(code)) => Some(code),
-        _ => None,
-    };
-    if gw.read_username(&b.username).await?.is_some() {
-        attempt.failed(now);
-        return Err(ProtocolError::conflict(USERNAME_TAKEN));
+        (Registration::Invite, Some(code)) => Ok(Some(code)),
+        _ => Ok(None),
     }
-    let _permit = a
-        .hashing
-        .acquire(&gw.password_hashing, HashKind::Register)
-        .await?;
-    let user_id = ulid::Ulid::new().to_string();
-    if let Some(code) = invite {
-        let op = ShardOp::UseInvite {
-            code: code.clone(),
-            user_id: user_id.clone(),
-            ts: now_ms(),
-        };
-        if let Err(e) = gw
-            .write_shard(gw.shard_map.shard_for_invite(&code), op)
-            .await
-        {
+}
+
+/// Uses up one use of the invite for `user_id`; a refused invite is a failed attempt.
+async fn use_invite(
+    gw: &Gateway,
+    attempt: &Attempt<'_>,
+    now: u64,
+    code: String,
+    user_id: &str,
+) -> Result<(), ProtocolError> {
+    let group = gw.shard_map.shard_for_invite(&code);
+    let op = ShardOp::UseInvite {
+        code,
+        user_id: user_id.to_string(),
+        ts: now_ms(),
+    };
+    match gw.write_shard(group, op).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
             if e.code == ErrorCode::Forbidden {
                 attempt.failed(now);
             }
-            return Err(e);
+            Err(e)
         }
     }
-    let password = b.password;
-    let hash = blocking(move || {
-        hash_password(&password).map_err(|e| ProtocolError::internal(e.to_string()))
-    })
-    .await?;
-    drop(_permit);
+}
+
+/// Writes the user record, then claims the username; answers the new user id.
+async fn create_user(
+    gw: &Gateway,
+    attempt: &Attempt<'_>,
+    now: u64,
+    user_id: String,
+    username: String,
+    password_hash: String,
+) -> Result<String, ProtocolError> {
     gw.write_shard(
         gw.shard_map.shard_for_user(&user_id),
         ShardOp::CreateUser {
             user_id: user_id.clone(),
-            username: b.username.clone(),
-            password_hash: hash,
+            username: username.clone(),
+            password_hash,
             ts: now_ms(),
         },
     )
     .await?;
+    let group = gw.shard_map.shard_for_username(&username);
     let claim = ShardOp::ClaimUsername {
-        username: b.username.clone(),
+        username,
         user_id: user_id.clone(),
     };
-    match gw
-        .write_shard(gw.shard_map.shard_for_username(&b.username), claim)
-        .await
-    {
+    match gw.write_shard(group, claim).await {
         Ok(_) => Ok(user_id),
         // Claimed in between by someone else: apply's `Rejection::Conflict`.
         Err(e) if e.kind == ErrorKind::Conflict => {
