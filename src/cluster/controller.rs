@@ -21,6 +21,7 @@ use super::balance::{balance, Placement};
 use super::client::Cluster;
 use super::fanout::PushItem;
 use super::peer::NodeId;
+use super::status::GroupState;
 use super::RouteError;
 use crate::raft::GroupHandle;
 use crate::shard::command::*;
@@ -285,7 +286,11 @@ impl Controller {
             let Ok(status) = c.peer_status(n.node_id, timeout).await else {
                 continue;
             };
-            for g in status.groups.iter().filter(|g| g.state == "leader") {
+            for g in status
+                .groups
+                .iter()
+                .filter(|g| g.state == GroupState::Leader)
+            {
                 leaders_seen.insert(g.group);
                 if g.holds(c.node_id) {
                     return true;

@@ -6,11 +6,83 @@ use serde::{Deserialize, Serialize};
 
 use crate::shard::command::GroupId;
 
+/// A replica's Raft role as it reports it. Travels as its lowercase name in every format
+/// (`/admin/status` JSON and the peer transport's bincode alike), as the `String` it
+/// replaced did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "&'static str", try_from = "String")]
+pub enum GroupState {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+impl GroupState {
+    pub const ALL: [GroupState; 5] = [
+        GroupState::Leader,
+        GroupState::Follower,
+        GroupState::Candidate,
+        GroupState::Learner,
+        GroupState::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupState::Leader => "leader",
+            GroupState::Follower => "follower",
+            GroupState::Candidate => "candidate",
+            GroupState::Learner => "learner",
+            GroupState::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl From<ServerState> for GroupState {
+    fn from(s: ServerState) -> Self {
+        match s {
+            ServerState::Leader => GroupState::Leader,
+            ServerState::Follower => GroupState::Follower,
+            ServerState::Candidate => GroupState::Candidate,
+            ServerState::Learner => GroupState::Learner,
+            ServerState::Shutdown => GroupState::Shutdown,
+        }
+    }
+}
+
+impl From<GroupState> for &'static str {
+    fn from(s: GroupState) -> Self {
+        s.as_str()
+    }
+}
+
+/// A name no [`GroupState`] has.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown group state {0:?}")]
+pub struct UnknownGroupState(String);
+
+impl TryFrom<String> for GroupState {
+    type Error = UnknownGroupState;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        GroupState::ALL
+            .into_iter()
+            .find(|g| g.as_str() == s)
+            .ok_or(UnknownGroupState(s))
+    }
+}
+
+impl std::fmt::Display for GroupState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupStatus {
     pub group: GroupId,
-    /// "leader", "follower", "candidate", "learner" or "shutdown".
-    pub state: String,
+    pub state: GroupState,
     pub leader: Option<u64>,
     pub term: u64,
     pub voters: Vec<u64>,
@@ -32,13 +104,6 @@ pub struct NodeStatus {
 impl GroupStatus {
     pub fn from_metrics(group: GroupId, m: &RaftMetrics<u64, openraft::BasicNode>) -> Self {
         let membership = m.membership_config.membership();
-        let state = match m.state {
-            ServerState::Leader => "leader",
-            ServerState::Follower => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner => "learner",
-            ServerState::Shutdown => "shutdown",
-        };
         let mut matched: Vec<(u64, u64)> = m
             .replication
             .as_ref()
@@ -51,7 +116,7 @@ impl GroupStatus {
         matched.sort_unstable();
         GroupStatus {
             group,
-            state: state.into(),
+            state: m.state.into(),
             leader: m.current_leader,
             term: m.current_term,
             voters: membership.voter_ids().collect(),
@@ -67,3 +132,6 @@ impl GroupStatus {
         self.voters.contains(&node) || self.learners.contains(&node)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -32,9 +32,9 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use super::auth::{hash_password, valid_password, valid_username, verify_password, AccessClaims};
 use super::{now_ms, Gateway};
 use crate::config::{Config, Registration, INVITE_TTL_SECS_MAX};
-use crate::protocol::{is_valid_id, ErrorCode, ProtocolError};
-use crate::shard::command::{AuthState, Rejection, ShardOp, ShardResponse};
-use crate::shard::query::{QueryResult, ShardQuery};
+use crate::protocol::{is_valid_id, ErrorCode, ErrorKind, ProtocolError};
+use crate::shard::command::{AuthState, ShardOp, ShardResponse};
+use crate::storage::blocking;
 
 /// Largest account request body.
 pub const ACCOUNT_BODY_BYTES_MAX: usize = 16 * 1024;
@@ -254,22 +254,9 @@ impl SessionCache {
                 return Ok(state.clone());
             }
         }
-        let state = read_auth_state(gw, user_id).await?;
+        let state = gw.read_auth_state(user_id).await?;
         *entry = Some((Instant::now(), state.clone()));
         Ok(state)
-    }
-}
-
-async fn read_auth_state(gw: &Gateway, user_id: &str) -> Result<AuthState, ProtocolError> {
-    let group = gw.shard_map.shard_for_user(user_id);
-    let q = ShardQuery::AuthState {
-        user_id: user_id.to_string(),
-    };
-    match gw.cluster.query(group, q).await? {
-        QueryResult::AuthState(s) => Ok(s),
-        r => Err(ProtocolError::internal(format!(
-            "unexpected read result {r:?}"
-        ))),
     }
 }
 
@@ -349,9 +336,22 @@ fn ip_key(ip: IpAddr) -> String {
     }
 }
 
-/// Errors of the account endpoints, with their HTTP status.
+/// Errors of the account endpoints, with the HTTP status of their code.
 fn error_response(e: &ProtocolError) -> Response {
-    let status = match e.code {
+    error_response_with(status_of(e.code), e)
+}
+
+/// Registration's only conflict is a taken username: `409` (PROTOCOL.md), its code still
+/// `bad_request`.
+fn register_error(e: &ProtocolError) -> Response {
+    match e.kind {
+        ErrorKind::Conflict => error_response_with(StatusCode::CONFLICT, e),
+        ErrorKind::Plain => error_response(e),
+    }
+}
+
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
         ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
@@ -360,12 +360,10 @@ fn error_response(e: &ProtocolError) -> Response {
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable | ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    let status = if e.message == USERNAME_TAKEN {
-        StatusCode::CONFLICT
-    } else {
-        status
-    };
+    }
+}
+
+fn error_response_with(status: StatusCode, e: &ProtocolError) -> Response {
     let mut body = json!({
         "type": "error",
         "code": e.code,
@@ -401,14 +399,6 @@ async fn body_of(req: Request) -> Result<(Option<IpAddr>, HeaderMap, Vec<u8>), P
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
     serde_json::from_slice(body)
         .map_err(|e| ProtocolError::bad_request(format!("invalid body: {e}")))
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ProtocolError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ProtocolError::internal(format!("worker failed: {e}")))
 }
 
 /// The per-IP and per-username failure throttles, before any work.
@@ -472,7 +462,7 @@ pub async fn register(State(gw): State<Arc<Gateway>>, req: Request) -> Response 
         Ok(user_id) => (StatusCode::CREATED, Json(json!({ "user_id": user_id }))).into_response(),
         Err(e) => {
             gw.metrics.error(e.code);
-            error_response(&e)
+            register_error(&e)
         }
     }
 }
@@ -487,6 +477,39 @@ async fn do_register(
     body: &[u8],
 ) -> Result<String, ProtocolError> {
     let a = &gw.accounts;
+    let b = register_body(a, body)?;
+    let now = now_ms();
+    let attempt = Attempt::new(gw, ip, &b.username);
+    attempt.check(now)?;
+    if let Some(ip) = &attempt.ip {
+        a.registrations_by_ip.hit(ip, now).map_err(|ms| {
+            ProtocolError::rate_limited("too many registrations from this address", ms)
+        })?;
+    }
+    let invite = invite_code(a, &attempt, now, b.invite)?;
+    if gw.read_username(&b.username).await?.is_some() {
+        attempt.failed(now);
+        return Err(ProtocolError::conflict(USERNAME_TAKEN));
+    }
+    let _permit = a
+        .hashing
+        .acquire(&gw.password_hashing, HashKind::Register)
+        .await?;
+    let user_id = ulid::Ulid::new().to_string();
+    if let Some(code) = invite {
+        use_invite(gw, &attempt, now, code, &user_id).await?;
+    }
+    let password = b.password;
+    let hash = blocking(move || {
+        hash_password(&password).map_err(|e| ProtocolError::internal(e.to_string()))
+    })
+    .await?;
+    drop(_permit);
+    create_user(gw, &attempt, now, user_id, b.username, hash).await
+}
+
+/// The body of a registration, checked before any throttle or read.
+fn register_body(a: &AccountsState, body: &[u8]) -> Result<RegisterBody, ProtocolError> {
     if a.registration == Registration::Closed {
         return Err(ProtocolError::forbidden(
             "registration is closed on this server",
@@ -501,82 +524,88 @@ async fn do_register(
     if !valid_password(&b.password) {
         return Err(ProtocolError::bad_request("password must be 8..256 bytes"));
     }
-    let now = now_ms();
-    let attempt = Attempt::new(gw, ip, &b.username);
-    attempt.check(now)?;
-    if let Some(ip) = &attempt.ip {
-        a.registrations_by_ip.hit(ip, now).map_err(|ms| {
-            ProtocolError::rate_limited("too many registrations from this address", ms)
-        })?;
-    }
-    let invite = match (a.registration, b.invite) {
+    Ok(b)
+}
+
+/// The invite code the registration mode asks for (`None` when it asks for none); a missing
+/// or malformed one counts as a failed attempt.
+fn invite_code(
+    a: &AccountsState,
+    attempt: &Attempt<'_>,
+    now: u64,
+    invite: Option<String>,
+) -> Result<Option<String>, ProtocolError> {
+    match (a.registration, invite) {
         (Registration::Invite, None) => {
             attempt.failed(now);
-            return Err(ProtocolError::forbidden(
+            Err(ProtocolError::forbidden(
                 "registration on this server needs an invite",
-            ));
+            ))
         }
         (Registration::Invite, Some(code)) if !is_valid_id(&code) => {
             attempt.failed(now);
-            return Err(ProtocolError::forbidden("invalid or used invite"));
+            Err(ProtocolError::forbidden("invalid or used invite"))
         }
-        (Registration::Invite, Some(code)) => Some(code),
-        _ => None,
-    };
-    if gw.read_username(&b.username).await?.is_some() {
-        attempt.failed(now);
-        return Err(ProtocolError::bad_request(USERNAME_TAKEN));
+        (Registration::Invite, Some(code)) => Ok(Some(code)),
+        _ => Ok(None),
     }
-    let _permit = a
-        .hashing
-        .acquire(&gw.password_hashing, HashKind::Register)
-        .await?;
-    let user_id = ulid::Ulid::new().to_string();
-    if let Some(code) = invite {
-        let op = ShardOp::UseInvite {
-            code: code.clone(),
-            user_id: user_id.clone(),
-            ts: now_ms(),
-        };
-        if let Err(e) = gw
-            .write_shard(gw.shard_map.shard_for_invite(&code), op)
-            .await
-        {
+}
+
+/// Uses up one use of the invite for `user_id`; a refused invite is a failed attempt.
+async fn use_invite(
+    gw: &Gateway,
+    attempt: &Attempt<'_>,
+    now: u64,
+    code: String,
+    user_id: &str,
+) -> Result<(), ProtocolError> {
+    let group = gw.shard_map.shard_for_invite(&code);
+    let op = ShardOp::UseInvite {
+        code,
+        user_id: user_id.to_string(),
+        ts: now_ms(),
+    };
+    match gw.write_shard(group, op).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
             if e.code == ErrorCode::Forbidden {
                 attempt.failed(now);
             }
-            return Err(e);
+            Err(e)
         }
     }
-    let password = b.password;
-    let hash = blocking(move || hash_password(&password))
-        .await?
-        .map_err(|e| ProtocolError::internal(e.to_string()))?;
-    drop(_permit);
+}
+
+/// Writes the user record, then claims the username; answers the new user id.
+async fn create_user(
+    gw: &Gateway,
+    attempt: &Attempt<'_>,
+    now: u64,
+    user_id: String,
+    username: String,
+    password_hash: String,
+) -> Result<String, ProtocolError> {
     gw.write_shard(
         gw.shard_map.shard_for_user(&user_id),
         ShardOp::CreateUser {
             user_id: user_id.clone(),
-            username: b.username.clone(),
-            password_hash: hash,
+            username: username.clone(),
+            password_hash,
             ts: now_ms(),
         },
     )
     .await?;
+    let group = gw.shard_map.shard_for_username(&username);
     let claim = ShardOp::ClaimUsername {
-        username: b.username.clone(),
+        username,
         user_id: user_id.clone(),
     };
-    match gw
-        .write_shard(gw.shard_map.shard_for_username(&b.username), claim)
-        .await
-    {
+    match gw.write_shard(group, claim).await {
         Ok(_) => Ok(user_id),
-        Err(e) if e.code == ErrorCode::BadRequest => {
+        // Claimed in between by someone else: apply's `Rejection::Conflict`.
+        Err(e) if e.kind == ErrorKind::Conflict => {
             attempt.failed(now);
-            Err(ProtocolError::from(Rejection::Conflict(
-                USERNAME_TAKEN.into(),
-            )))
+            Err(e)
         }
         Err(e) => Err(e),
     }
@@ -631,7 +660,9 @@ async fn do_login(
         .acquire(&gw.password_hashing, HashKind::Login)
         .await?;
     let password = b.password;
-    let ok = blocking(move || verify_password(&password, &record.password_hash)).await?;
+    let ok =
+        blocking(move || Ok::<_, ProtocolError>(verify_password(&password, &record.password_hash)))
+            .await?;
     drop(permit);
     if !ok {
         attempt.failed(now);

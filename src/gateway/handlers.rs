@@ -8,7 +8,7 @@ use super::queue::OutQueue;
 use super::{now_ms, Gateway};
 use crate::protocol::client::{WireConvKind, WireRole, HISTORY_LIMIT_DEFAULT};
 use crate::protocol::{
-    ClientFrame, ConversationView, ErrorCode, ProtocolError, RequestId, ServerFrame,
+    ClientFrame, ConversationView, ErrorCode, ProtocolError, RequestId, ServerFrame, TypingState,
 };
 use crate::shard::command::*;
 
@@ -40,6 +40,29 @@ pub fn direct_conversation_id(a: &str, b: &str) -> String {
 
 fn new_msg_id() -> String {
     ulid::Ulid::new().to_string()
+}
+
+/// `remove_member` and `leave` (the actor removing themselves).
+fn remove_member(
+    conversation_id: &str,
+    actor: String,
+    actor_device: String,
+    user_id: String,
+) -> ShardOp {
+    ShardOp::RemoveMember {
+        conversation_id: conversation_id.to_string(),
+        actor,
+        actor_device,
+        user_id,
+        msg_id: new_msg_id(),
+        ts: now_ms(),
+    }
+}
+
+/// A frame handed to a family function that does not handle it: a bug in `handle`, failed
+/// closed.
+fn misrouted() -> ProtocolError {
+    ProtocolError::internal("frame dispatched to the wrong handler")
 }
 
 impl Gateway {
@@ -172,66 +195,96 @@ impl Gateway {
     }
 
     /// Handles one authenticated request; returns the frames to answer with (in order).
+    /// Each frame family has its own function below.
     pub async fn handle(&self, s: &Session, id: Option<RequestId>, frame: ClientFrame) -> Reply {
         // Before any read or write: a refused frame costs nothing but this check.
         self.check_rate(&s.user_id, &frame)?;
         match frame {
             ClientFrame::Auth { .. } => Err(ProtocolError::bad_request("already authenticated")),
             ClientFrame::Ping => one(ServerFrame::Pong { id }),
+            f @ (ClientFrame::Send { .. }
+            | ClientFrame::Edit { .. }
+            | ClientFrame::Delete { .. }) => self.message_frame(s, id, f).await,
+            f @ (ClientFrame::CreateConversation { .. }
+            | ClientFrame::AddMembers { .. }
+            | ClientFrame::RemoveMember { .. }
+            | ClientFrame::Leave { .. }
+            | ClientFrame::SetRole { .. }) => self.membership_frame(s, id, f).await,
+            f @ (ClientFrame::History { .. }
+            | ClientFrame::Sync { .. }
+            | ClientFrame::ListConversations { .. }) => self.read_frame(s, id, f).await,
+            ClientFrame::Delivered {
+                conversation_id,
+                seq,
+            } => self.receipt(s, id, conversation_id, Some(seq), None).await,
+            ClientFrame::Read {
+                conversation_id,
+                seq,
+            } => self.receipt(s, id, conversation_id, None, Some(seq)).await,
+            ClientFrame::Typing {
+                conversation_id,
+                state,
+            } => self.typing(s, conversation_id, state).await,
+            ClientFrame::SubscribePresence { user_ids } => {
+                // Only users who share a conversation with the subscriber; others silently skipped.
+                self.subscribe_presence(s, id, user_ids).await
+            }
+        }
+    }
+
+    /// `send`, `edit`, `delete`: one message event each.
+    async fn message_frame(&self, s: &Session, id: Option<RequestId>, frame: ClientFrame) -> Reply {
+        let (conversation_id, client_msg_id, kind, body, ref_seq) = match frame {
             ClientFrame::Send {
                 conversation_id,
                 client_msg_id,
                 body,
-            } => {
-                self.send_event(
-                    s,
-                    id,
-                    conversation_id,
-                    client_msg_id,
-                    MsgKind::Text,
-                    body,
-                    None,
-                )
-                .await
-            }
+            } => (conversation_id, client_msg_id, MsgKind::Text, body, None),
             ClientFrame::Edit {
                 conversation_id,
                 client_msg_id,
                 seq,
                 body,
-            } => {
-                self.send_event(
-                    s,
-                    id,
-                    conversation_id,
-                    client_msg_id,
-                    MsgKind::Edit,
-                    body,
-                    Some(seq),
-                )
-                .await
-            }
+            } => (
+                conversation_id,
+                client_msg_id,
+                MsgKind::Edit,
+                body,
+                Some(seq),
+            ),
             ClientFrame::Delete {
                 conversation_id,
                 client_msg_id,
                 seq,
-            } => {
-                self.send_event(
-                    s,
-                    id,
-                    conversation_id,
-                    client_msg_id,
-                    MsgKind::Delete,
-                    String::new(),
-                    Some(seq),
-                )
-                .await
-            }
+            } => (
+                conversation_id,
+                client_msg_id,
+                MsgKind::Delete,
+                String::new(),
+                Some(seq),
+            ),
+            _ => return Err(misrouted()),
+        };
+        self.send_event(s, id, conversation_id, client_msg_id, kind, body, ref_seq)
+            .await
+    }
+
+    /// `create_conversation`, `add_members`, `remove_member`, `leave`, `set_role`: a
+    /// membership change of one conversation, answered with the conversation.
+    async fn membership_frame(
+        &self,
+        s: &Session,
+        id: Option<RequestId>,
+        frame: ClientFrame,
+    ) -> Reply {
+        let actor = s.user_id.clone();
+        let actor_device = s.device_id.clone();
+        let (conversation_id, op) = match frame {
             ClientFrame::CreateConversation {
                 kind,
                 members,
                 title,
-            } => self.create_conversation(s, id, kind, members, title).await,
+            } => return self.create_conversation(s, id, kind, members, title).await,
             ClientFrame::AddMembers {
                 conversation_id,
                 members,
@@ -239,66 +292,56 @@ impl Gateway {
                 self.check_users_exist(&members).await?;
                 self.check_membership_room(&members, &conversation_id)
                     .await?;
-                let group = self.shard_map.shard_for_conversation(&conversation_id);
                 let op = ShardOp::AddMembers {
-                    conversation_id,
-                    actor: s.user_id.clone(),
-                    actor_device: s.device_id.clone(),
+                    conversation_id: conversation_id.clone(),
+                    actor,
+                    actor_device,
                     members,
                     msg_id: new_msg_id(),
                     ts: now_ms(),
                 };
-                self.membership_change(id, group, op).await
+                (conversation_id, op)
             }
             ClientFrame::RemoveMember {
                 conversation_id,
                 user_id,
             } => {
-                let group = self.shard_map.shard_for_conversation(&conversation_id);
-                let op = ShardOp::RemoveMember {
-                    conversation_id,
-                    actor: s.user_id.clone(),
-                    actor_device: s.device_id.clone(),
-                    user_id,
-                    msg_id: new_msg_id(),
-                    ts: now_ms(),
-                };
-                self.membership_change(id, group, op).await
+                let op = remove_member(&conversation_id, actor, actor_device, user_id);
+                (conversation_id, op)
             }
             ClientFrame::Leave { conversation_id } => {
-                let group = self.shard_map.shard_for_conversation(&conversation_id);
-                let op = ShardOp::RemoveMember {
-                    conversation_id,
-                    actor: s.user_id.clone(),
-                    actor_device: s.device_id.clone(),
-                    user_id: s.user_id.clone(),
-                    msg_id: new_msg_id(),
-                    ts: now_ms(),
-                };
-                self.membership_change(id, group, op).await
+                let op = remove_member(&conversation_id, actor.clone(), actor_device, actor);
+                (conversation_id, op)
             }
             ClientFrame::SetRole {
                 conversation_id,
                 user_id,
                 role,
             } => {
-                let group = self.shard_map.shard_for_conversation(&conversation_id);
-                let role = match role {
-                    WireRole::Owner => Role::Owner,
-                    WireRole::Admin => Role::Admin,
-                    WireRole::Member => Role::Member,
-                };
                 let op = ShardOp::SetRole {
-                    conversation_id,
-                    actor: s.user_id.clone(),
-                    actor_device: s.device_id.clone(),
+                    conversation_id: conversation_id.clone(),
+                    actor,
+                    actor_device,
                     user_id,
-                    role,
+                    role: match role {
+                        WireRole::Owner => Role::Owner,
+                        WireRole::Admin => Role::Admin,
+                        WireRole::Member => Role::Member,
+                    },
                     msg_id: new_msg_id(),
                     ts: now_ms(),
                 };
-                self.membership_change(id, group, op).await
+                (conversation_id, op)
             }
+            _ => return Err(misrouted()),
+        };
+        let group = self.shard_map.shard_for_conversation(&conversation_id);
+        self.membership_change(id, group, op).await
+    }
+
+    /// `history`, `sync`, `list_conversations`: linearizable reads (see `replies`).
+    async fn read_frame(&self, s: &Session, id: Option<RequestId>, frame: ClientFrame) -> Reply {
+        match frame {
             ClientFrame::History {
                 conversation_id,
                 before_seq,
@@ -315,50 +358,36 @@ impl Gateway {
             ClientFrame::ListConversations { cursor } => {
                 self.list_conversations(s, id, cursor).await
             }
-            ClientFrame::Delivered {
-                conversation_id,
-                seq,
-            } => self.receipt(s, id, conversation_id, Some(seq), None).await,
-            ClientFrame::Read {
-                conversation_id,
-                seq,
-            } => self.receipt(s, id, conversation_id, None, Some(seq)).await,
-            ClientFrame::Typing {
-                conversation_id,
-                state,
-            } => {
-                // Ephemeral: nothing stored; the members come from the shard's leader.
-                let group = self.shard_map.shard_for_conversation(&conversation_id);
-                let conv = self.read_conversation(group, &conversation_id).await?;
-                let Some(conv) = conv.filter(|c| c.members.iter().any(|m| m.user_id == s.user_id))
-                else {
-                    return Err(ProtocolError::forbidden(
-                        "not a member of this conversation",
-                    ));
-                };
-                let recipients = conv.members.iter().map(|m| m.user_id.clone()).collect();
-                let start = state == crate::protocol::TypingState::Start;
-                let item = crate::cluster::fanout::PushItem::Typing {
-                    conversation_id,
-                    user_id: s.user_id.clone(),
-                    device: s.device_id.clone(),
-                    start,
-                    recipients,
-                };
-                // Typing crosses nodes without touching Raft (G9).
-                self.cluster
-                    .fanout
-                    .broadcast(&self.cluster, std::slice::from_ref(&item));
-                self.cluster
-                    .fanout
-                    .receive(&self.cluster, self.cluster.node_id, vec![item]);
-                Ok(Vec::new())
-            }
-            ClientFrame::SubscribePresence { user_ids } => {
-                // Only users who share a conversation with the subscriber; others silently skipped.
-                self.subscribe_presence(s, id, user_ids).await
-            }
+            _ => Err(misrouted()),
         }
+    }
+
+    /// `typing`: ephemeral, nothing stored; the members come from the shard's leader.
+    async fn typing(&self, s: &Session, conversation_id: String, state: TypingState) -> Reply {
+        let group = self.shard_map.shard_for_conversation(&conversation_id);
+        let conv = self.read_conversation(group, &conversation_id).await?;
+        let Some(conv) = conv.filter(|c| c.members.iter().any(|m| m.user_id == s.user_id)) else {
+            return Err(ProtocolError::forbidden(
+                "not a member of this conversation",
+            ));
+        };
+        let recipients = conv.members.iter().map(|m| m.user_id.clone()).collect();
+        let start = state == TypingState::Start;
+        let item = crate::cluster::fanout::PushItem::Typing {
+            conversation_id,
+            user_id: s.user_id.clone(),
+            device: s.device_id.clone(),
+            start,
+            recipients,
+        };
+        // Typing crosses nodes without touching Raft (G9).
+        self.cluster
+            .fanout
+            .broadcast(&self.cluster, std::slice::from_ref(&item));
+        self.cluster
+            .fanout
+            .receive(&self.cluster, self.cluster.node_id, vec![item]);
+        Ok(Vec::new())
     }
 
     #[allow(clippy::too_many_arguments)]

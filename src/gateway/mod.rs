@@ -37,7 +37,7 @@ use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::protocol::{ProtocolError, TextLimits};
 use crate::shard::command::Rejection;
-use crate::storage::StorageError;
+use crate::storage::{StorageError, TaskFailed};
 
 pub use hub::Hub;
 
@@ -108,12 +108,20 @@ impl From<StorageError> for ProtocolError {
     }
 }
 
+/// A blocking task (argon2) that did not finish.
+impl From<TaskFailed> for ProtocolError {
+    fn from(e: TaskFailed) -> Self {
+        ProtocolError::internal(format!("worker failed: {}", e.0))
+    }
+}
+
 impl From<Rejection> for ProtocolError {
     fn from(r: Rejection) -> Self {
         match r {
             Rejection::Forbidden(m) => ProtocolError::forbidden(m),
             Rejection::NotFound(m) => ProtocolError::not_found(m),
-            Rejection::BadRequest(m) | Rejection::Conflict(m) => ProtocolError::bad_request(m),
+            Rejection::BadRequest(m) => ProtocolError::bad_request(m),
+            Rejection::Conflict(m) => ProtocolError::conflict(m),
         }
     }
 }

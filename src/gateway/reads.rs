@@ -1,5 +1,6 @@
 //! Linearizable reads for the handlers: each is a [`ShardQuery`] served by the group's
-//! leader after its read barrier (G7), wherever that leader is.
+//! leader after its read barrier (G7), wherever that leader is. They all go through
+//! [`Gateway::read`]; the methods below only name the query, its group and its answer.
 
 use super::Gateway;
 use crate::protocol::ProtocolError;
@@ -7,11 +8,29 @@ use crate::shard::command::*;
 use crate::shard::query::{QueryResult, ShardQuery};
 use crate::shard::Page;
 
-fn unexpected(r: QueryResult) -> ProtocolError {
-    ProtocolError::internal(format!("unexpected read result {r:?}"))
+/// Takes the answer out of the one [`QueryResult`] variant a query is answered with; any
+/// other variant comes back as `Err` (a bug: `internal`).
+macro_rules! answer {
+    ($variant:pat => $value:expr) => {
+        |r: QueryResult| match r {
+            $variant => Ok($value),
+            r => Err(r),
+        }
+    };
 }
 
 impl Gateway {
+    /// The one read path: `q` on `group`'s leader, its answer taken out by `pick`.
+    async fn read<T>(
+        &self,
+        group: GroupId,
+        q: ShardQuery,
+        pick: impl FnOnce(QueryResult) -> Result<T, QueryResult>,
+    ) -> Result<T, ProtocolError> {
+        pick(self.cluster.query(group, q).await?)
+            .map_err(|r| ProtocolError::internal(format!("unexpected read result {r:?}")))
+    }
+
     pub async fn read_conversation(
         &self,
         group: GroupId,
@@ -20,10 +39,8 @@ impl Gateway {
         let q = ShardQuery::Conversation {
             conversation_id: conversation_id.to_string(),
         };
-        match self.cluster.query(group, q).await? {
-            QueryResult::Conversation(c) => Ok(c),
-            r => Err(unexpected(r)),
-        }
+        self.read(group, q, answer!(QueryResult::Conversation(c) => c))
+            .await
     }
 
     /// Several conversations of one shard with `user`'s receipt watermarks, in order.
@@ -37,10 +54,8 @@ impl Gateway {
             conversation_ids,
             receipts_of: user.to_string(),
         };
-        match self.cluster.query(group, q).await? {
-            QueryResult::Conversations(c) => Ok(c),
-            r => Err(unexpected(r)),
-        }
+        self.read(group, q, answer!(QueryResult::Conversations(c) => c))
+            .await
     }
 
     pub async fn read_history(
@@ -56,10 +71,8 @@ impl Gateway {
             before_seq,
             limit,
         };
-        match self.cluster.query(group, q).await? {
-            QueryResult::Page(p) => Ok(p),
-            r => Err(unexpected(r)),
-        }
+        self.read(group, q, answer!(QueryResult::Page(p) => p))
+            .await
     }
 
     pub async fn read_after(
@@ -75,10 +88,8 @@ impl Gateway {
             after_seq,
             limit,
         };
-        match self.cluster.query(group, q).await? {
-            QueryResult::Page(p) => Ok(p),
-            r => Err(unexpected(r)),
-        }
+        self.read(group, q, answer!(QueryResult::Page(p) => p))
+            .await
     }
 
     pub async fn read_dedup(
@@ -93,10 +104,8 @@ impl Gateway {
             sender: sender.to_string(),
             client_msg_id: client_msg_id.to_string(),
         };
-        match self.cluster.query(group, q).await? {
-            QueryResult::Dedup(a) => Ok(a),
-            r => Err(unexpected(r)),
-        }
+        self.read(group, q, answer!(QueryResult::Dedup(a) => a))
+            .await
     }
 
     pub async fn read_user(&self, user_id: &str) -> Result<Option<UserRecord>, ProtocolError> {
@@ -104,10 +113,8 @@ impl Gateway {
         let q = ShardQuery::User {
             user_id: user_id.to_string(),
         };
-        match self.cluster.query(group, q).await? {
-            QueryResult::User(u) => Ok(u),
-            r => Err(unexpected(r)),
-        }
+        self.read(group, q, answer!(QueryResult::User(u) => u))
+            .await
     }
 
     pub async fn read_username(&self, username: &str) -> Result<Option<UserId>, ProtocolError> {
@@ -115,10 +122,8 @@ impl Gateway {
         let q = ShardQuery::Username {
             username: username.to_string(),
         };
-        match self.cluster.query(group, q).await? {
-            QueryResult::Username(u) => Ok(u),
-            r => Err(unexpected(r)),
-        }
+        self.read(group, q, answer!(QueryResult::Username(u) => u))
+            .await
     }
 
     /// The conversations `user` was ever put in (a hint: membership is checked after).
@@ -130,10 +135,12 @@ impl Gateway {
         let q = ShardQuery::UserConversations {
             user_id: user.to_string(),
         };
-        match self.cluster.query(group, q).await? {
-            QueryResult::UserConversations(ids) => Ok(ids),
-            r => Err(unexpected(r)),
-        }
+        self.read(
+            group,
+            q,
+            answer!(QueryResult::UserConversations(ids) => ids),
+        )
+        .await
     }
 
     /// One page of `user`'s conversation index after `after` (exclusive), at most `limit`,
@@ -150,10 +157,18 @@ impl Gateway {
             after: after.map(str::to_string),
             limit,
         };
-        match self.cluster.query(group, q).await? {
-            QueryResult::UserConversationsPage { ids, has_more } => Ok((ids, has_more)),
-            r => Err(unexpected(r)),
-        }
+        let pick = answer!(QueryResult::UserConversationsPage { ids, has_more } => (ids, has_more));
+        self.read(group, q, pick).await
+    }
+
+    /// `user_id`'s token epoch and sessions (accounts: token checks).
+    pub async fn read_auth_state(&self, user_id: &str) -> Result<AuthState, ProtocolError> {
+        let group = self.shard_map.shard_for_user(user_id);
+        let q = ShardQuery::AuthState {
+            user_id: user_id.to_string(),
+        };
+        self.read(group, q, answer!(QueryResult::AuthState(s) => s))
+            .await
     }
 
     // ratelimit
@@ -170,9 +185,7 @@ impl Gateway {
             user_id: user.to_string(),
             conversation_id: conversation_id.to_string(),
         };
-        match self.cluster.query(group, q).await? {
-            QueryResult::UserMemberships(r) => Ok(r),
-            r => Err(unexpected(r)),
-        }
+        self.read(group, q, answer!(QueryResult::UserMemberships(r) => r))
+            .await
     }
 }

@@ -135,26 +135,25 @@ async fn next_text(
             },
             Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
             Ok(Message::Close(_)) => return None,
-            Err(e) => {
-                let text = e.to_string();
-                if text.contains("UTF-8") || text.contains("utf-8") || text.contains("Utf8") {
-                    Err((
-                        ProtocolError::bad_request("invalid UTF-8 in a text frame"),
-                        false,
-                    ))
-                } else if text.contains("Space limit")
-                    || text.contains("too long")
-                    || text.contains("Capacity")
-                {
-                    Err((
-                        ProtocolError::too_large("frame is over the size limit"),
-                        true,
-                    ))
-                } else {
-                    return None;
-                }
-            }
+            Err(e) => return read_error(e).map(Err),
         });
+    }
+}
+
+/// What a failed socket read means for the client: an invalid UTF-8 text frame is answered
+/// and the connection kept; a frame over the size limit is answered, then the connection
+/// closed; any other error (reset, protocol violation) ends the connection silently (`None`).
+fn read_error(e: axum::Error) -> Option<(ProtocolError, bool)> {
+    match e.into_inner().downcast::<tungstenite::Error>().map(|e| *e) {
+        Ok(tungstenite::Error::Utf8(_)) => Some((
+            ProtocolError::bad_request("invalid UTF-8 in a text frame"),
+            false,
+        )),
+        Ok(tungstenite::Error::Capacity(_)) => Some((
+            ProtocolError::too_large("frame is over the size limit"),
+            true,
+        )),
+        _ => None,
     }
 }
 
@@ -423,3 +422,6 @@ fn frame_type(f: &ClientFrame) -> &'static str {
         ClientFrame::Ping => "ping",
     }
 }
+
+#[cfg(test)]
+mod tests;

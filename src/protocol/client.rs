@@ -259,7 +259,7 @@ fn check_users(field: &str, users: &[String], max: usize) -> Result<(), Protocol
 }
 
 /// Range and character checks that serde's types cannot express; id lists come out with
-/// duplicates collapsed (first occurrence kept).
+/// duplicates collapsed (first occurrence kept). Each frame family has its own checks below.
 fn validate(mut frame: ClientFrame, limits: &TextLimits) -> Result<ClientFrame, ProtocolError> {
     match &mut frame {
         ClientFrame::CreateConversation { members, .. }
@@ -268,42 +268,115 @@ fn validate(mut frame: ClientFrame, limits: &TextLimits) -> Result<ClientFrame, 
         _ => {}
     }
     match &frame {
-        ClientFrame::Auth { token, device_id } => {
-            if token.is_empty() || token.len() > 8192 {
-                return Err(ProtocolError::unauthorized("invalid token"));
-            }
-            check_id("device_id", device_id)?;
+        ClientFrame::Auth { token, device_id } => check_auth(token, device_id)?,
+        ClientFrame::Ping => {}
+        ClientFrame::Send { .. } | ClientFrame::Edit { .. } | ClientFrame::Delete { .. } => {
+            check_message_frame(&frame, limits)?
         }
-        ClientFrame::CreateConversation { members, title, .. } => {
-            check_users("members", members, GROUP_MEMBERS_MAX)?;
-            if let Some(t) = title {
-                validate_title(t)?;
-            }
-        }
+        ClientFrame::CreateConversation { .. }
+        | ClientFrame::AddMembers { .. }
+        | ClientFrame::RemoveMember { .. }
+        | ClientFrame::SetRole { .. }
+        | ClientFrame::Leave { .. } => check_membership_frame(&frame)?,
+        ClientFrame::History { .. }
+        | ClientFrame::Sync { .. }
+        | ClientFrame::ListConversations { .. } => check_read_frame(&frame)?,
+        ClientFrame::Delivered { .. }
+        | ClientFrame::Read { .. }
+        | ClientFrame::Typing { .. }
+        | ClientFrame::SubscribePresence { .. } => check_signal_frame(&frame)?,
+    }
+    Ok(frame)
+}
+
+/// A frame handed to the checks of another family: a bug in `validate`, failed closed.
+fn misrouted() -> ProtocolError {
+    ProtocolError::internal("frame checked by the wrong family")
+}
+
+fn check_auth(token: &str, device_id: &str) -> Result<(), ProtocolError> {
+    if token.is_empty() || token.len() > 8192 {
+        return Err(ProtocolError::unauthorized("invalid token"));
+    }
+    check_id("device_id", device_id)
+}
+
+/// `send`, `edit`, `delete`: conversation, client message id, then seq and body.
+fn check_message_frame(frame: &ClientFrame, limits: &TextLimits) -> Result<(), ProtocolError> {
+    let (conversation_id, client_msg_id, seq, body) = match frame {
         ClientFrame::Send {
             conversation_id,
             client_msg_id,
             body,
+        } => (conversation_id, client_msg_id, None, Some(body)),
+        ClientFrame::Edit {
+            conversation_id,
+            client_msg_id,
+            seq,
+            body,
+        } => (conversation_id, client_msg_id, Some(*seq), Some(body)),
+        ClientFrame::Delete {
+            conversation_id,
+            client_msg_id,
+            seq,
+        } => (conversation_id, client_msg_id, Some(*seq), None),
+        _ => return Err(misrouted()),
+    };
+    check_id("conversation_id", conversation_id)?;
+    check_client_msg_id(client_msg_id)?;
+    seq.map_or(Ok(()), check_seq)?;
+    body.map_or(Ok(()), |b| validate_body(b, limits))
+}
+
+/// `create_conversation`, `add_members`, `remove_member`, `set_role`, `leave`.
+fn check_membership_frame(frame: &ClientFrame) -> Result<(), ProtocolError> {
+    match frame {
+        ClientFrame::CreateConversation { members, title, .. } => {
+            check_users("members", members, GROUP_MEMBERS_MAX)?;
+            title.as_deref().map_or(Ok(()), validate_title)
+        }
+        ClientFrame::AddMembers {
+            conversation_id,
+            members,
         } => {
             check_id("conversation_id", conversation_id)?;
-            check_client_msg_id(client_msg_id)?;
-            validate_body(body, limits)?;
+            if members.is_empty() {
+                return Err(ProtocolError::bad_request("members must not be empty"));
+            }
+            check_users("members", members, GROUP_MEMBERS_MAX)
         }
+        ClientFrame::RemoveMember {
+            conversation_id,
+            user_id,
+        }
+        | ClientFrame::SetRole {
+            conversation_id,
+            user_id,
+            ..
+        } => {
+            check_id("conversation_id", conversation_id)?;
+            check_id("user_id", user_id)
+        }
+        ClientFrame::Leave { conversation_id } => check_id("conversation_id", conversation_id),
+        _ => Err(misrouted()),
+    }
+}
+
+/// `history`, `sync`, `list_conversations`.
+fn check_read_frame(frame: &ClientFrame) -> Result<(), ProtocolError> {
+    match frame {
         ClientFrame::History {
             conversation_id,
             before_seq,
             limit,
         } => {
             check_id("conversation_id", conversation_id)?;
-            if let Some(s) = before_seq {
-                check_seq(*s)?;
-            }
-            if let Some(l) = limit {
-                if *l == 0 || *l > HISTORY_LIMIT_MAX {
-                    return Err(ProtocolError::bad_request(format!(
-                        "limit must be 1..{HISTORY_LIMIT_MAX}"
-                    )));
-                }
+            before_seq.map_or(Ok(()), check_seq)?;
+            match limit {
+                Some(l) if *l == 0 || *l > HISTORY_LIMIT_MAX => Err(ProtocolError::bad_request(
+                    format!("limit must be 1..{HISTORY_LIMIT_MAX}"),
+                )),
+                _ => Ok(()),
             }
         }
         ClientFrame::Sync {
@@ -318,42 +391,20 @@ fn validate(mut frame: ClientFrame, limits: &TextLimits) -> Result<ClientFrame, 
             conversations
                 .keys()
                 .try_for_each(|c| check_id("conversation_id", c))?;
-            if let Some(c) = cursor {
-                check_id("cursor", c)?;
-            }
+            check_cursor(cursor)
         }
-        ClientFrame::ListConversations { cursor } => {
-            if let Some(c) = cursor {
-                check_id("cursor", c)?;
-            }
-        }
-        ClientFrame::Ping => {}
-        ClientFrame::AddMembers {
-            conversation_id,
-            members,
-        } => {
-            check_id("conversation_id", conversation_id)?;
-            if members.is_empty() {
-                return Err(ProtocolError::bad_request("members must not be empty"));
-            }
-            check_users("members", members, GROUP_MEMBERS_MAX)?;
-        }
-        ClientFrame::RemoveMember {
-            conversation_id,
-            user_id,
-        }
-        | ClientFrame::SetRole {
-            conversation_id,
-            user_id,
-            ..
-        } => {
-            check_id("conversation_id", conversation_id)?;
-            check_id("user_id", user_id)?;
-        }
-        ClientFrame::Leave { conversation_id }
-        | ClientFrame::Typing {
-            conversation_id, ..
-        } => check_id("conversation_id", conversation_id)?,
+        ClientFrame::ListConversations { cursor } => check_cursor(cursor),
+        _ => Err(misrouted()),
+    }
+}
+
+fn check_cursor(cursor: &Option<String>) -> Result<(), ProtocolError> {
+    cursor.as_deref().map_or(Ok(()), |c| check_id("cursor", c))
+}
+
+/// `delivered`, `read`, `typing`, `subscribe_presence`.
+fn check_signal_frame(frame: &ClientFrame) -> Result<(), ProtocolError> {
+    match frame {
         ClientFrame::Delivered {
             conversation_id,
             seq,
@@ -363,31 +414,14 @@ fn validate(mut frame: ClientFrame, limits: &TextLimits) -> Result<ClientFrame, 
             seq,
         } => {
             check_id("conversation_id", conversation_id)?;
-            check_seq(*seq)?;
+            check_seq(*seq)
         }
+        ClientFrame::Typing {
+            conversation_id, ..
+        } => check_id("conversation_id", conversation_id),
         ClientFrame::SubscribePresence { user_ids } => {
-            check_users("user_ids", user_ids, PRESENCE_USERS_MAX)?
+            check_users("user_ids", user_ids, PRESENCE_USERS_MAX)
         }
-        ClientFrame::Edit {
-            conversation_id,
-            client_msg_id,
-            seq,
-            body,
-        } => {
-            check_id("conversation_id", conversation_id)?;
-            check_client_msg_id(client_msg_id)?;
-            check_seq(*seq)?;
-            validate_body(body, limits)?;
-        }
-        ClientFrame::Delete {
-            conversation_id,
-            client_msg_id,
-            seq,
-        } => {
-            check_id("conversation_id", conversation_id)?;
-            check_client_msg_id(client_msg_id)?;
-            check_seq(*seq)?;
-        }
+        _ => Err(misrouted()),
     }
-    Ok(frame)
 }

@@ -55,6 +55,17 @@ impl ErrorCode {
     }
 }
 
+/// What a refusal is beyond its wire code, for a transport that can say more: HTTP answers
+/// `409` to a conflict, while its code stays `bad_request` (PROTOCOL.md "Errors"). Decisions
+/// are made on this, never on the message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ErrorKind {
+    #[default]
+    Plain,
+    /// The request collides with existing state (a taken username, an existing id).
+    Conflict,
+}
+
 /// An error answered to a client request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code:?}: {message}")]
@@ -62,6 +73,7 @@ pub struct ProtocolError {
     pub code: ErrorCode,
     pub message: String,
     pub retry_after_ms: Option<u64>,
+    pub kind: ErrorKind,
 }
 
 impl ProtocolError {
@@ -70,6 +82,14 @@ impl ProtocolError {
             code,
             message: message.into(),
             retry_after_ms: None,
+            kind: ErrorKind::Plain,
+        }
+    }
+    /// A collision with existing state: `bad_request` on the wire, [`ErrorKind::Conflict`].
+    pub fn conflict(message: impl Into<String>) -> Self {
+        ProtocolError {
+            kind: ErrorKind::Conflict,
+            ..Self::bad_request(message)
         }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -98,6 +118,7 @@ impl ProtocolError {
             code: ErrorCode::RateLimited,
             message: message.into(),
             retry_after_ms: Some(retry_after_ms),
+            kind: ErrorKind::Plain,
         }
     }
     pub fn overloaded(message: impl Into<String>, retry_after_ms: u64) -> Self {
@@ -105,6 +126,7 @@ impl ProtocolError {
             code: ErrorCode::Overloaded,
             message: message.into(),
             retry_after_ms: Some(retry_after_ms),
+            kind: ErrorKind::Plain,
         }
     }
 }

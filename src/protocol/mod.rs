@@ -11,7 +11,7 @@ mod server;
 mod validate;
 
 pub use client::{decode_client_frame, ClientFrame, Decoded, RequestId, TypingState};
-pub use error::{ErrorCode, ProtocolError};
+pub use error::{ErrorCode, ErrorKind, ProtocolError};
 pub use server::*;
 pub use validate::{
     is_valid_client_msg_id, is_valid_id, validate_body, validate_title, TextLimits,

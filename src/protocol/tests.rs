@@ -222,3 +222,111 @@ fn json_len_is_the_length_of_the_text() {
     };
     assert_eq!(f.json_len(), f.to_json().len());
 }
+
+/// Each family checks its fields in a fixed order; the first failing check is the answer.
+#[test]
+fn first_failing_check_is_the_answer() {
+    let message = |v: serde_json::Value| decode(&v.to_string()).frame.unwrap_err().message;
+    let bad_conv = "conversation_id must be 1..128 characters of [A-Za-z0-9_-]";
+    let bad_cmid = "client_msg_id must be 1..64 characters of [A-Za-z0-9_-]";
+    let seq0 = "seq must be at least 1";
+    let cases = [
+        (
+            json!({"type":"send","conversation_id":"c!","client_msg_id":"m!","body":""}),
+            bad_conv,
+        ),
+        (
+            json!({"type":"send","conversation_id":"c","client_msg_id":"m!","body":""}),
+            bad_cmid,
+        ),
+        (
+            json!({"type":"send","conversation_id":"c","client_msg_id":"m","body":""}),
+            "body must not be empty",
+        ),
+        (
+            json!({"type":"edit","conversation_id":"c","client_msg_id":"m!","seq":0,"body":""}),
+            bad_cmid,
+        ),
+        (
+            json!({"type":"edit","conversation_id":"c","client_msg_id":"m","seq":0,"body":""}),
+            seq0,
+        ),
+        (
+            json!({"type":"edit","conversation_id":"c","client_msg_id":"m","seq":1,"body":""}),
+            "body must not be empty",
+        ),
+        (
+            json!({"type":"delete","conversation_id":"c!","client_msg_id":"m","seq":0}),
+            bad_conv,
+        ),
+        (
+            json!({"type":"delete","conversation_id":"c","client_msg_id":"m","seq":0}),
+            seq0,
+        ),
+        (
+            json!({"type":"history","conversation_id":"c","before_seq":0,"limit":0}),
+            seq0,
+        ),
+        (
+            json!({"type":"history","conversation_id":"c","limit":0}),
+            "limit must be 1..100",
+        ),
+        (
+            json!({"type":"sync","conversations":{"c!":1},"cursor":"x!"}),
+            bad_conv,
+        ),
+        (
+            json!({"type":"sync","cursor":"x!"}),
+            "cursor must be 1..128 characters of [A-Za-z0-9_-]",
+        ),
+        (
+            json!({"type":"list_conversations","cursor":""}),
+            "cursor must be 1..128 characters of [A-Za-z0-9_-]",
+        ),
+        (
+            json!({"type":"add_members","conversation_id":"c!","members":[]}),
+            bad_conv,
+        ),
+        (
+            json!({"type":"add_members","conversation_id":"c","members":[]}),
+            "members must not be empty",
+        ),
+        (
+            json!({"type":"create_conversation","kind":"group","members":["u!"],"title":"t"}),
+            "members must be 1..128 characters of [A-Za-z0-9_-]",
+        ),
+        (
+            json!({"type":"set_role","conversation_id":"c","user_id":"u!","role":"admin"}),
+            "user_id must be 1..128 characters of [A-Za-z0-9_-]",
+        ),
+        (
+            json!({"type":"remove_member","conversation_id":"c!","user_id":"u!"}),
+            bad_conv,
+        ),
+        (json!({"type":"leave","conversation_id":""}), bad_conv),
+        (json!({"type":"read","conversation_id":"c","seq":0}), seq0),
+        (
+            json!({"type":"delivered","conversation_id":"c!","seq":0}),
+            bad_conv,
+        ),
+        (
+            json!({"type":"typing","conversation_id":"c!","state":"start"}),
+            bad_conv,
+        ),
+        (
+            json!({"type":"subscribe_presence","user_ids":["u!"]}),
+            "user_ids must be 1..128 characters of [A-Za-z0-9_-]",
+        ),
+        (
+            json!({"type":"auth","token":"","device_id":"d!"}),
+            "invalid token",
+        ),
+        (
+            json!({"type":"auth","token":"t","device_id":"d!"}),
+            "device_id must be 1..128 characters of [A-Za-z0-9_-]",
+        ),
+    ];
+    for (frame, want) in cases {
+        assert_eq!(message(frame.clone()), want, "{frame}");
+    }
+}

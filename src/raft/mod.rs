@@ -181,9 +181,7 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, StorageError> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StorageError::Task(e.to_string()))?
+    crate::storage::blocking(f).await
 }
 
 #[cfg(test)]

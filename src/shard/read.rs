@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::codec::decode;
 use super::command::*;
 use super::keys;
-use crate::storage::{StorageError, Store};
+use crate::storage::{blocking, StorageError, Store};
 
 /// Most entries of the whole-index read [`ShardReader::user_conversations`] (kept for
 /// peers that still send `ShardQuery::UserConversations`); the gateway reads the index in
@@ -34,14 +34,6 @@ pub struct Page {
 #[derive(Clone)]
 pub struct ShardReader {
     store: Arc<Store>,
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, StorageError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StorageError::Corrupt(format!("read task failed: {e}")))?
 }
 
 impl ShardReader {

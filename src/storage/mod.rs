@@ -17,6 +17,7 @@
 //! Every method that reads or writes RocksDB directly is blocking: call it from
 //! `spawn_blocking` (the `async` methods only wait on the log writer and never block).
 
+mod blocking;
 pub mod keys;
 mod log_writer;
 mod queue_thread;
@@ -36,6 +37,7 @@ use rocksdb::{
 };
 use tokio::sync::oneshot;
 
+pub use blocking::{blocking, TaskFailed};
 pub use log_writer::{Completion, LOG_BATCH_OPS_MAX, LOG_WRITE_QUEUE_MAX};
 pub use sm_cache::SM_CACHE_BYTES_MAX;
 pub use sm_writer::{SmJob, SM_APPLY_QUEUE_MAX, SM_ROUND_JOBS_MAX};
@@ -95,6 +97,12 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Storage
         )));
     }
     Ok(v)
+}
+
+impl From<TaskFailed> for StorageError {
+    fn from(e: TaskFailed) -> Self {
+        StorageError::Task(e.0)
+    }
 }
 
 impl From<rocksdb::Error> for StorageError {

@@ -36,3 +36,36 @@ async fn hash_queue_is_bounded_and_times_out() {
     drop(held);
     assert!(q.acquire(&slots, HashKind::Login).await.is_ok());
 }
+
+async fn body_json(r: Response) -> serde_json::Value {
+    let bytes = axum::body::to_bytes(r.into_body(), 64 * 1024)
+        .await
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn a_taken_username_is_409_by_kind_not_by_message() {
+    // As apply refuses a claim (`Rejection::Conflict`) and as the pre-check refuses it.
+    let applied = ProtocolError::from(crate::shard::command::Rejection::Conflict(
+        "username is taken".into(),
+    ));
+    assert_eq!(applied, ProtocolError::conflict(USERNAME_TAKEN));
+    let r = register_error(&applied);
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        body_json(r).await,
+        json!({"type": "error", "code": "bad_request", "message": "username is taken", "retryable": false})
+    );
+    // The same text without the kind is a plain 400: nothing decides on the message.
+    let plain = register_error(&ProtocolError::bad_request(USERNAME_TAKEN));
+    assert_eq!(plain.status(), StatusCode::BAD_REQUEST);
+    // Other endpoints keep the status of the code, a conflict included.
+    assert_eq!(
+        error_response(&ProtocolError::conflict("invite exists")).status(),
+        StatusCode::BAD_REQUEST
+    );
+    let throttled = register_error(&throttled(1_500));
+    assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(throttled.headers()[header::RETRY_AFTER], "2");
+}
