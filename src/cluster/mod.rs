@@ -8,7 +8,7 @@
 //! - `peer`: the node-to-node request/reply types and the serving side.
 //! - `controller`: the control loop (placement, membership steps, leader balance, leave).
 //! - `push`: the wire form of pushes between nodes and the sink received ones go to
-//!   (`crate::delivery` moves them to connections).
+//!   (the delivery layer moves them to connections).
 //! - `forward`: client writes forwarded to a group's leader, batched per leader node.
 //! - `router`, `batcher`, `outbox`: the local groups, proposal batching, cross-shard updates.
 pub mod balance;

@@ -1,6 +1,6 @@
 //! Pushes between nodes: the wire form of a push batch (`PeerRequest::Push`) and the sink
 //! the peer service hands received batches to. What happens to them (order, dedup, gap
-//! fill, the connections) is `crate::delivery`'s business; the cluster only carries them,
+//! fill, the connections) is the delivery layer's business; the cluster only carries them,
 //! so it names the sink as a trait here instead of importing the layer above it.
 
 use serde::{Deserialize, Serialize};
@@ -83,7 +83,7 @@ impl PushItem {
 }
 
 /// Where the peer service hands pushes received from other nodes (implemented by
-/// `crate::delivery`). Must not wait: it runs in the request handler.
+/// the delivery layer). Must not wait: it runs in the request handler.
 pub trait PushSink: Send + Sync {
     /// A batch from peer `from`, in the order it produced them.
     fn receive(&self, from: NodeId, items: Vec<PushItem>);
