@@ -3,6 +3,7 @@
 //! See `docs/ARCHITECTURE.md` for the codemap and the invariants between modules.
 pub mod cluster;
 pub mod config;
+pub mod delivery;
 pub mod gateway;
 pub mod metrics;
 pub mod node;

@@ -37,6 +37,9 @@ pub struct Metrics {
     // ratelimit
     /// Typing and receipt pushes dropped because the connection's queue was full.
     pub ephemeral_pushes_dropped: Counter,
+    // delivery
+    /// Push batches dropped at delivery's full inbox (each group is refilled after).
+    pub delivery_inbox_overflows: Counter,
 }
 
 impl Default for Metrics {
@@ -92,6 +95,12 @@ impl Metrics {
             "Typing and receipt pushes dropped because the connection's send queue was full",
             ephemeral_pushes_dropped.clone(),
         );
+        let delivery_inbox_overflows = Counter::default();
+        registry.register(
+            "delivery_inbox_overflows",
+            "Push batches dropped at delivery's full inbox (their groups are re-read after)",
+            delivery_inbox_overflows.clone(),
+        );
         Metrics {
             registry,
             sends,
@@ -104,6 +113,7 @@ impl Metrics {
             synced_writes,
             ack_latency_seconds,
             ephemeral_pushes_dropped,
+            delivery_inbox_overflows,
         }
     }
 

@@ -5,19 +5,20 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::cluster::fanout::{Fanout, PushItem};
 use crate::cluster::identity::{write_private, Identity, JoinWelcome, JOIN_TOKEN_FILE};
 use crate::cluster::peer::{PeerService, PeerTransport, RaftNet};
 use crate::cluster::secrets::{generate_admin_token, LocalSecrets};
 use crate::cluster::{meta, Cluster, Controller, OutboxRelay, Router, ShardMap};
 use crate::config::Config;
+use crate::delivery::{self, ClusterLink, Hub};
 use crate::gateway::client_tls::ReloadableCert;
 use crate::gateway::listener::{self, ListenerLimits};
-use crate::gateway::{self, auth::TokenAuthority, ratelimit::RateLimiter, Gateway, Hub};
+use crate::gateway::{self, auth::TokenAuthority, ratelimit::RateLimiter, Gateway};
 use crate::metrics::Metrics;
 use crate::protocol::TextLimits;
 use crate::raft::{self, Applier, GroupHandle, RaftTimings};
 use crate::shard::command::*;
+use crate::shard::push::pushes_of;
 use crate::shard::ShardReader;
 use crate::storage::{SmTxn, StorageError, Store};
 use crate::transport::{
@@ -63,11 +64,11 @@ pub enum NodeError {
 }
 
 /// The chat and meta logic plugged into every group's state machine; after a batch is
-/// written, committed messages and receipts go to the gateways (G4: only applied entries are
-/// pushed): to this node's connections always, to the other nodes' when this node leads
-/// the group.
+/// written, what its committed messages and receipts push (`shard::push`) goes to delivery's
+/// inbox (G4: only applied entries are pushed), which never waits.
 struct NodeApplier {
     cluster: Arc<OnceLock<Arc<Cluster>>>,
+    delivery: delivery::Inbox,
 }
 
 impl Applier for NodeApplier {
@@ -88,52 +89,16 @@ impl Applier for NodeApplier {
         let Some(cluster) = self.cluster.get() else {
             return;
         };
-        let mut items = Vec::new();
+        let mut pushes = Vec::new();
         for r in responses {
             match r {
                 Response::MetaState { state, .. } => cluster.set_meta(state.clone()),
-                Response::Shard(one) => push_items(one, &mut items),
-                Response::ShardBatch(many) => many.iter().for_each(|r| push_items(r, &mut items)),
+                Response::Shard(one) => pushes_of(one, &mut pushes),
+                Response::ShardBatch(many) => many.iter().for_each(|r| pushes_of(r, &mut pushes)),
                 _ => {}
             }
         }
-        if items.is_empty() {
-            return;
-        }
-        if cluster.is_local_leader(group) {
-            // Replicas that keep up push from their own apply: only the other gateways
-            // need the leader's copy.
-            let skip = cluster.replicas_pushing_by_apply(group);
-            cluster.fanout.broadcast_except(cluster, &items, &skip);
-        }
-        cluster.fanout.receive(cluster, cluster.node_id, items);
-    }
-}
-
-/// What a committed shard response pushes to clients.
-fn push_items(r: &ShardResponse, items: &mut Vec<PushItem>) {
-    match r {
-        ShardResponse::Ack {
-            pushed: Some(p), ..
-        } => {
-            // Sending moved the sender's own read watermark to the message.
-            let m = &p.message;
-            let receipt = ReceiptState {
-                conversation_id: m.conversation_id.clone(),
-                user_id: m.sender_id.clone(),
-                delivered_seq: m.seq,
-                read_seq: m.seq,
-                changed: true,
-                recipients: p.recipients.clone(),
-            };
-            items.push(PushItem::Message(p.clone()));
-            items.push(PushItem::Receipt(receipt));
-        }
-        ShardResponse::Membership {
-            pushed: Some(p), ..
-        } => items.push(PushItem::Message(p.clone())),
-        ShardResponse::Receipt(rs) => items.push(PushItem::Receipt(rs.clone())),
-        _ => {}
+        self.delivery.applied(group, pushes);
     }
 }
 
@@ -394,11 +359,17 @@ impl Node {
         create_private_dir(&db_dir)?;
         let store = Store::open(&db_dir)?;
         let metrics = Arc::new(Metrics::new());
-        let hub = Hub::new(config.limits.devices_per_user as usize, metrics.clone());
+        let (inbox, inbox_rx) = delivery::inbox(metrics.clone());
+        let hub = Hub::new(
+            config.limits.devices_per_user as usize,
+            metrics.clone(),
+            inbox.presence_out(),
+        );
         hub.spawn_sweeper();
         let cluster_cell: Arc<OnceLock<Arc<Cluster>>> = Arc::new(OnceLock::new());
         let applier: Arc<dyn Applier> = Arc::new(NodeApplier {
             cluster: cluster_cell.clone(),
+            delivery: inbox.clone(),
         });
         let transport_cell: Arc<OnceLock<PeerTransport>> = Arc::new(OnceLock::new());
         let addr_cell = cluster_cell.clone();
@@ -512,7 +483,6 @@ impl Node {
         let router = Arc::new(Router::new(groups));
         let reader = ShardReader::new(store.clone());
         let proposals = crate::cluster::ProposalBatcher::start(router.clone(), shard_map.groups());
-        let fanout = Fanout::new(node_id, hub.clone(), shard_map.clone());
         if meta_seed.nodes.is_empty() {
             // A restart: the local meta replica's state (possibly behind; the controller
             // refreshes it from the meta leader).
@@ -552,25 +522,12 @@ impl Node {
             proposals.clone(),
             reader.clone(),
             transport_cell.clone(),
-            fanout,
+            shard_map.clone(),
+            inbox.peer_sink(shard_map.clone()),
             meta_seed,
         );
         let _ = cluster_cell.set(cluster.clone());
         let _ = cluster.secrets.set(secrets.clone());
-        // Presence crosses nodes without touching Raft (G9).
-        let weak = Arc::downgrade(&cluster);
-        hub.set_presence_out(Box::new(move |changes| {
-            let Some(c) = weak.upgrade() else { return };
-            let items: Vec<PushItem> = changes
-                .into_iter()
-                .map(|(user_id, online, last_seen)| PushItem::Presence {
-                    user_id,
-                    online,
-                    last_seen,
-                })
-                .collect();
-            c.fanout.broadcast(&c, &items);
-        }));
 
         // The peer transport: mutual TLS with the cluster's CA; any member admits joiners.
         let ca = Arc::new(ClusterCa::from_pem(
@@ -626,6 +583,14 @@ impl Node {
             // A cluster created before the secrets were replicated: its creator adds them.
             tokio::spawn(init_secrets(cluster.clone(), stored_secret));
         }
+        delivery::start(
+            node_id,
+            hub.clone(),
+            shard_map.clone(),
+            ClusterLink::new(&cluster),
+            (inbox.clone(), inbox_rx),
+            router.groups().cloned(),
+        );
         let controller = Controller::new(cluster.clone(), peer_addr.clone(), client_addr);
         controller.spawn();
 
@@ -649,6 +614,7 @@ impl Node {
             cluster: cluster.clone(),
             shard_map,
             hub,
+            delivery: inbox,
             tokens,
             text_limits: TextLimits {
                 max_body_chars: limits.max_body_chars,

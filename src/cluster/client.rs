@@ -7,16 +7,16 @@
 //! answer is `unavailable` (retryable). Sends are idempotent by `client_msg_id`, so a
 //! forwarded send that may have been applied is safe to retry.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 use parking_lot::{Mutex, RwLock};
 
-use super::fanout::{Fanout, PushItem};
 use super::forward::{ForwardedWrite, WriteForwarder};
 use super::peer::{NodeId, PeerReply, PeerRequest, PeerTransport};
+use super::push::{PushItem, PushSink};
 use super::router::REQUEST_TIMEOUT_MS;
 use super::status::{GroupStatus, NodeStatus};
 use super::{trace, ProposalBatcher, RouteError, Router};
@@ -33,10 +33,6 @@ pub const RETRY_BACKOFF_MAX_MS: u64 = 400;
 pub const TRANSFER_WINDOW_MS: u64 = 4_000;
 /// Most hops one request follows (leader hints and retries) before giving up.
 pub const ROUTE_ATTEMPTS_MAX: u32 = 64;
-/// A replica whose log is at most this many entries behind the leader's pushes the group's
-/// messages to its own connections when it applies them; the leader does not send it its
-/// copy (see [`Cluster::replicas_pushing_by_apply`]).
-pub const PUSH_BY_APPLY_LAG_MAX: u64 = 64;
 
 #[cfg(feature = "fault-injection")]
 #[path = "sabotaged_write.rs"]
@@ -53,7 +49,9 @@ pub struct Cluster {
     meta: RwLock<Arc<MetaState>>,
     /// Leader of each group as last learned; at most one entry per group.
     leaders: Mutex<HashMap<GroupId, NodeId>>,
-    pub fanout: Arc<Fanout>,
+    shard_map: Arc<super::ShardMap>,
+    /// Where pushes received from peers go (delivery).
+    pushes: Arc<dyn PushSink>,
     forwarder: WriteForwarder,
     /// Groups whose leadership this node is handing over, until when (at most one entry per
     /// group).
@@ -75,7 +73,8 @@ impl Cluster {
         proposals: Arc<ProposalBatcher>,
         reader: ShardReader,
         transport: Arc<OnceLock<PeerTransport>>,
-        fanout: Arc<Fanout>,
+        shard_map: Arc<super::ShardMap>,
+        pushes: Arc<dyn PushSink>,
         meta: MetaState,
     ) -> Arc<Self> {
         Arc::new(Cluster {
@@ -88,7 +87,8 @@ impl Cluster {
             transport,
             meta: RwLock::new(Arc::new(meta)),
             leaders: Mutex::new(HashMap::new()),
-            fanout,
+            shard_map,
+            pushes,
             relay: OnceLock::new(),
             transferring: Mutex::new(HashMap::new()),
             elections_held: Mutex::new(HashMap::new()),
@@ -191,30 +191,6 @@ impl Cluster {
             .group(group)
             .map(|g| g.raft.metrics().borrow().state == ServerState::Leader)
             .unwrap_or(false)
-    }
-
-    /// On the leader of `group`: the other replicas whose log is within
-    /// [`PUSH_BY_APPLY_LAG_MAX`] entries of the leader's. Their own apply pushes the group's
-    /// messages to their connections, so the leader's fan-out skips them; a replica further
-    /// behind (catching up, maybe through a snapshot whose messages are never applied one by
-    /// one) still gets the pushes. Empty when this node does not lead `group`.
-    pub fn replicas_pushing_by_apply(&self, group: GroupId) -> BTreeSet<NodeId> {
-        let Ok(g) = self.router.group(group) else {
-            return BTreeSet::new();
-        };
-        let m = g.raft.metrics();
-        let m = m.borrow();
-        let (Some(replication), Some(last)) = (m.replication.as_ref(), m.last_log_index) else {
-            return BTreeSet::new();
-        };
-        replication
-            .iter()
-            .filter(|(n, matched)| {
-                **n != self.node_id
-                    && matched.is_some_and(|l| l.index + PUSH_BY_APPLY_LAG_MAX >= last)
-            })
-            .map(|(n, _)| *n)
-            .collect()
     }
 
     /// The leader this node's replica of `group` knows of, if this node is a replica the
@@ -433,7 +409,7 @@ impl Cluster {
         // Commands reach here from this node's gateway and from peers alike: the shape rules
         // and the shard placement are checked again before anything is proposed (apply
         // checks the shape once more, deterministically).
-        if let Err(r) = check_forwarded(self.fanout.shard_map(), group, &op) {
+        if let Err(r) = check_forwarded(&self.shard_map, group, &op) {
             return Ok(ShardResponse::Rejected(r));
         }
         #[cfg(feature = "fault-injection")]
@@ -627,8 +603,8 @@ impl Cluster {
     }
 
     /// Pushes received from a peer.
-    pub fn receive_push(self: &Arc<Self>, from: NodeId, items: Vec<PushItem>) {
-        self.fanout.receive(self, from, items);
+    pub fn receive_push(&self, from: NodeId, items: Vec<PushItem>) {
+        self.pushes.receive(from, items);
     }
 }
 

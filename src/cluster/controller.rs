@@ -15,11 +15,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::{BasicNode, ChangeMembers, ServerState};
+use openraft::{BasicNode, ChangeMembers};
 
 use super::balance::{balance, Placement};
 use super::client::Cluster;
-use super::fanout::PushItem;
 use super::peer::NodeId;
 use super::status::GroupState;
 use super::RouteError;
@@ -51,11 +50,8 @@ impl Controller {
         })
     }
 
-    /// Starts the control loop and one leadership watcher per group.
+    /// Starts the control loop.
     pub fn spawn(self: &Arc<Self>) {
-        for g in self.cluster.router().groups() {
-            tokio::spawn(watch_leadership(self.cluster.clone(), g.clone()));
-        }
         let me = self.clone();
         tokio::spawn(async move {
             let mut stepped_down: HashMap<GroupId, Instant> = HashMap::new();
@@ -313,27 +309,5 @@ async fn bounded<T, E: std::fmt::Display>(
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(format!("{what}: {e}")),
         Err(_) => Err(format!("{what} timed out")),
-    }
-}
-
-/// Announces to every gateway when this node becomes the leader of `g`.
-async fn watch_leadership(cluster: Arc<Cluster>, g: GroupHandle) {
-    let mut rx = g.raft.metrics();
-    let mut was_leader = false;
-    loop {
-        let is_leader = rx.borrow().state == ServerState::Leader;
-        if is_leader && !was_leader {
-            let item = PushItem::LeaderChanged { group: g.group };
-            cluster
-                .fanout
-                .broadcast(&cluster, std::slice::from_ref(&item));
-            cluster
-                .fanout
-                .receive(&cluster, cluster.node_id, vec![item]);
-        }
-        was_leader = is_leader;
-        if rx.changed().await.is_err() {
-            return;
-        }
     }
 }

@@ -7,20 +7,21 @@
 //! - `client::Cluster`: writes and reads routed to group leaders, local or over QUIC.
 //! - `peer`: the node-to-node request/reply types and the serving side.
 //! - `controller`: the control loop (placement, membership steps, leader balance, leave).
-//! - `fanout`: committed messages to every gateway, in order, with gap filling.
+//! - `push`: the wire form of pushes between nodes and the sink received ones go to
+//!   (the delivery layer moves them to connections).
 //! - `forward`: client writes forwarded to a group's leader, batched per leader node.
 //! - `router`, `batcher`, `outbox`: the local groups, proposal batching, cross-shard updates.
 pub mod balance;
 pub mod batcher;
 pub mod client;
 pub mod controller;
-pub mod fanout;
 pub mod forward;
 pub mod identity;
 pub mod meta;
 pub mod outbox;
 pub mod peer;
 pub mod placement;
+pub mod push;
 pub mod router;
 pub mod secrets;
 pub mod status;

@@ -12,8 +12,8 @@ use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 
 use super::client::Cluster;
-use super::fanout::PushItem;
 use super::forward::{ForwardedWrite, FORWARD_BATCH_MAX};
+use super::push::PushItem;
 use super::status::NodeStatus;
 use super::RouteError;
 use crate::raft::{handle_rpc, PeerError, PeerNetwork, RaftRpc, RaftRpcReply};

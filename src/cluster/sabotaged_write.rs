@@ -70,7 +70,7 @@ impl Cluster {
         if on(Switch::PushBeforeCommit) {
             if let Some((seq, recipients)) = self.guess_next(group, conversation_id).await {
                 if let Some(message) = message_of(op, seq) {
-                    self.fanout.push_uncommitted(&Pushed {
+                    self.pushes.push_uncommitted(Pushed {
                         message,
                         recipients,
                     });

@@ -3,9 +3,9 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use super::hub::ConnId;
-use super::queue::OutQueue;
 use super::{now_ms, Gateway};
+use crate::delivery::hub::ConnId;
+use crate::delivery::out_queue::OutQueue;
 use crate::protocol::client::{WireConvKind, WireRole, HISTORY_LIMIT_DEFAULT};
 use crate::protocol::{
     ClientFrame, ConversationView, ErrorCode, ProtocolError, RequestId, ServerFrame, TypingState,
@@ -373,20 +373,14 @@ impl Gateway {
         };
         let recipients = conv.members.iter().map(|m| m.user_id.clone()).collect();
         let start = state == TypingState::Start;
-        let item = crate::cluster::fanout::PushItem::Typing {
+        // Typing crosses nodes without touching Raft (G9).
+        self.delivery.typing(
             conversation_id,
-            user_id: s.user_id.clone(),
-            device: s.device_id.clone(),
+            s.user_id.clone(),
+            s.device_id.clone(),
             start,
             recipients,
-        };
-        // Typing crosses nodes without touching Raft (G9).
-        self.cluster
-            .fanout
-            .broadcast(&self.cluster, std::slice::from_ref(&item));
-        self.cluster
-            .fanout
-            .receive(&self.cluster, self.cluster.node_id, vec![item]);
+        );
         Ok(Vec::new())
     }
 

@@ -1,13 +1,11 @@
-//! Gateway: HTTP + WebSocket on one port, sessions, request handling, fan-out to
-//! connections.
+//! Gateway: HTTP + WebSocket on one port, sessions, request handling. Pushes into the
+//! connections are `crate::delivery`'s (the hub and the outbound queues live there).
 //!
 //! - `http`: axum routes (`/v1/register`, `/v1/login`, `/health`, `/ready`, `/metrics`,
 //!   `/v1/ws`) and admission control.
 //! - `session`: one WebSocket connection: auth, frame decoding, pipelined requests, the
 //!   bounded outbound queue.
 //! - `handlers`: what each request does (routing writes and reads to shards).
-//! - `hub`: connection registry and pushes (messages, receipts, typing, presence).
-//! - `queue`: a connection's outbound queue, bounded in frames and in bytes.
 //! - `auth`, `ratelimit`: accounts/tokens and token buckets.
 //! - `listener`: the client port's accept loop (timeouts, connection caps, TLS);
 //!   `client_tls`: the client certificate, reloadable.
@@ -18,8 +16,6 @@ pub mod auth;
 pub mod checksum;
 pub mod handlers;
 pub mod http;
-pub mod hub;
-pub mod queue;
 pub mod ratelimit;
 pub mod reads;
 pub mod receipts;
@@ -39,7 +35,7 @@ use crate::protocol::{ProtocolError, TextLimits};
 use crate::shard::command::Rejection;
 use crate::storage::{StorageError, TaskFailed};
 
-pub use hub::Hub;
+pub use crate::delivery::Hub;
 
 /// argon2id hashes (register, login) running at once on a node.
 pub const PASSWORD_HASHES_IN_FLIGHT_MAX: usize = 2;
@@ -66,6 +62,8 @@ pub struct Gateway {
     pub store: Arc<crate::storage::Store>,
     pub shard_map: Arc<ShardMap>,
     pub hub: Arc<Hub>,
+    /// Typing leaves through delivery (to the other nodes and this one's connections).
+    pub delivery: crate::delivery::Inbox,
     pub tokens: auth::TokenAuthority,
     pub limits: Limits,
     pub text_limits: TextLimits,

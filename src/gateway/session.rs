@@ -10,9 +10,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use super::handlers::Session;
-use super::hub::OutFrame;
-use super::queue::{out_queue, OutQueue, OutReceiver};
 use super::{now_ms, Gateway};
+use crate::delivery::hub::OutFrame;
+use crate::delivery::out_queue::{out_queue, OutQueue, OutReceiver, SendError};
 use crate::protocol::{decode_client_frame, ClientFrame, ErrorCode, ProtocolError, ServerFrame};
 use crate::shard::command::ShardOp;
 
@@ -48,8 +48,8 @@ async fn queue_reply(session: &Session, frame: &ServerFrame) -> bool {
     let wait = Duration::from_millis(REPLY_QUEUE_WAIT_MS);
     match session.tx.send_timeout(item, wait).await {
         Ok(()) => true,
-        Err(super::queue::SendError::Closed) => false,
-        Err(super::queue::SendError::TimedOut) => {
+        Err(SendError::Closed) => false,
+        Err(SendError::TimedOut) => {
             session.kill.notify_one();
             false
         }

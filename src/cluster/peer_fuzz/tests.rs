@@ -7,9 +7,9 @@
 
 use proptest::prelude::*;
 
-use super::fanout::PushItem;
 use super::forward::ForwardedWrite;
 use super::peer::{PeerReply, PeerRequest};
+use super::push::PushItem;
 use crate::shard::command::*;
 use crate::transport::frame::{self, FrameHeader, WireReply, WireRequest};
 use crate::transport::{TransportError, FRAME_BYTES_MAX};
@@ -225,8 +225,5 @@ fn batch_caps_fit_the_frame() {
     let entry_max = super::batcher::PROPOSAL_BATCH_BYTES_MAX + op_max;
     assert!(crate::raft::APPEND_ENTRIES_BYTES_MAX + entry_max * 2 <= FRAME_BYTES_MAX);
     assert!(super::forward::FORWARD_BATCH_BYTES_MAX + op_max * 2 <= FRAME_BYTES_MAX);
-    assert!(super::fanout::PUSH_BATCH_BYTES_MAX + op_max * 2 <= FRAME_BYTES_MAX);
-    // A gap-fill reply: that many messages of the largest body, with their ids.
-    let message_max = crate::shard::validate::BODY_BYTES_MAX + 1024;
-    assert!(super::fanout::GAP_FILL_MESSAGES_MAX as usize * message_max <= FRAME_BYTES_MAX);
+    // Push batches and gap-fill replies: `delivery::tests::batch_caps_fit_the_frame`.
 }

@@ -2,8 +2,11 @@
 //! presence are pushed from here into each connection's bounded outbound queue.
 //!
 //! Invariants:
-//! - Pushes of one conversation enter every queue in seq order: they come from one group's
-//!   `after_write`, which runs in log order, and each is enqueued before the call returns.
+//! - Pushes of one conversation enter every queue in seq order: they come from delivery's
+//!   one consumer task (`fanout`), which hands them over in the tracker's order, and each is
+//!   enqueued before the call returns.
+//! - The hub never calls into the cluster, and nothing it calls under its lock waits:
+//!   presence changes leave through `PresenceOut`, which only queues into delivery's inbox.
 //! - A connection whose queue is full (in frames or in bytes, see `queue`) is killed (it
 //!   reconnects and syncs), never waited on: one slow client must not hold up the others.
 //!   That holds for committed messages only: an ephemeral push (typing, receipt, presence)
@@ -18,7 +21,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 
-use super::queue::OutQueue;
+use super::out_queue::OutQueue;
 
 use crate::metrics::Metrics;
 use crate::protocol::{MessageView, ServerFrame};
@@ -102,7 +105,8 @@ pub const REMOTE_PRESENCE_TTL_MS: u64 = 30_000;
 pub const PRESENCE_REFRESH_MS: u64 = 10_000;
 
 /// Called with (user, online, last_seen) when a user's presence on this node changes, and
-/// periodically for every user online here: the cluster carries it to the other nodes.
+/// periodically for every user online here: delivery carries it to the other nodes. Must
+/// not wait (see `Inbox::presence_out`).
 pub type PresenceOut = Box<dyn Fn(Vec<(UserId, bool, u64)>) + Send + Sync>;
 
 /// Refusal to register a connection.
@@ -112,7 +116,7 @@ pub struct TooManyDevices(pub usize);
 
 pub struct Hub {
     state: Mutex<State>,
-    presence_out: std::sync::OnceLock<PresenceOut>,
+    presence_out: PresenceOut,
     next_conn: AtomicU64,
     devices_per_user: usize,
     metrics: Arc<Metrics>,
@@ -123,24 +127,25 @@ fn text(frame: &ServerFrame) -> OutFrame {
 }
 
 impl Hub {
-    pub fn new(devices_per_user: usize, metrics: Arc<Metrics>) -> Arc<Hub> {
+    /// A hub whose local presence changes go to `presence_out`.
+    pub fn new(
+        devices_per_user: usize,
+        metrics: Arc<Metrics>,
+        presence_out: PresenceOut,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
             state: Mutex::new(State::default()),
-            presence_out: std::sync::OnceLock::new(),
+            presence_out,
             next_conn: AtomicU64::new(1),
             devices_per_user,
             metrics,
         })
     }
 
-    /// Where local presence changes go (set once, by the node).
-    pub fn set_presence_out(&self, out: PresenceOut) {
-        let _ = self.presence_out.set(out);
-    }
-
-    fn tell_cluster(&self, changes: Vec<(UserId, bool, u64)>) {
-        if let (Some(out), false) = (self.presence_out.get(), changes.is_empty()) {
-            out(changes);
+    /// Hands presence changes to delivery (a queue: never calls into the cluster).
+    fn tell_others(&self, changes: Vec<(UserId, bool, u64)>) {
+        if !changes.is_empty() {
+            (self.presence_out)(changes);
         }
     }
 
@@ -272,7 +277,9 @@ impl Hub {
             if !was_online_elsewhere {
                 self.announce_presence(&st, user);
             }
-            self.tell_cluster(vec![(user.to_string(), true, now_ms)]);
+            // Under the lock, so that it is ordered with this user's other changes (only a
+            // queue: nothing waits).
+            self.tell_others(vec![(user.to_string(), true, now_ms)]);
         }
         Ok(ConnHandle { id, kill })
     }
@@ -587,7 +594,7 @@ impl Hub {
             );
         }
         drop(st);
-        self.tell_cluster(changes);
+        self.tell_others(changes);
     }
 }
 

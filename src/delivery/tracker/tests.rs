@@ -192,16 +192,3 @@ fn duplicates_are_dropped_and_order_holds() {
     t.accept(GROUP, push(2, MsgKind::Text, &["a"]), &mut out);
     assert_eq!(delivered(&out), vec![(1, who(&["a"])), (2, who(&["a"]))]);
 }
-
-#[test]
-fn push_items_are_sized_by_their_bytes() {
-    let small = PushItem::Message(push(1, MsgKind::Text, &["a"]));
-    let mut big = push(2, MsgKind::Text, &["a"]);
-    big.message.body = "x".repeat(16_000);
-    let big = PushItem::Message(big);
-    assert!(big.size_estimate() >= 16_000);
-    assert!(small.size_estimate() < 1_000);
-    // A full batch of the largest messages stays far under the frame.
-    let body_max = crate::shard::validate::BODY_BYTES_MAX;
-    assert!(PUSH_BATCH_BYTES_MAX + body_max + 64 * 1024 < crate::transport::FRAME_BYTES_MAX);
-}

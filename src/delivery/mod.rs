@@ -1,0 +1,54 @@
+//! Delivery: everything that moves committed events to connections.
+//!
+//! The apply side only emits what a committed batch pushes (`shard::push`) into the
+//! [`Inbox`]; peer pushes, typing, presence and leader changes join the same inbox; one task
+//! (`fanout`) consumes it: in seq order per conversation, once, only to the members as of
+//! each seq (`tracker`), to this node's connections (`hub`, each with its bounded
+//! `out_queue`) and, for groups this node leads, to the other nodes (`peer_queue`).
+//! Delivery reaches the cluster only through two small traits (`links`).
+//!
+//! - `inbox`: the bounded inbox, its overflow rule (drop, remember the group, refill).
+//! - `fanout`: the consumer task; gap fills; who gets the leader's copy.
+//! - `tracker`: per-conversation order, dedup, gaps and members (G5).
+//! - `peer_queue`: one ordered, bounded push queue per peer; `Refill` after a loss.
+//! - `links`: the `Peers` and `GapRead` traits, implemented over `cluster::Cluster`.
+//! - `hub`: the connection registry; pushes into connections; presence, typing expiry.
+//! - `out_queue`: a connection's outbound queue, bounded in frames and bytes.
+//! - `presence`, `leadership`: typing and presence publishing; `LeaderChanged`.
+pub mod fanout;
+pub mod hub;
+pub mod inbox;
+mod leadership;
+pub mod links;
+pub mod out_queue;
+pub mod peer_queue;
+mod presence;
+pub mod tracker;
+
+use std::sync::Arc;
+
+pub use hub::Hub;
+pub use inbox::{inbox, Inbox, InboxReceiver};
+pub use links::{ClusterLink, GapRead, NodeId, Peers};
+
+use crate::cluster::ShardMap;
+use crate::raft::GroupHandle;
+
+/// Starts delivery: the inbox's consumer, and one leadership watcher per group of `groups`.
+pub fn start(
+    node_id: NodeId,
+    hub: Arc<Hub>,
+    shard_map: Arc<ShardMap>,
+    link: Arc<ClusterLink>,
+    (inbox, receiver): (Inbox, InboxReceiver),
+    groups: impl Iterator<Item = GroupHandle>,
+) {
+    let (fanout, fills) = fanout::Fanout::new(node_id, hub, shard_map, link.clone(), link);
+    tokio::spawn(fanout.run(receiver, fills));
+    for g in groups {
+        tokio::spawn(leadership::watch_leadership(inbox.clone(), g));
+    }
+}
+
+#[cfg(test)]
+mod tests;
