@@ -19,8 +19,8 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::client::Cluster;
 use super::peer::{NodeId, PeerReply, PeerRequest};
+use super::Cluster;
 use super::ShardMap;
 use crate::gateway::Hub;
 use crate::shard::command::*;
@@ -310,7 +310,7 @@ impl Fanout {
             let q = peers.entry(n.node_id).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(PEER_QUEUE_ITEMS_MAX);
                 let state = Arc::new(PeerQueueState::default());
-                tokio::spawn(run_peer(
+                cluster.shutdown().spawn(run_peer(
                     Arc::downgrade(cluster),
                     n.node_id,
                     rx,
@@ -414,8 +414,9 @@ impl Fanout {
     }
 
     fn spawn_fill(&self, cluster: &Arc<Cluster>, conv: ConversationId, from: u64, to: Option<u64>) {
+        let shutdown = cluster.shutdown().clone();
         let cluster = cluster.clone();
-        tokio::spawn(async move {
+        shutdown.spawn(async move {
             let group = cluster.fanout.shard_map.shard_for_conversation(&conv);
             let q = ShardQuery::After {
                 conversation_id: conv.clone(),
@@ -520,7 +521,7 @@ async fn send_batch(cluster: &std::sync::Weak<Cluster>, peer: NodeId, batch: Vec
     let Some(cluster) = cluster.upgrade() else {
         return;
     };
-    let (Some(t), Some(addr)) = (cluster.transport(), cluster.address_of(peer)) else {
+    let (t, Some(addr)) = (cluster.transport(), cluster.address_of(peer)) else {
         return;
     };
     let timeout = Duration::from_millis(PUSH_TIMEOUT_MS);
