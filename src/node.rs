@@ -674,6 +674,112 @@ async fn admit_creator(
     Ok(())
 }
 
+/// What every later step of `Node::start` shares: storage, the stop signal, the meta view,
+/// the hub, and how the groups start.
+struct Foundation {
+    store: Arc<Store>,
+    shutdown: Shutdown,
+    meta_view: MetaView,
+    metrics: Arc<Metrics>,
+    hub: Arc<Hub>,
+    /// Where the applier finds the fan-out once the cluster exists.
+    pushes: Arc<OnceLock<Arc<Cluster>>>,
+    network: Arc<RaftNet>,
+    starter: GroupStarter,
+}
+
+impl Foundation {
+    fn lay(
+        config: &Config,
+        identity: Option<&Identity>,
+        addrs: &Addresses,
+    ) -> Result<Self, NodeError> {
+        let db_dir = config.data_dir.join("db");
+        create_private_dir(&db_dir)?;
+        let store = Store::open(&db_dir)?;
+        let shutdown = Shutdown::new();
+        let meta_view = MetaView::new(MetaState::default());
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(config.limits.devices_per_user as usize, metrics.clone());
+        hub.spawn_sweeper(&shutdown);
+        let pushes: Arc<OnceLock<Arc<Cluster>>> = Arc::new(OnceLock::new());
+        let network = Arc::new(RaftNet {
+            transport: OnceLock::new(),
+            meta: meta_view.clone(),
+        });
+        let starter = GroupStarter {
+            node_id: identity.map_or(CREATOR_NODE_ID, |i| i.node_id),
+            initialize: identity.is_none_or(|i| i.creator),
+            peer_addr: addrs.peer_addr.clone(),
+            store: store.clone(),
+            applier: Arc::new(NodeApplier {
+                meta: meta_view.clone(),
+                pushes: pushes.clone(),
+            }),
+            network: network.clone(),
+            timings: RaftTimings::default(),
+        };
+        Ok(Foundation {
+            store,
+            shutdown,
+            meta_view,
+            metrics,
+            hub,
+            pushes,
+            network,
+            starter,
+        })
+    }
+}
+
+/// Starts the shard groups beside the running `meta_group`; the shard count is the one
+/// stored at the cluster's creation.
+async fn start_shard_groups(
+    config: &Config,
+    settings: &ClusterSettings,
+    starter: &GroupStarter,
+    meta_group: GroupHandle,
+) -> Result<(Arc<ShardMap>, Arc<LocalGroups>), NodeError> {
+    if settings.shards != config.shards {
+        tracing::debug!(
+            stored = settings.shards,
+            configured = config.shards,
+            "shard count is fixed at cluster creation; using the stored value"
+        );
+    }
+    let shard_map = Arc::new(ShardMap::new(settings.shards));
+    let mut groups = vec![meta_group];
+    for group in shard_map.groups() {
+        groups.push(starter.start(group).await?);
+    }
+    Ok((shard_map, Arc::new(LocalGroups::new(groups))))
+}
+
+/// The controller and the outbox relay, running until the node's shutdown.
+fn spawn_control(
+    config: &Config,
+    cluster: &Arc<Cluster>,
+    shard_map: &Arc<ShardMap>,
+    reader: ShardReader,
+    addrs: &Addresses,
+) -> (Arc<Controller>, Arc<OutboxRelay>) {
+    let controller = Controller::new(
+        cluster.clone(),
+        addrs.peer_addr.clone(),
+        addrs.client_addr.clone(),
+    );
+    controller.spawn();
+    let relay = OutboxRelay::new(
+        cluster.clone(),
+        shard_map.clone(),
+        reader,
+        config.limits.memberships_per_user_max,
+    );
+    relay.spawn_background();
+    let _ = cluster.relay.set(relay.clone());
+    (controller, relay)
+}
+
 /// What the gateway is built from besides the config.
 struct GatewayParts {
     groups: Arc<LocalGroups>,
@@ -758,31 +864,16 @@ impl Node {
         let addrs = Addresses::of(config)?;
         let (identity, welcome) = find_identity(config, &addrs).await?;
 
-        let db_dir = config.data_dir.join("db");
-        create_private_dir(&db_dir)?;
-        let store = Store::open(&db_dir)?;
-        let shutdown = Shutdown::new();
-        let meta_view = MetaView::new(MetaState::default());
-        let metrics = Arc::new(Metrics::new());
-        let hub = Hub::new(config.limits.devices_per_user as usize, metrics.clone());
-        hub.spawn_sweeper(&shutdown);
-        let pushes: Arc<OnceLock<Arc<Cluster>>> = Arc::new(OnceLock::new());
-        let network = Arc::new(RaftNet {
-            transport: OnceLock::new(),
-            meta: meta_view.clone(),
-        });
-        let starter = GroupStarter {
-            node_id: identity.as_ref().map_or(CREATOR_NODE_ID, |i| i.node_id),
-            initialize: identity.as_ref().is_none_or(|i| i.creator),
-            peer_addr: addrs.peer_addr.clone(),
-            store: store.clone(),
-            applier: Arc::new(NodeApplier {
-                meta: meta_view.clone(),
-                pushes: pushes.clone(),
-            }),
-            network: network.clone(),
-            timings: RaftTimings::default(),
-        };
+        let Foundation {
+            store,
+            shutdown,
+            meta_view,
+            metrics,
+            hub,
+            pushes,
+            network,
+            starter,
+        } = Foundation::lay(config, identity.as_ref(), &addrs)?;
         let node_id = starter.node_id;
 
         let meta_group = starter.start(META_GROUP).await?;
@@ -792,19 +883,8 @@ impl Node {
             None => create_cluster(config, &store, &meta_group).await?,
         };
         let settings = identity.settings.clone();
-        if settings.shards != config.shards {
-            tracing::debug!(
-                stored = settings.shards,
-                configured = config.shards,
-                "shard count is fixed at cluster creation; using the stored value"
-            );
-        }
-        let shard_map = Arc::new(ShardMap::new(settings.shards));
-        let mut groups = vec![meta_group];
-        for group in shard_map.groups() {
-            groups.push(starter.start(group).await?);
-        }
-        let local = Arc::new(LocalGroups::new(groups));
+        let (shard_map, local) =
+            start_shard_groups(config, &settings, &starter, meta_group).await?;
         let meta_seed = starting_meta(&store, welcome, node_id)?;
         let secrets = load_secrets(config, &identity, &meta_seed, &shutdown)?;
         let secrets_missing = (identity.creator && !meta_seed.secrets.is_initialized())
@@ -835,20 +915,7 @@ impl Node {
         if identity.creator {
             admit_creator(&cluster, &store, &addrs, creating, secrets_missing).await?;
         }
-        let controller = Controller::new(
-            cluster.clone(),
-            addrs.peer_addr.clone(),
-            addrs.client_addr.clone(),
-        );
-        controller.spawn();
-        let relay = OutboxRelay::new(
-            cluster.clone(),
-            shard_map.clone(),
-            reader,
-            config.limits.memberships_per_user_max,
-        );
-        relay.spawn_background();
-        let _ = cluster.relay.set(relay.clone());
+        let (controller, relay) = spawn_control(config, &cluster, &shard_map, reader, &addrs);
         let gateway = build_gateway(
             config,
             &settings,
