@@ -11,5 +11,6 @@ pub mod protocol;
 pub mod raft;
 pub mod sabotage;
 pub mod shard;
+pub mod shutdown;
 pub mod storage;
 pub mod transport;

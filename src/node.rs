@@ -6,9 +6,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::cluster::identity::{write_private, Identity, JoinWelcome, JOIN_TOKEN_FILE};
-use crate::cluster::peer::{PeerService, PeerTransport, RaftNet};
+use crate::cluster::peer::{PeerReply, PeerRequest, PeerService, PeerTransport, RaftNet};
+use crate::cluster::route::ClusterParts;
 use crate::cluster::secrets::{generate_admin_token, LocalSecrets};
-use crate::cluster::{meta, Cluster, Controller, OutboxRelay, Router, ShardMap};
+use crate::cluster::{
+    meta, Cluster, Controller, LocalGroups, MetaView, OutboxRelay, ProposalBatcher, ShardMap,
+};
 use crate::config::Config;
 use crate::delivery::{self, ClusterLink, Hub};
 use crate::gateway::client_tls::ReloadableCert;
@@ -20,10 +23,11 @@ use crate::raft::{self, Applier, GroupHandle, RaftTimings};
 use crate::shard::command::*;
 use crate::shard::push::pushes_of;
 use crate::shard::ShardReader;
+use crate::shutdown::Shutdown;
 use crate::storage::{SmTxn, StorageError, Store};
 use crate::transport::{
-    ClusterCa, JoinAdmitter, JoinConfig, JoinGrant, JoinRequest, JoinToken, TransportConfig,
-    TransportError,
+    ClusterCa, Inbound, JoinAdmitter, JoinConfig, JoinGrant, JoinRequest, JoinToken,
+    TransportConfig, TransportError,
 };
 
 /// Mode of the data dir and of RocksDB's directory in it: the owner only.
@@ -64,10 +68,11 @@ pub enum NodeError {
 }
 
 /// The chat and meta logic plugged into every group's state machine; after a batch is
-/// written, what its committed messages and receipts push (`shard::push`) goes to delivery's
-/// inbox (G4: only applied entries are pushed), which never waits.
+/// written, every meta state goes to the node's meta view, and what its committed messages
+/// and receipts push (`shard::push`) goes to delivery's inbox (G4: only applied entries are
+/// pushed), which never waits.
 struct NodeApplier {
-    cluster: Arc<OnceLock<Arc<Cluster>>>,
+    meta: MetaView,
     delivery: delivery::Inbox,
 }
 
@@ -85,19 +90,16 @@ impl Applier for NodeApplier {
     }
 
     fn after_write(&self, group: GroupId, responses: &[Response]) {
-        // During start-up replay nobody is connected yet.
-        let Some(cluster) = self.cluster.get() else {
-            return;
-        };
         let mut pushes = Vec::new();
         for r in responses {
             match r {
-                Response::MetaState { state, .. } => cluster.set_meta(state.clone()),
+                Response::MetaState { state, .. } => self.meta.publish(state.clone()),
                 Response::Shard(one) => pushes_of(one, &mut pushes),
                 Response::ShardBatch(many) => many.iter().for_each(|r| pushes_of(r, &mut pushes)),
                 _ => {}
             }
         }
+        // Dropped until delivery starts: during start-up replay nobody is connected yet.
         self.delivery.applied(group, pushes);
     }
 }
@@ -171,6 +173,8 @@ pub struct Node {
     listener_limits: ListenerLimits,
     /// `/metrics` is on its own listener (`metrics_listen`), not on the client port.
     metrics_separate: bool,
+    /// Stops every loop the node spawned.
+    shutdown: Shutdown,
 }
 
 async fn wait_for_leader(g: &GroupHandle) -> Result<(), NodeError> {
@@ -314,9 +318,491 @@ async fn join_cluster(
     }
 }
 
+/// Where this node listens and what it announces, fixed before anything starts.
+struct Addresses {
+    /// `peer_listen` with a concrete port.
+    peer_listen: SocketAddr,
+    peer_addr: String,
+    client_addr: String,
+}
+
+impl Addresses {
+    fn of(config: &Config) -> Result<Self, NodeError> {
+        let peer_listen = concrete_peer_listen(config.peer_listen)?;
+        Ok(Addresses {
+            peer_addr: config
+                .advertise_peer
+                .clone()
+                .unwrap_or_else(|| announce(peer_listen)),
+            client_addr: config
+                .advertise_client
+                .clone()
+                .unwrap_or_else(|| announce(config.listen)),
+            peer_listen,
+        })
+    }
+}
+
+/// Who this node is before its groups start: from the data dir, or by joining; `None`
+/// when it creates the cluster (see [`create_cluster`]). With the meta state it was
+/// welcomed with (empty unless it just joined).
+async fn find_identity(
+    config: &Config,
+    addrs: &Addresses,
+) -> Result<(Option<Identity>, MetaState), NodeError> {
+    let identity = Identity::load(&config.data_dir)?;
+    if identity.is_some() {
+        if config.join.is_some() {
+            tracing::info!("this data dir already belongs to a cluster; --join ignored");
+        }
+        return Ok((identity, MetaState::default()));
+    }
+    let (Some(seed), Some(token)) = (&config.join, &config.token) else {
+        return Ok((None, MetaState::default()));
+    };
+    let grant = join_cluster(seed, token, &addrs.peer_addr, &addrs.client_addr).await?;
+    let (id, meta) = Identity::from_grant(&grant)?;
+    id.save(&config.data_dir)?;
+    write_private(
+        &config.data_dir.join(JOIN_TOKEN_FILE),
+        token.trim().as_bytes(),
+    )?;
+    tracing::info!(node_id = id.node_id, cluster_id = %id.cluster_id, "joined the cluster");
+    Ok((Some(id), meta))
+}
+
+/// Starts this node's Raft groups, all with the same store, applier and network.
+struct GroupStarter {
+    node_id: u64,
+    /// Only the creating node ever initializes a group; joiners receive theirs.
+    initialize: bool,
+    peer_addr: String,
+    store: Arc<Store>,
+    applier: Arc<dyn Applier>,
+    network: Arc<RaftNet>,
+    timings: RaftTimings,
+}
+
+impl GroupStarter {
+    async fn start(&self, group: GroupId) -> Result<GroupHandle, NodeError> {
+        let network = self.network.clone() as Arc<dyn crate::raft::PeerNetwork>;
+        let g = raft::start_group(
+            self.node_id,
+            group,
+            self.store.clone(),
+            self.applier.clone(),
+            network,
+            &self.timings,
+        )
+        .await
+        .map_err(raft_err)?;
+        if self.initialize {
+            raft::initialize_single(&g, self.node_id, self.peer_addr.clone())
+                .await
+                .map_err(raft_err)?;
+        }
+        Ok(g)
+    }
+}
+
+/// Creates the cluster (or adopts a data dir from before clustering) on its first node:
+/// settings and secrets through the meta group, then the CA and this node's identity.
+async fn create_cluster(
+    config: &Config,
+    store: &Store,
+    meta_group: &GroupHandle,
+) -> Result<Identity, NodeError> {
+    wait_for_leader(meta_group).await?;
+    let settings = match meta::read_settings(store)? {
+        Some(s) => s,
+        None => {
+            let proposed = ClusterSettings {
+                cluster_id: ulid::Ulid::new().to_string(),
+                shards: config.shards,
+                jwt_secret: random_secret(),
+                created_ts: gateway::now_ms(),
+            };
+            let resp = meta_group
+                .raft
+                .client_write(Request::Meta(MetaOp::InitCluster(proposed)))
+                .await
+                .map_err(raft_err)?;
+            match resp.data {
+                Response::Meta(s) => s,
+                _ => return Err(NodeError::NoSettings),
+            }
+        }
+    };
+    let ca = ClusterCa::generate(&settings.cluster_id)?;
+    let credentials = ca.issue_node(CREATOR_NODE_ID)?;
+    let mut token = JoinToken::generate(&ca);
+    // The admin token and first join secret, replicated (first wins: after a crash half-way
+    // through creation the stored ones are kept).
+    let proposed = ClusterSecrets {
+        join_secret: SecretBytes(token.secret.to_vec()),
+        join_epoch: 0,
+        admin_token: generate_admin_token(),
+    };
+    let resp = meta_group
+        .raft
+        .client_write(Request::Meta(MetaOp::InitSecrets(proposed)))
+        .await
+        .map_err(raft_err)?;
+    if let Response::MetaState { state, .. } = resp.data {
+        if let Ok(s) = state.secrets.join_secret.0.as_slice().try_into() {
+            token.secret = s;
+        }
+    }
+    let id = Identity {
+        cluster_id: settings.cluster_id.clone(),
+        node_id: CREATOR_NODE_ID,
+        creator: true,
+        credentials,
+        ca_key_pem: ca.key_pem().to_string(),
+        join_secret: token.secret.to_vec(),
+        settings,
+    };
+    id.save(&config.data_dir)?;
+    write_private(
+        &config.data_dir.join(JOIN_TOKEN_FILE),
+        token.to_string().as_bytes(),
+    )?;
+    Ok(id)
+}
+
+/// The meta state this node starts from: the one it was welcomed with, else its own
+/// replica's (possibly behind; the controller refreshes it from the meta leader). A node
+/// that left cannot come back under its old identity.
+fn starting_meta(store: &Store, welcome: MetaState, node_id: u64) -> Result<MetaState, NodeError> {
+    let meta = if welcome.nodes.is_empty() {
+        meta::read_state(store)?
+    } else {
+        welcome
+    };
+    if meta
+        .nodes
+        .get(&node_id)
+        .is_some_and(|n| n.state == NodeState::Left)
+    {
+        return Err(NodeError::Join(format!(
+            "node {node_id} left the cluster and cannot come back under its old identity; \
+             start with an empty data dir and --join to add this machine as a new node"
+        )));
+    }
+    Ok(meta)
+}
+
+/// The secrets as this node holds them, seeded from `meta` and the identity, their files
+/// rewritten on every change until `shutdown`.
+fn load_secrets(
+    config: &Config,
+    identity: &Identity,
+    meta: &MetaState,
+    shutdown: &Shutdown,
+) -> Result<Arc<LocalSecrets>, NodeError> {
+    let stored_secret: [u8; 32] = stored_join_secret(identity)?;
+    let secrets = LocalSecrets::new(
+        &config.data_dir,
+        identity.credentials.ca_fingerprint()?,
+        stored_secret,
+    );
+    secrets.observe(&meta.secrets);
+    if secrets.known() {
+        // Otherwise the files stay as they are until the meta state is refreshed.
+        secrets.write_files()?;
+    }
+    secrets.spawn_file_writer(shutdown);
+    Ok(secrets)
+}
+
+fn stored_join_secret(identity: &Identity) -> Result<[u8; 32], NodeError> {
+    identity
+        .join_secret
+        .as_slice()
+        .try_into()
+        .map_err(|_| NodeError::Join("stored join secret is malformed".into()))
+}
+
+/// Every meta state the applier publishes reaches the secrets (a rotation on another node
+/// changes this node's join secret and files).
+fn follow_secrets(meta: &MetaView, secrets: Arc<LocalSecrets>, shutdown: &Shutdown) {
+    let mut rx = meta.subscribe();
+    shutdown.spawn(async move {
+        while rx.changed().await.is_ok() {
+            let m = rx.borrow_and_update().clone();
+            secrets.observe(&m.secrets);
+        }
+    });
+}
+
+/// The peer transport, open for calls out: mutual TLS with the cluster's CA, and a node
+/// that left is refused even though its certificate is valid. Inbound calls wait for
+/// [`serve_peers`].
+fn open_transport(
+    identity: &Identity,
+    addrs: &Addresses,
+    meta: &MetaView,
+) -> Result<(PeerTransport, Inbound<PeerRequest, PeerReply>), NodeError> {
+    let mut tcfg = TransportConfig::new(
+        addrs.peer_listen,
+        identity.cluster_id.clone(),
+        identity.node_id,
+        identity.credentials.clone(),
+    );
+    let meta = meta.clone();
+    tcfg.revoked = Some(Arc::new(move |id| meta.node_left(id)));
+    Ok(PeerTransport::open(tcfg)?)
+}
+
+/// Answers peers with `cluster`; any member admits joiners.
+fn serve_peers(
+    inbound: Inbound<PeerRequest, PeerReply>,
+    cluster: &Arc<Cluster>,
+    identity: &Identity,
+    secrets: &LocalSecrets,
+) -> Result<(), NodeError> {
+    let ca = Arc::new(ClusterCa::from_pem(
+        &identity.cluster_id,
+        &identity.credentials.ca_cert_pem,
+        &identity.ca_key_pem,
+    )?);
+    let join = JoinConfig {
+        admitter: Arc::new(Admitter {
+            cluster: cluster.clone(),
+            settings: identity.settings.clone(),
+        }),
+        ca,
+        secret: secrets.join_secret(),
+    };
+    let service = Arc::new(PeerService {
+        cluster: cluster.clone(),
+    });
+    inbound.serve(service, Some(join))?;
+    Ok(())
+}
+
+/// The creating node admits itself (id 1; AddNode is idempotent by peer address), and adds
+/// the replicated secrets to a cluster created before they existed.
+async fn admit_creator(
+    cluster: &Arc<Cluster>,
+    store: &Store,
+    addrs: &Addresses,
+    creating: bool,
+    secrets_missing: Option<[u8; 32]>,
+) -> Result<(), NodeError> {
+    let node_id = cluster.node_id;
+    if !meta::read_state(store)?.nodes.contains_key(&node_id) {
+        let admit = MetaOp::AddNode {
+            peer_addr: addrs.peer_addr.clone(),
+            client_addr: addrs.client_addr.clone(),
+        };
+        if creating {
+            let meta_group = cluster.local_groups().group(META_GROUP).map_err(raft_err)?;
+            wait_for_leader(&meta_group.clone()).await?;
+            cluster.meta_write(admit).await.map_err(raft_err)?;
+            cluster.set_meta(meta::read_state(store)?);
+        } else {
+            // A restart after a crash: the local meta replica may be behind what was
+            // committed (its state machine skips the WAL), and the meta group may have
+            // no leader yet. Starting must not depend on either.
+            cluster.shutdown().spawn(admit_self(cluster.clone(), admit));
+        }
+    }
+    if let (Some(stored_secret), false) = (secrets_missing, creating) {
+        // A cluster created before the secrets were replicated: its creator adds them.
+        cluster
+            .shutdown()
+            .spawn(init_secrets(cluster.clone(), stored_secret));
+    }
+    Ok(())
+}
+
+/// What every later step of `Node::start` shares: storage, the stop signal, the meta view,
+/// the hub, and how the groups start.
+struct Foundation {
+    store: Arc<Store>,
+    shutdown: Shutdown,
+    meta_view: MetaView,
+    metrics: Arc<Metrics>,
+    hub: Arc<Hub>,
+    /// Delivery's inbox: the applier and the peer service put pushes in; delivery starts
+    /// consuming it once the cluster exists.
+    inbox: (delivery::Inbox, delivery::InboxReceiver),
+    network: Arc<RaftNet>,
+    starter: GroupStarter,
+}
+
+impl Foundation {
+    fn lay(
+        config: &Config,
+        identity: Option<&Identity>,
+        addrs: &Addresses,
+    ) -> Result<Self, NodeError> {
+        let db_dir = config.data_dir.join("db");
+        create_private_dir(&db_dir)?;
+        let store = Store::open(&db_dir)?;
+        let shutdown = Shutdown::new();
+        let meta_view = MetaView::new(MetaState::default());
+        let metrics = Arc::new(Metrics::new());
+        let (inbox, inbox_rx) = delivery::inbox(metrics.clone());
+        let hub = Hub::new(
+            config.limits.devices_per_user as usize,
+            metrics.clone(),
+            inbox.presence_out(),
+        );
+        hub.spawn_sweeper(&shutdown);
+        let network = Arc::new(RaftNet {
+            transport: OnceLock::new(),
+            meta: meta_view.clone(),
+        });
+        let starter = GroupStarter {
+            node_id: identity.map_or(CREATOR_NODE_ID, |i| i.node_id),
+            initialize: identity.is_none_or(|i| i.creator),
+            peer_addr: addrs.peer_addr.clone(),
+            store: store.clone(),
+            applier: Arc::new(NodeApplier {
+                meta: meta_view.clone(),
+                delivery: inbox.clone(),
+            }),
+            network: network.clone(),
+            timings: RaftTimings::default(),
+        };
+        Ok(Foundation {
+            store,
+            shutdown,
+            meta_view,
+            metrics,
+            hub,
+            inbox: (inbox, inbox_rx),
+            network,
+            starter,
+        })
+    }
+}
+
+/// Starts the shard groups beside the running `meta_group`; the shard count is the one
+/// stored at the cluster's creation.
+async fn start_shard_groups(
+    config: &Config,
+    settings: &ClusterSettings,
+    starter: &GroupStarter,
+    meta_group: GroupHandle,
+) -> Result<(Arc<ShardMap>, Arc<LocalGroups>), NodeError> {
+    if settings.shards != config.shards {
+        tracing::debug!(
+            stored = settings.shards,
+            configured = config.shards,
+            "shard count is fixed at cluster creation; using the stored value"
+        );
+    }
+    let shard_map = Arc::new(ShardMap::new(settings.shards));
+    let mut groups = vec![meta_group];
+    for group in shard_map.groups() {
+        groups.push(starter.start(group).await?);
+    }
+    Ok((shard_map, Arc::new(LocalGroups::new(groups))))
+}
+
+/// The controller and the outbox relay, running until the node's shutdown.
+fn spawn_control(
+    config: &Config,
+    cluster: &Arc<Cluster>,
+    shard_map: &Arc<ShardMap>,
+    reader: ShardReader,
+    addrs: &Addresses,
+) -> (Arc<Controller>, Arc<OutboxRelay>) {
+    let controller = Controller::new(
+        cluster.clone(),
+        addrs.peer_addr.clone(),
+        addrs.client_addr.clone(),
+    );
+    controller.spawn();
+    let relay = OutboxRelay::new(
+        cluster.clone(),
+        shard_map.clone(),
+        reader,
+        config.limits.memberships_per_user_max,
+    );
+    relay.spawn_background();
+    let _ = cluster.relay.set(relay.clone());
+    (controller, relay)
+}
+
+/// What the gateway is built from besides the config.
+struct GatewayParts {
+    groups: Arc<LocalGroups>,
+    cluster: Arc<Cluster>,
+    shard_map: Arc<ShardMap>,
+    hub: Arc<Hub>,
+    delivery: delivery::Inbox,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    relay: Arc<OutboxRelay>,
+    controller: Arc<Controller>,
+    secrets: Arc<LocalSecrets>,
+}
+
+fn build_gateway(
+    config: &Config,
+    settings: &ClusterSettings,
+    p: GatewayParts,
+) -> Result<Arc<Gateway>, NodeError> {
+    let tokens = TokenAuthority::new(
+        &settings.jwt_secret,
+        config.auth.token_ttl_secs,
+        &config.auth.external,
+    )?;
+    let limits = config.limits.clone();
+    let synced_store = p.store.clone();
+    let gateway = Arc::new(Gateway {
+        local_groups: p.groups,
+        cluster: p.cluster.clone(),
+        shard_map: p.shard_map,
+        hub: p.hub,
+        delivery: p.delivery,
+        tokens,
+        text_limits: TextLimits {
+            max_body_chars: limits.max_body_chars,
+            max_frame_bytes: limits.max_frame_bytes,
+        },
+        user_rate: RateLimiter::per_minute(limits.user_messages_per_minute),
+        conversation_rate: RateLimiter::per_minute(limits.conversation_messages_per_minute),
+        connect_rate: RateLimiter::per_second(limits.new_connections_per_second),
+        connections: Arc::new(tokio::sync::Semaphore::new(limits.connections_max)),
+        limits,
+        metrics: p.metrics,
+        relay: p.relay,
+        receipts: Default::default(),
+        password_hashing: tokio::sync::Semaphore::new(gateway::PASSWORD_HASHES_IN_FLIGHT_MAX),
+        synced_writes: Box::new(move || synced_store.synced_writes()),
+        controller: p.controller,
+        fault_injection: config.testing.fault_injection,
+        stop: Arc::new(tokio::sync::Notify::new()),
+        store: p.store.clone(),
+        accounts: gateway::accounts::AccountsState::new(config),
+        frame_rates: gateway::ratelimit::FrameRates::new(&config.limits),
+        secrets: p.secrets,
+        checksums: gateway::checksum::ChecksumCache::spawn(
+            p.cluster,
+            p.store,
+            config.admin.checksum_interval_ms,
+        ),
+    });
+    gateway::receipts::ReceiptBatcher::spawn_flusher(&gateway);
+    Ok(gateway)
+}
+
+/// How long `Node::shutdown` waits for the node's loops to end.
+pub const LOOPS_STOP_WAIT_MS: u64 = 5_000;
+
 impl Node {
-    /// Starts every group of this node, joins or creates the cluster on first start, binds
+    /// Starts every group of this node, joins or creates the cluster on first start, opens
     /// the peer transport and builds the gateway (not yet listening for clients).
+    ///
+    /// Construction order breaks the cycles: the meta view, the stop signal and delivery's
+    /// inbox exist first; the groups publish meta states into the view and pushes into the
+    /// inbox; the transport opens before `Cluster` (which calls out through it) and serves
+    /// peers once `Cluster` exists; delivery starts once `Cluster` exists.
     pub async fn start(config: &Config) -> Result<Node, NodeError> {
         config.validate()?;
         // A certificate that does not load stops the start before anything else happens.
@@ -325,325 +811,86 @@ impl Node {
             _ => None,
         };
         create_private_dir(&config.data_dir)?;
-        let peer_listen = concrete_peer_listen(config.peer_listen)?;
-        let peer_addr = config
-            .advertise_peer
-            .clone()
-            .unwrap_or_else(|| announce(peer_listen));
-        let client_addr = config
-            .advertise_client
-            .clone()
-            .unwrap_or_else(|| announce(config.listen));
+        let addrs = Addresses::of(config)?;
+        let (identity, welcome) = find_identity(config, &addrs).await?;
 
-        // Who we are: from the data dir, or by joining, or (below) by creating.
-        let mut identity = Identity::load(&config.data_dir)?;
-        let mut meta_seed = MetaState::default();
-        if identity.is_none() {
-            if let (Some(seed), Some(token)) = (&config.join, &config.token) {
-                let grant = join_cluster(seed, token, &peer_addr, &client_addr).await?;
-                let (id, meta) = Identity::from_grant(&grant)?;
-                id.save(&config.data_dir)?;
-                write_private(
-                    &config.data_dir.join(JOIN_TOKEN_FILE),
-                    token.trim().as_bytes(),
-                )?;
-                tracing::info!(node_id = id.node_id, cluster_id = %id.cluster_id, "joined the cluster");
-                identity = Some(id);
-                meta_seed = meta;
-            }
-        } else if config.join.is_some() {
-            tracing::info!("this data dir already belongs to a cluster; --join ignored");
-        }
+        let Foundation {
+            store,
+            shutdown,
+            meta_view,
+            metrics,
+            hub,
+            inbox,
+            network,
+            starter,
+        } = Foundation::lay(config, identity.as_ref(), &addrs)?;
+        let node_id = starter.node_id;
 
-        let db_dir = config.data_dir.join("db");
-        create_private_dir(&db_dir)?;
-        let store = Store::open(&db_dir)?;
-        let metrics = Arc::new(Metrics::new());
-        let (inbox, inbox_rx) = delivery::inbox(metrics.clone());
-        let hub = Hub::new(
-            config.limits.devices_per_user as usize,
-            metrics.clone(),
-            inbox.presence_out(),
-        );
-        hub.spawn_sweeper();
-        let cluster_cell: Arc<OnceLock<Arc<Cluster>>> = Arc::new(OnceLock::new());
-        let applier: Arc<dyn Applier> = Arc::new(NodeApplier {
-            cluster: cluster_cell.clone(),
-            delivery: inbox.clone(),
-        });
-        let transport_cell: Arc<OnceLock<PeerTransport>> = Arc::new(OnceLock::new());
-        let addr_cell = cluster_cell.clone();
-        let network = Arc::new(RaftNet {
-            transport: transport_cell.clone(),
-            address_of: Box::new(move |n| addr_cell.get().and_then(|c| c.address_of(n))),
-        });
-        let timings = RaftTimings::default();
-        let node_id = identity.as_ref().map_or(CREATOR_NODE_ID, |i| i.node_id);
-        let initialize = identity.as_ref().is_none_or(|i| i.creator);
-
-        let start_group = |group: GroupId| {
-            let (store, applier, network, timings) = (
-                store.clone(),
-                applier.clone(),
-                network.clone() as Arc<dyn crate::raft::PeerNetwork>,
-                timings.clone(),
-            );
-            let peer_addr = peer_addr.clone();
-            async move {
-                let g = raft::start_group(node_id, group, store, applier, network, &timings)
-                    .await
-                    .map_err(raft_err)?;
-                // Only the creating node ever initializes a group; joiners receive theirs.
-                if initialize {
-                    raft::initialize_single(&g, node_id, peer_addr)
-                        .await
-                        .map_err(raft_err)?;
-                }
-                Ok::<_, NodeError>(g)
-            }
-        };
-
-        let meta_group = start_group(META_GROUP).await?;
+        let meta_group = starter.start(META_GROUP).await?;
         let creating = identity.is_none();
         let identity = match identity {
             Some(i) => i,
-            None => {
-                // Creating a cluster (or adopting a data dir from before clustering).
-                wait_for_leader(&meta_group).await?;
-                let settings = match meta::read_settings(&store)? {
-                    Some(s) => s,
-                    None => {
-                        let proposed = ClusterSettings {
-                            cluster_id: ulid::Ulid::new().to_string(),
-                            shards: config.shards,
-                            jwt_secret: random_secret(),
-                            created_ts: gateway::now_ms(),
-                        };
-                        let resp = meta_group
-                            .raft
-                            .client_write(Request::Meta(MetaOp::InitCluster(proposed)))
-                            .await
-                            .map_err(raft_err)?;
-                        match resp.data {
-                            Response::Meta(s) => s,
-                            _ => return Err(NodeError::NoSettings),
-                        }
-                    }
-                };
-                let ca = ClusterCa::generate(&settings.cluster_id)?;
-                let credentials = ca.issue_node(CREATOR_NODE_ID)?;
-                let mut token = JoinToken::generate(&ca);
-                // The admin token and first join secret, replicated (first wins: after a
-                // crash half-way through creation the stored ones are kept).
-                let proposed = ClusterSecrets {
-                    join_secret: SecretBytes(token.secret.to_vec()),
-                    join_epoch: 0,
-                    admin_token: generate_admin_token(),
-                };
-                let resp = meta_group
-                    .raft
-                    .client_write(Request::Meta(MetaOp::InitSecrets(proposed)))
-                    .await
-                    .map_err(raft_err)?;
-                if let Response::MetaState { state, .. } = resp.data {
-                    if let Ok(s) = state.secrets.join_secret.0.as_slice().try_into() {
-                        token.secret = s;
-                    }
-                }
-                let id = Identity {
-                    cluster_id: settings.cluster_id.clone(),
-                    node_id: CREATOR_NODE_ID,
-                    creator: true,
-                    credentials,
-                    ca_key_pem: ca.key_pem().to_string(),
-                    join_secret: token.secret.to_vec(),
-                    settings,
-                };
-                id.save(&config.data_dir)?;
-                write_private(
-                    &config.data_dir.join(JOIN_TOKEN_FILE),
-                    token.to_string().as_bytes(),
-                )?;
-                id
-            }
+            None => create_cluster(config, &store, &meta_group).await?,
         };
         let settings = identity.settings.clone();
-        if settings.shards != config.shards {
-            tracing::debug!(
-                stored = settings.shards,
-                configured = config.shards,
-                "shard count is fixed at cluster creation; using the stored value"
-            );
-        }
-        let shard_map = Arc::new(ShardMap::new(settings.shards));
-        let mut groups = vec![meta_group];
-        for group in shard_map.groups() {
-            groups.push(start_group(group).await?);
-        }
-        let router = Arc::new(Router::new(groups));
+        let (shard_map, local) =
+            start_shard_groups(config, &settings, &starter, meta_group).await?;
+        let meta_seed = starting_meta(&store, welcome, node_id)?;
+        let secrets = load_secrets(config, &identity, &meta_seed, &shutdown)?;
+        let secrets_missing = (identity.creator && !meta_seed.secrets.is_initialized())
+            .then(|| stored_join_secret(&identity))
+            .transpose()?;
+        follow_secrets(&meta_view, secrets.clone(), &shutdown);
+        meta_view.publish(meta_seed);
+
+        let (transport, inbound) = open_transport(&identity, &addrs, &meta_view)?;
+        let _ = network.transport.set(transport.clone());
         let reader = ShardReader::new(store.clone());
-        let proposals = crate::cluster::ProposalBatcher::start(router.clone(), shard_map.groups());
-        if meta_seed.nodes.is_empty() {
-            // A restart: the local meta replica's state (possibly behind; the controller
-            // refreshes it from the meta leader).
-            meta_seed = meta::read_state(&store)?;
-        }
-        if meta_seed
-            .nodes
-            .get(&node_id)
-            .is_some_and(|n| n.state == NodeState::Left)
-        {
-            return Err(NodeError::Join(format!(
-                "node {node_id} left the cluster and cannot come back under its old identity; \
-                 start with an empty data dir and --join to add this machine as a new node"
-            )));
-        }
-        let stored_secret: [u8; 32] = identity
-            .join_secret
-            .as_slice()
-            .try_into()
-            .map_err(|_| NodeError::Join("stored join secret is malformed".into()))?;
-        let secrets = LocalSecrets::new(
-            &config.data_dir,
-            identity.credentials.ca_fingerprint()?,
-            stored_secret,
-        );
-        secrets.observe(&meta_seed.secrets);
-        if secrets.known() {
-            // Otherwise the files stay as they are until the meta state is refreshed.
-            secrets.write_files()?;
-        }
-        secrets.spawn_file_writer();
-        let secrets_missing = !meta_seed.secrets.is_initialized();
-        let cluster = Cluster::new(
+        let cluster = Cluster::new(ClusterParts {
             node_id,
-            identity.cluster_id.clone(),
-            router.clone(),
-            proposals.clone(),
-            reader.clone(),
-            transport_cell.clone(),
-            shard_map.clone(),
-            inbox.peer_sink(shard_map.clone()),
-            meta_seed,
-        );
-        let _ = cluster_cell.set(cluster.clone());
-        let _ = cluster.secrets.set(secrets.clone());
-
-        // The peer transport: mutual TLS with the cluster's CA; any member admits joiners.
-        let ca = Arc::new(ClusterCa::from_pem(
-            &identity.cluster_id,
-            &identity.credentials.ca_cert_pem,
-            &identity.ca_key_pem,
-        )?);
-        let mut tcfg = TransportConfig::new(
-            peer_listen,
-            identity.cluster_id.clone(),
-            node_id,
-            identity.credentials.clone(),
-        );
-        tcfg.join = Some(JoinConfig {
-            admitter: Arc::new(Admitter {
-                cluster: cluster.clone(),
-                settings: settings.clone(),
-            }),
-            ca,
-            secret: secrets.join_secret(),
+            cluster_id: identity.cluster_id.clone(),
+            groups: local.clone(),
+            proposals: ProposalBatcher::start(local.clone(), shard_map.groups(), &shutdown),
+            reader: reader.clone(),
+            transport,
+            meta: meta_view,
+            shard_map: shard_map.clone(),
+            pushes: inbox.0.peer_sink(shard_map.clone()),
+            secrets: secrets.clone(),
+            shutdown: shutdown.clone(),
         });
-        // A node that left is refused even though its certificate is valid.
-        let weak = Arc::downgrade(&cluster);
-        tcfg.revoked = Some(Arc::new(move |id| {
-            weak.upgrade().is_some_and(|c| c.node_left(id))
-        }));
-        let transport = PeerTransport::bind(
-            tcfg,
-            Arc::new(PeerService {
-                cluster: cluster.clone(),
-            }),
-        )?;
-        let _ = transport_cell.set(transport);
-
-        // The creating node admits itself (id 1). AddNode is idempotent by peer address.
-        if identity.creator && !meta::read_state(&store)?.nodes.contains_key(&node_id) {
-            let admit = MetaOp::AddNode {
-                peer_addr: peer_addr.clone(),
-                client_addr: client_addr.clone(),
-            };
-            if creating {
-                wait_for_leader(&router.group(META_GROUP).map_err(raft_err)?.clone()).await?;
-                cluster.meta_write(admit).await.map_err(raft_err)?;
-                cluster.set_meta(meta::read_state(&store)?);
-            } else {
-                // A restart after a crash: the local meta replica may be behind what was
-                // committed (its state machine skips the WAL), and the meta group may have
-                // no leader yet. Starting must not depend on either.
-                tokio::spawn(admit_self(cluster.clone(), admit));
-            }
-        }
-        if identity.creator && secrets_missing && !creating {
-            // A cluster created before the secrets were replicated: its creator adds them.
-            tokio::spawn(init_secrets(cluster.clone(), stored_secret));
-        }
+        let delivery = inbox.0.clone();
         delivery::start(
             node_id,
             hub.clone(),
             shard_map.clone(),
             ClusterLink::new(&cluster),
-            (inbox.clone(), inbox_rx),
-            router.groups().cloned(),
+            inbox,
+            local.groups().cloned(),
+            &shutdown,
         );
-        let controller = Controller::new(cluster.clone(), peer_addr.clone(), client_addr);
-        controller.spawn();
+        serve_peers(inbound, &cluster, &identity, &secrets)?;
 
-        let relay = OutboxRelay::new(
-            cluster.clone(),
-            shard_map.clone(),
-            reader.clone(),
-            config.limits.memberships_per_user_max,
-        );
-        relay.spawn_background();
-        let _ = cluster.relay.set(relay.clone());
-        let tokens = TokenAuthority::new(
-            &settings.jwt_secret,
-            config.auth.token_ttl_secs,
-            &config.auth.external,
-        )?;
-        let limits = config.limits.clone();
-        let synced_store = store.clone();
-        let gateway = Arc::new(Gateway {
-            router,
-            cluster: cluster.clone(),
-            shard_map,
-            hub,
-            delivery: inbox,
-            tokens,
-            text_limits: TextLimits {
-                max_body_chars: limits.max_body_chars,
-                max_frame_bytes: limits.max_frame_bytes,
+        if identity.creator {
+            admit_creator(&cluster, &store, &addrs, creating, secrets_missing).await?;
+        }
+        let (controller, relay) = spawn_control(config, &cluster, &shard_map, reader, &addrs);
+        let gateway = build_gateway(
+            config,
+            &settings,
+            GatewayParts {
+                groups: local,
+                cluster: cluster.clone(),
+                shard_map,
+                hub,
+                delivery,
+                store: store.clone(),
+                metrics,
+                relay,
+                controller: controller.clone(),
+                secrets,
             },
-            user_rate: RateLimiter::per_minute(limits.user_messages_per_minute),
-            conversation_rate: RateLimiter::per_minute(limits.conversation_messages_per_minute),
-            connect_rate: RateLimiter::per_second(limits.new_connections_per_second),
-            connections: Arc::new(tokio::sync::Semaphore::new(limits.connections_max)),
-            limits,
-            metrics,
-            relay,
-            receipts: Default::default(),
-            password_hashing: tokio::sync::Semaphore::new(gateway::PASSWORD_HASHES_IN_FLIGHT_MAX),
-            synced_writes: Box::new(move || synced_store.synced_writes()),
-            controller: controller.clone(),
-            fault_injection: config.testing.fault_injection,
-            stop: Arc::new(tokio::sync::Notify::new()),
-            store: store.clone(),
-            accounts: gateway::accounts::AccountsState::new(config),
-            frame_rates: gateway::ratelimit::FrameRates::new(&config.limits),
-            secrets,
-            checksums: gateway::checksum::ChecksumCache::spawn(
-                cluster.clone(),
-                store.clone(),
-                config.admin.checksum_interval_ms,
-            ),
-        });
-        gateway::receipts::ReceiptBatcher::spawn_flusher(&gateway);
+        )?;
         Ok(Node {
             gateway,
             settings,
@@ -651,10 +898,11 @@ impl Node {
             cluster,
             controller,
             identity,
-            peer_addr,
+            peer_addr: addrs.peer_addr,
             client_tls,
             listener_limits: ListenerLimits::from(&config.limits),
             metrics_separate: config.metrics_listen.is_some(),
+            shutdown,
         })
     }
 
@@ -719,14 +967,35 @@ impl Node {
         }
     }
 
-    /// Stops every Raft group and the transport (acknowledged writes are already synced).
+    /// Stops every loop of the node, every Raft group and the transport (acknowledged
+    /// writes are already synced), and waits (at most [`LOOPS_STOP_WAIT_MS`]) until the
+    /// loops have ended.
     pub async fn shutdown(&self) {
+        self.shutdown.stop();
         self.gateway.checksums.stop();
-        for g in self.gateway.router.groups() {
+        for g in self.cluster.local_groups().groups() {
             let _ = g.raft.shutdown().await;
         }
-        if let Some(t) = self.cluster.transport() {
-            t.shutdown().await;
+        self.cluster.transport().shutdown().await;
+        let wait = Duration::from_millis(LOOPS_STOP_WAIT_MS);
+        if tokio::time::timeout(wait, self.shutdown.all_stopped())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = self.shutdown.running(),
+                "loops still running after shutdown"
+            );
         }
+    }
+
+    /// The node's stop signal: a loop spawned with it stops at [`Node::shutdown`].
+    pub fn stop_signal(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// The node's loops still running (zero once `shutdown` returned).
+    pub fn running_loops(&self) -> usize {
+        self.shutdown.running()
     }
 }

@@ -451,3 +451,27 @@ async fn a_client_that_cannot_keep_up_is_disconnected() {
         "bob got all {received} pushes; he was never cut off"
     );
 }
+
+/// `Node::shutdown` stops every loop the node spawned (controller, outbox relay, proposers,
+/// hub sweeper, receipt flusher, checksum, secrets, fan-out workers): none keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_every_loop_of_the_node() {
+    let n = start_node().await;
+    let (_alice, at) = register(n.addr, "alice").await;
+    let (bob, _bt) = register(n.addr, "bob").await;
+    let mut a1 = Client::connect(n.addr, &at, "a-phone").await;
+    let c = a1
+        .request(json!({"type":"create_conversation","kind":"direct","members":[bob]}))
+        .await;
+    assert_eq!(c["type"], "conversation", "{c}");
+    let conv = c["conversation"]["conversation_id"].as_str().unwrap();
+    let ack = a1.send_msg(conv, "m1", "hello").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert!(n.node.running_loops() > 0, "the node runs its loops");
+    n.node.shutdown().await;
+    assert_eq!(
+        n.node.running_loops(),
+        0,
+        "a loop outlived the node's shutdown"
+    );
+}

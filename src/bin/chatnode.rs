@@ -201,7 +201,10 @@ async fn shutdown_signal() {
 /// Reloads the client certificate on every SIGHUP; a certificate that does not load is
 /// logged and the old one stays in use.
 #[cfg(unix)]
-fn spawn_tls_reloader(cert: std::sync::Arc<chatnode::gateway::client_tls::ReloadableCert>) {
+fn spawn_tls_reloader(
+    cert: std::sync::Arc<chatnode::gateway::client_tls::ReloadableCert>,
+    shutdown: &chatnode::shutdown::Shutdown,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -210,7 +213,7 @@ fn spawn_tls_reloader(cert: std::sync::Arc<chatnode::gateway::client_tls::Reload
             return;
         }
     };
-    tokio::spawn(async move {
+    shutdown.spawn(async move {
         while hup.recv().await.is_some() {
             match cert.reload() {
                 Ok(()) => tracing::info!("SIGHUP: client TLS certificate reloaded"),
@@ -260,7 +263,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     #[cfg(unix)]
     if let Some(cert) = &node.client_tls {
-        spawn_tls_reloader(cert.clone());
+        spawn_tls_reloader(cert.clone(), node.stop_signal());
     }
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),

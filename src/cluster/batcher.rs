@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{RouteError, Router};
+use super::{LocalGroups, RouteError, UnavailableCause};
 use crate::shard::command::{GroupId, Request, Response, ShardOp, ShardResponse};
+use crate::shutdown::Shutdown;
 
 /// Commands waiting to be proposed, per group; past it, callers wait (backpressure).
 pub const PROPOSAL_QUEUE_MAX: usize = 4096;
@@ -33,12 +34,16 @@ pub struct ProposalBatcher {
 }
 
 impl ProposalBatcher {
-    /// Starts a proposer for each of `groups`.
-    pub fn start(router: Arc<Router>, groups: impl IntoIterator<Item = GroupId>) -> Arc<Self> {
+    /// Starts a proposer for each of `groups` (each stops at `shutdown`).
+    pub fn start(
+        local: Arc<LocalGroups>,
+        groups: impl IntoIterator<Item = GroupId>,
+        shutdown: &Shutdown,
+    ) -> Arc<Self> {
         let mut queues = HashMap::new();
         for group in groups {
             let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
-            tokio::spawn(run(router.clone(), group, rx));
+            shutdown.spawn(run(local.clone(), group, rx));
             queues.insert(group, tx);
         }
         Arc::new(ProposalBatcher { queues })
@@ -52,16 +57,13 @@ impl ProposalBatcher {
             .get(&group)
             .ok_or(RouteError::NoSuchGroup(group))?;
         let (tx, rx) = oneshot::channel();
-        let closed = || RouteError::Unavailable {
-            group,
-            reason: "proposer stopped".into(),
-        };
+        let closed = || RouteError::unavailable(group, UnavailableCause::ProposerStopped);
         queue.send((op, tx)).await.map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
     }
 }
 
-async fn run(router: Arc<Router>, group: GroupId, mut rx: mpsc::Receiver<(ShardOp, Reply)>) {
+async fn run(router: Arc<LocalGroups>, group: GroupId, mut rx: mpsc::Receiver<(ShardOp, Reply)>) {
     let in_flight = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_PER_GROUP_MAX));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -87,7 +89,7 @@ async fn run(router: Arc<Router>, group: GroupId, mut rx: mpsc::Receiver<(ShardO
     }
 }
 
-async fn propose(router: &Router, group: GroupId, batch: Vec<(ShardOp, Reply)>) {
+async fn propose(router: &LocalGroups, group: GroupId, batch: Vec<(ShardOp, Reply)>) {
     let (ops, replies): (Vec<ShardOp>, Vec<Reply>) = batch.into_iter().unzip();
     let request = if ops.len() == 1 {
         Request::Shard(ops.into_iter().next().expect("one op")) // invariant: len == 1
@@ -107,10 +109,10 @@ async fn propose(router: &Router, group: GroupId, batch: Vec<(ShardOp, Reply)>) 
             }
         }
         Ok(other) => {
-            let e = RouteError::Unavailable {
+            let e = RouteError::unavailable(
                 group,
-                reason: format!("unexpected response {other:?}"),
-            };
+                UnavailableCause::UnexpectedResponse(format!("{other:?}")),
+            );
             for reply in replies {
                 let _ = reply.send(Err(e.clone()));
             }

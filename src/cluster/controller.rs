@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use openraft::{BasicNode, ChangeMembers};
 
 use super::balance::{balance, Placement};
-use super::client::Cluster;
 use super::peer::NodeId;
 use super::status::GroupState;
+use super::Cluster;
 use super::RouteError;
 use crate::raft::GroupHandle;
 use crate::shard::command::*;
@@ -50,10 +50,11 @@ impl Controller {
         })
     }
 
-    /// Starts the control loop.
+    /// Starts the control loop (it stops with the cluster's shutdown).
     pub fn spawn(self: &Arc<Self>) {
+        let shutdown = self.cluster.shutdown();
         let me = self.clone();
-        tokio::spawn(async move {
+        shutdown.spawn(async move {
             let mut stepped_down: HashMap<GroupId, Instant> = HashMap::new();
             let mut tick = tokio::time::interval(Duration::from_millis(CONTROLLER_INTERVAL_MS));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -84,7 +85,7 @@ impl Controller {
         if c.is_local_leader(META_GROUP) {
             self.place(&meta).await;
         }
-        let groups: Vec<GroupHandle> = c.router().groups().cloned().collect();
+        let groups: Vec<GroupHandle> = c.local_groups().groups().cloned().collect();
         let led = groups.iter().filter(|g| c.is_local_leader(g.group)).count();
         for g in &groups {
             // A replica the placement moved away must not campaign: it may never learn that
@@ -113,7 +114,12 @@ impl Controller {
             .filter(|n| n.state == NodeState::Active)
             .map(|n| n.node_id)
             .collect();
-        let mut groups: Vec<GroupId> = self.cluster.router().groups().map(|g| g.group).collect();
+        let mut groups: Vec<GroupId> = self
+            .cluster
+            .local_groups()
+            .groups()
+            .map(|g| g.group)
+            .collect();
         groups.sort_unstable();
         let current: Placement = meta.replicas.clone();
         let next = balance(&current, &groups, &active);
@@ -222,7 +228,7 @@ impl Controller {
             .filter(|n| n.state == NodeState::Active)
             .count()
             .max(1);
-        let groups = self.cluster.router().groups().count();
+        let groups = self.cluster.local_groups().groups().count();
         // More than the least fair share: hand over towards the preferred leaders, which the
         // placement spreads ±1 (a group led by its preferred leader never moves).
         let fair_share = groups / active;
@@ -294,7 +300,7 @@ impl Controller {
             }
         }
         // Every group must have been seen with a leader that does not count us.
-        let all = c.router().groups().count();
+        let all = c.local_groups().groups().count();
         leaders_seen.len() < all
     }
 }

@@ -8,9 +8,12 @@
 //! command of it in one `PeerReply::WriteBatch` (in order). Each command keeps its own trace
 //! id, group and deadline; an answer is exactly what a single forwarded write would have
 //! returned, so the caller's retry logic (`Cluster::route`) does not change.
+//!
+//! Also here: [`Cluster::call_peer`], the one way a request leaves this node for another
+//! (forwarded writes through the batching writer, everything else as one call).
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -18,8 +21,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::peer::{NodeId, PeerReply, PeerRequest, PeerTransport};
-use super::RouteError;
+use super::{Cluster, RouteError, UnavailableCause};
 use crate::shard::command::{GroupId, ShardOp, ShardResponse};
+use crate::shutdown::Shutdown;
 
 /// Forwarded writes waiting for a peer's writer task; past it, callers wait.
 pub const FORWARD_QUEUE_MAX: usize = 4096;
@@ -52,15 +56,19 @@ struct Item {
 
 /// The per-peer writer tasks of this node.
 pub struct WriteForwarder {
-    transport: Arc<OnceLock<PeerTransport>>,
+    transport: PeerTransport,
+    /// One writer per peer node (bounded by the cluster's size).
     peers: Mutex<HashMap<NodeId, mpsc::Sender<Item>>>,
+    /// The writers stop with the node.
+    shutdown: Shutdown,
 }
 
 impl WriteForwarder {
-    pub fn new(transport: Arc<OnceLock<PeerTransport>>) -> Self {
+    pub fn new(transport: PeerTransport, shutdown: Shutdown) -> Self {
         Self {
             transport,
             peers: Mutex::new(HashMap::new()),
+            shutdown,
         }
     }
 
@@ -79,7 +87,8 @@ impl WriteForwarder {
                 .entry(target)
                 .or_insert_with(|| {
                     let (tx, rx) = mpsc::channel(FORWARD_QUEUE_MAX);
-                    tokio::spawn(run_peer(self.transport.clone(), target, rx));
+                    self.shutdown
+                        .spawn(run_peer(self.transport.clone(), target, rx));
                     tx
                 })
                 .clone()
@@ -106,11 +115,7 @@ impl WriteForwarder {
     }
 }
 
-async fn run_peer(
-    transport: Arc<OnceLock<PeerTransport>>,
-    target: NodeId,
-    mut rx: mpsc::Receiver<Item>,
-) {
+async fn run_peer(transport: PeerTransport, target: NodeId, mut rx: mpsc::Receiver<Item>) {
     let in_flight = Arc::new(Semaphore::new(FORWARD_BATCHES_IN_FLIGHT_MAX));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -131,13 +136,7 @@ async fn run_peer(
     }
 }
 
-async fn send_batch(transport: &OnceLock<PeerTransport>, target: NodeId, batch: Vec<Item>) {
-    let Some(t) = transport.get() else {
-        for item in batch {
-            let _ = item.reply.send(Err("transport not started".into()));
-        }
-        return;
-    };
+async fn send_batch(t: &PeerTransport, target: NodeId, batch: Vec<Item>) {
     // All items name the same node; its latest address is the last one given.
     let addr = batch.last().map(|i| i.addr.clone()).unwrap_or_default();
     let group = batch.first().map_or(0, |i| i.write.group);
@@ -181,5 +180,51 @@ async fn send_batch(transport: &OnceLock<PeerTransport>, target: NodeId, batch: 
                 let _ = reply.send(Err(e.clone()));
             }
         }
+    }
+}
+
+impl Cluster {
+    /// Sends `req` for `group` to node `target` (a forwarded write joins the writer's next
+    /// batch to `target`), bounded by `timeout`.
+    pub(super) async fn call_peer(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        trace_id: &str,
+        req: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerReply, RouteError> {
+        let unavailable = |error: String| {
+            RouteError::unavailable(
+                group,
+                UnavailableCause::Peer {
+                    node: target,
+                    error,
+                },
+            )
+        };
+        let Some(addr) = self.address_of(target) else {
+            return Err(RouteError::unavailable(
+                group,
+                UnavailableCause::NoAddress { node: target },
+            ));
+        };
+        if let PeerRequest::Write(op) = req {
+            let write = ForwardedWrite {
+                group,
+                trace_id: trace_id.to_string(),
+                op,
+            };
+            return self
+                .forwarder
+                .write(target, &addr, write, timeout)
+                .await
+                .map(PeerReply::Write)
+                .map_err(unavailable);
+        }
+        self.transport()
+            .call(target, &addr, group, trace_id, req, timeout)
+            .await
+            .map_err(|e| unavailable(e.to_string()))
     }
 }

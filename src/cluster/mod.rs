@@ -4,35 +4,50 @@
 //! - `balance`: which nodes hold each group's replicas (and which should lead it).
 //! - `meta`: the meta group's state machine (settings, nodes, desired placement).
 //! - `identity`: what a node remembers of its cluster (`<data-dir>/cluster.json`).
-//! - `client::Cluster`: writes and reads routed to group leaders, local or over QUIC.
+//! - `Cluster` (one type, one file per concern):
+//!   - `route`: writes and reads routed to group leaders, local or over QUIC;
+//!   - `leader_cache`: who leads each group (as learned, and as the local replicas see it);
+//!   - `serve`: requests served here because this node leads their group;
+//!   - `forward`: calls to other nodes, client writes batched per leader node;
+//!   - `transfer`: leadership transfer (and holding elections for one);
+//!   - `status`: this node's view of its groups, readiness.
+//! - `meta_view`: the latest meta state this node saw, published by the applier.
+//! - `route_error`: `RouteError` and its `UnavailableCause`.
 //! - `peer`: the node-to-node request/reply types and the serving side.
 //! - `controller`: the control loop (placement, membership steps, leader balance, leave).
 //! - `push`: the wire form of pushes between nodes and the sink received ones go to
 //!   (the delivery layer moves them to connections).
-//! - `forward`: client writes forwarded to a group's leader, batched per leader node.
-//! - `router`, `batcher`, `outbox`: the local groups, proposal batching, cross-shard updates.
+//! - `local_groups`, `batcher`, `outbox`: the groups held here (writes, read barriers),
+//!   proposal batching, cross-shard updates.
 pub mod balance;
 pub mod batcher;
-pub mod client;
 pub mod controller;
 pub mod forward;
 pub mod identity;
+pub mod leader_cache;
+pub mod local_groups;
 pub mod meta;
+pub mod meta_view;
 pub mod outbox;
 pub mod peer;
 pub mod placement;
 pub mod push;
-pub mod router;
+pub mod route;
+pub mod route_error;
 pub mod secrets;
+pub mod serve;
 pub mod status;
 pub mod trace;
+pub mod transfer;
 
 pub use batcher::ProposalBatcher;
-pub use client::Cluster;
 pub use controller::Controller;
+pub use local_groups::LocalGroups;
+pub use meta_view::MetaView;
 pub use outbox::OutboxRelay;
 pub use placement::ShardMap;
-pub use router::{RouteError, Router};
+pub use route::Cluster;
+pub use route_error::{RouteError, UnavailableCause};
 
 /// `first` and whatever else is queued in `rx` right now, at most `max` items in all.
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use super::client::Cluster;
+use super::Cluster;
 use super::{RouteError, ShardMap};
 use crate::shard::command::{GroupId, Rejection, ShardOp, ShardResponse};
 use crate::shard::ShardReader;
@@ -138,10 +138,10 @@ impl OutboxRelay {
         Ok(())
     }
 
-    /// Runs forever, draining every shard periodically.
+    /// Drains every shard periodically, until the cluster's shutdown.
     pub fn spawn_background(self: &Arc<Self>) {
         let relay = self.clone();
-        tokio::spawn(async move {
+        self.cluster.shutdown().spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(OUTBOX_SWEEP_INTERVAL_MS));
             loop {
                 tick.tick().await;

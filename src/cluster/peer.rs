@@ -11,10 +11,11 @@ use futures_util::future::BoxFuture;
 use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 
-use super::client::Cluster;
 use super::forward::{ForwardedWrite, FORWARD_BATCH_MAX};
+use super::meta_view::MetaView;
 use super::push::PushItem;
 use super::status::NodeStatus;
+use super::Cluster;
 use super::RouteError;
 use crate::raft::{handle_rpc, PeerError, PeerNetwork, RaftRpc, RaftRpcReply};
 use crate::shard::command::{GroupId, MetaOp, Response, ShardOp, ShardResponse};
@@ -64,8 +65,7 @@ pub enum PeerReply {
     WriteBatch(Vec<Result<ShardResponse, RouteError>>),
 }
 
-/// The node's transport, once bound. Raft groups start before the transport exists (they
-/// hold a handle to this), so calls before binding fail as unreachable.
+/// The node's transport.
 pub type PeerTransport = Transport<PeerRequest, PeerReply>;
 
 /// Serves peer requests with this node's groups.
@@ -81,7 +81,7 @@ impl Handler<PeerRequest, PeerReply> for PeerService {
         let trace_id = header.trace_id;
         Box::pin(super::trace::remote_scope(trace_id, async move {
             match body {
-                PeerRequest::Raft(rpc) => match cluster.router().group(group) {
+                PeerRequest::Raft(rpc) => match cluster.local_groups().group(group) {
                     Ok(g) => PeerReply::Raft(handle_rpc(&g.raft, rpc).await),
                     Err(e) => PeerReply::Error(e.to_string()),
                 },
@@ -95,7 +95,7 @@ impl Handler<PeerRequest, PeerReply> for PeerService {
                     PeerReply::Pushed
                 }
                 PeerRequest::HoldElections { hold_ms } => {
-                    cluster.hold_elections(group, hold_ms.min(super::client::TRANSFER_WINDOW_MS));
+                    cluster.hold_elections(group, hold_ms.min(super::transfer::TRANSFER_WINDOW_MS));
                     PeerReply::Pushed
                 }
                 PeerRequest::Push(items) => {
@@ -124,10 +124,13 @@ impl Handler<PeerRequest, PeerReply> for PeerService {
 
 /// Raft RPCs over the node's transport (`raft::PeerNetwork`).
 pub struct RaftNet {
-    pub transport: Arc<OnceLock<PeerTransport>>,
+    /// Set once the transport is open. The groups start before it: a creating node learns
+    /// its cluster id, hence its certificate, from its own (single-voter) meta group, and
+    /// until then its groups have no peer to call.
+    pub transport: OnceLock<PeerTransport>,
     /// The current address of a node (the meta state), preferred over the address openraft
     /// stored in the group's membership (which may be older).
-    pub address_of: Box<dyn Fn(NodeId) -> Option<String> + Send + Sync>,
+    pub meta: MetaView,
 }
 
 pub fn peer_error(e: TransportError) -> PeerError {
@@ -149,7 +152,10 @@ impl PeerNetwork for RaftNet {
         timeout: Duration,
     ) -> BoxFuture<'static, Result<RaftRpcReply, PeerError>> {
         let transport = self.transport.get().cloned();
-        let addr = (self.address_of)(target).unwrap_or_else(|| node.addr.clone());
+        let addr = self
+            .meta
+            .peer_addr(target)
+            .unwrap_or_else(|| node.addr.clone());
         Box::pin(async move {
             let Some(t) = transport else {
                 return Err(PeerError::Unreachable("transport not started".into()));

@@ -86,10 +86,10 @@ impl Cluster {
             {
                 Ok(Ok(r)) => return Some(r),
                 Ok(Err(e)) => {
-                    return Some(Err(RouteError::Unavailable {
+                    return Some(Err(RouteError::unavailable(
                         group,
-                        reason: format!("proposal task: {e}"),
-                    }))
+                        crate::cluster::UnavailableCause::ProposalTask(e.to_string()),
+                    )))
                 }
                 // Not committed yet: acknowledge anyway; the proposal goes on by itself.
                 Err(_) => {

@@ -135,13 +135,13 @@ impl LocalSecrets {
         write_files(&self.data_dir, &self.join_token(), &s)
     }
 
-    /// Rewrites the files whenever the secrets change. The task owns only a receiver: it
-    /// ends when this `LocalSecrets` (the sender) is dropped.
-    pub fn spawn_file_writer(&self) {
+    /// Rewrites the files whenever the secrets change, until `shutdown` (or until this
+    /// `LocalSecrets`, the sender, is dropped).
+    pub fn spawn_file_writer(&self, shutdown: &crate::shutdown::Shutdown) {
         let mut rx = self.changed.subscribe();
         rx.mark_unchanged();
         let (dir, fingerprint) = (self.data_dir.clone(), self.ca_fingerprint);
-        tokio::spawn(async move {
+        shutdown.spawn(async move {
             while rx.changed().await.is_ok() {
                 let s = rx.borrow_and_update().clone();
                 let Ok(secret) = <[u8; 32]>::try_from(s.join_secret.0.as_slice()) else {

@@ -1,5 +1,7 @@
 //! What a node reports about its replicas (for `/admin/status`, `chatnode status`, the
-//! leave procedure and tests).
+//! leave procedure and tests), whether it is ready to serve, and which replicas keep up
+//! with a group's leader.
+
 
 use openraft::{RaftMetrics, ServerState};
 use serde::{Deserialize, Serialize};
@@ -135,3 +137,69 @@ impl GroupStatus {
 
 #[cfg(test)]
 mod tests;
+impl super::Cluster {
+    /// Ready to serve: this node is in the meta state, and every group it holds a wanted
+    /// replica of knows its leader. A replica the placement moved away is left out: if it
+    /// was down or cut off when it was removed, it never learns that and still sees itself
+    /// as a voter without a leader.
+    pub fn ready(&self) -> bool {
+        if !self.meta.get().nodes.contains_key(&self.node_id) {
+            return false;
+        }
+        self.groups.groups().all(|g| {
+            let m = g.raft.metrics();
+            let m = m.borrow();
+            !self.is_replica(&m) || !self.wanted_here(g.group) || m.current_leader.is_some()
+        })
+    }
+
+    /// Whether the placement wants a replica of `group` on this node (yes while there is no
+    /// placement for it yet).
+    pub fn wanted_here(&self, group: GroupId) -> bool {
+        self.meta
+            .get()
+            .replicas
+            .get(&group)
+            .is_none_or(|r| r.contains(&self.node_id))
+    }
+
+    /// Every group as this node's replica sees it.
+    pub fn local_status(&self) -> NodeStatus {
+        let groups = self
+            .groups
+            .groups()
+            .map(|g| GroupStatus::from_metrics(g.group, &g.raft.metrics().borrow()))
+            .collect();
+        NodeStatus {
+            node_id: self.node_id,
+            cluster_id: self.cluster_id.clone(),
+            groups,
+        }
+    }
+
+    /// Asks `node` for its status.
+    pub async fn peer_status(
+        &self,
+        node: u64,
+        timeout: std::time::Duration,
+    ) -> Result<NodeStatus, super::RouteError> {
+        use super::peer::{PeerReply, PeerRequest};
+        use crate::shard::command::META_GROUP;
+        if node == self.node_id {
+            return Ok(self.local_status());
+        }
+        match self
+            .call_peer(
+                node,
+                META_GROUP,
+                &super::trace::current(),
+                PeerRequest::Status,
+                timeout,
+            )
+            .await?
+        {
+            PeerReply::Status(s) => Ok(s),
+            other => Err(super::route::mismatch(META_GROUP, &other)),
+        }
+    }
+}

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use crate::shutdown::Shutdown;
 
 use tokio::sync::mpsc;
 
@@ -42,6 +43,8 @@ pub(super) struct Fanout {
     queues: PeerQueues,
     tracker: Tracker,
     fills: mpsc::Sender<Filled>,
+    /// Gap fills and peer workers stop with the node.
+    shutdown: Shutdown,
 }
 
 impl Fanout {
@@ -51,12 +54,14 @@ impl Fanout {
         shard_map: Arc<ShardMap>,
         peers: Arc<dyn Peers>,
         gaps: Arc<dyn GapRead>,
+        shutdown: Shutdown,
     ) -> (Self, mpsc::Receiver<Filled>) {
         let (fills, fills_rx) = mpsc::channel(FILLS_QUEUED_MAX);
         let fanout = Fanout {
             node_id,
             hub,
-            queues: PeerQueues::new(peers.clone(), shard_map.clone()),
+            queues: PeerQueues::new(peers.clone(), shard_map.clone(), shutdown.clone()),
+            shutdown,
             shard_map,
             peers,
             gaps,
@@ -183,7 +188,7 @@ impl Fanout {
     fn spawn_fill(&self, conversation: ConversationId, from: u64, to: Option<u64>) {
         let (gaps, fills) = (self.gaps.clone(), self.fills.clone());
         let group = self.shard_map.shard_for_conversation(&conversation);
-        tokio::spawn(async move {
+        self.shutdown.spawn(async move {
             let last_seq = to.unwrap_or(from + GAP_FILL_MESSAGES_MAX);
             let read = gaps.read_after(
                 group,

@@ -188,10 +188,10 @@ impl Hub {
         }
     }
 
-    /// Starts the sweeper; it stops when the hub is dropped.
-    pub fn spawn_sweeper(self: &Arc<Self>) {
+    /// Starts the sweeper; it stops at `shutdown` or when the hub is dropped.
+    pub fn spawn_sweeper(self: &Arc<Self>, shutdown: &crate::shutdown::Shutdown) {
         let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
+        shutdown.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(SWEEP_INTERVAL_MS));
             loop {
                 tick.tick().await;

@@ -79,6 +79,9 @@ impl Overflow {
 pub struct Inbox {
     pub(super) tx: mpsc::Sender<Inbound>,
     pub(super) overflow: Arc<Overflow>,
+    /// Set by [`super::start`]: until then (the start-up replay of every group) what apply
+    /// pushes goes to nobody, since nobody is connected yet, and is not queued.
+    pub(super) open: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 }
 
@@ -90,7 +93,9 @@ pub struct InboxReceiver {
 
 /// A new inbox of [`INBOX_ITEMS_MAX`] batches.
 pub fn inbox(metrics: Arc<Metrics>) -> (Inbox, InboxReceiver) {
-    inbox_of(INBOX_ITEMS_MAX, metrics)
+    let (inbox, receiver) = inbox_of(INBOX_ITEMS_MAX, metrics);
+    inbox.open.store(false, Ordering::Release);
+    (inbox, receiver)
 }
 
 pub(super) fn inbox_of(capacity: usize, metrics: Arc<Metrics>) -> (Inbox, InboxReceiver) {
@@ -104,6 +109,7 @@ pub(super) fn inbox_of(capacity: usize, metrics: Arc<Metrics>) -> (Inbox, InboxR
         Inbox {
             tx,
             overflow,
+            open: Arc::new(AtomicBool::new(true)),
             metrics,
         },
         receiver,
@@ -114,7 +120,7 @@ impl Inbox {
     /// What `group`'s apply committed (called on the apply thread, in log order). Never
     /// waits: see the module doc for a full inbox.
     pub fn applied(&self, group: GroupId, pushes: Vec<Push>) {
-        if pushes.is_empty() {
+        if pushes.is_empty() || !self.open.load(Ordering::Acquire) {
             return;
         }
         if let Err(TrySendError::Full(_)) = self.tx.try_send(Inbound::Applied { group, pushes }) {

@@ -96,7 +96,7 @@ impl Peers for ClusterLink {
 
     fn replication(&self, group: GroupId) -> Option<Replication> {
         let c = self.0.upgrade()?;
-        let g = c.router().group(group).ok()?;
+        let g = c.local_groups().group(group).ok()?;
         let m = g.raft.metrics();
         let m = m.borrow();
         if m.state != ServerState::Leader {
@@ -120,7 +120,7 @@ impl Peers for ClusterLink {
     fn send(&self, peer: NodeId, batch: Vec<PushItem>) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let c = self.0.upgrade().ok_or("the cluster is gone")?;
-            let t = c.transport().ok_or("transport not started")?;
+            let t = c.transport();
             let addr = c
                 .address_of(peer)
                 .ok_or_else(|| format!("no address for node {peer}"))?;

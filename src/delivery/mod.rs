@@ -33,6 +33,7 @@ pub use links::{ClusterLink, GapRead, NodeId, Peers};
 
 use crate::cluster::ShardMap;
 use crate::raft::GroupHandle;
+use crate::shutdown::Shutdown;
 
 /// Starts delivery: the inbox's consumer, and one leadership watcher per group of `groups`.
 pub fn start(
@@ -42,12 +43,15 @@ pub fn start(
     link: Arc<ClusterLink>,
     (inbox, receiver): (Inbox, InboxReceiver),
     groups: impl Iterator<Item = GroupHandle>,
+    shutdown: &Shutdown,
 ) {
-    let (fanout, fills) = fanout::Fanout::new(node_id, hub, shard_map, link.clone(), link);
-    tokio::spawn(fanout.run(receiver, fills));
+    let (fanout, fills) =
+        fanout::Fanout::new(node_id, hub, shard_map, link.clone(), link, shutdown.clone());
+    shutdown.spawn(fanout.run(receiver, fills));
     for g in groups {
-        tokio::spawn(leadership::watch_leadership(inbox.clone(), g));
+        shutdown.spawn(leadership::watch_leadership(inbox.clone(), g));
     }
+    inbox.open.store(true, std::sync::atomic::Ordering::Release);
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use crate::shutdown::Shutdown;
 
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -46,14 +47,16 @@ pub(super) struct PeerQueues {
     peers: Arc<dyn Peers>,
     shard_map: Arc<ShardMap>,
     queues: HashMap<NodeId, PeerQueue>,
+    shutdown: Shutdown,
 }
 
 impl PeerQueues {
-    pub(super) fn new(peers: Arc<dyn Peers>, shard_map: Arc<ShardMap>) -> Self {
+    pub(super) fn new(peers: Arc<dyn Peers>, shard_map: Arc<ShardMap>, shutdown: Shutdown) -> Self {
         PeerQueues {
             peers,
             shard_map,
             queues: HashMap::new(),
+            shutdown,
         }
     }
 
@@ -75,7 +78,8 @@ impl PeerQueues {
             let q = self.queues.entry(peer).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(PEER_QUEUE_ITEMS_MAX);
                 let state = Arc::new(PeerQueueState::default());
-                tokio::spawn(run_peer(self.peers.clone(), peer, rx, state.clone()));
+                self.shutdown
+                    .spawn(run_peer(self.peers.clone(), peer, rx, state.clone()));
                 PeerQueue { tx, state }
             });
             let mut lost = false;

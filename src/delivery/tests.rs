@@ -135,7 +135,14 @@ fn rig(peers: &[NodeId]) -> Rig {
         log: Mutex::new(Vec::new()),
         reads: Mutex::new(Vec::new()),
     });
-    let (fanout, fills) = Fanout::new(ME, hub.clone(), shard_map(), peers.clone(), gaps.clone());
+    let (fanout, fills) = Fanout::new(
+        ME,
+        hub.clone(),
+        shard_map(),
+        peers.clone(),
+        gaps.clone(),
+        crate::shutdown::Shutdown::new(),
+    );
     Rig {
         fanout,
         fills,

@@ -224,10 +224,7 @@ pub async fn faults(
     let Ok(req) = serde_json::from_slice::<FaultRequest>(&body) else {
         return (StatusCode::BAD_REQUEST, "bad fault request").into_response();
     };
-    let Some(t) = gw.cluster.transport() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "no transport").into_response();
-    };
-    let f = t.faults();
+    let f = gw.cluster.transport().faults();
     match req.action.as_str() {
         "block" => f.block(req.peer),
         "unblock" => f.unblock(req.peer),

@@ -51,7 +51,8 @@ impl ChecksumCache {
             stopped: AtomicBool::new(false),
             scans: AtomicU64::new(0),
         });
-        tokio::spawn(run(Arc::downgrade(&cache), wake, cluster, store));
+        let shutdown = cluster.shutdown().clone();
+        shutdown.spawn(run(Arc::downgrade(&cache), wake, cluster, store));
         cache
     }
 

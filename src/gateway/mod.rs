@@ -28,7 +28,7 @@ pub mod listener;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::cluster::{Cluster, Controller, RouteError, Router, ShardMap};
+use crate::cluster::{Cluster, Controller, LocalGroups, RouteError, ShardMap};
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::protocol::{ProtocolError, TextLimits};
@@ -51,7 +51,7 @@ pub fn now_ms() -> u64 {
 /// Everything a request handler needs; shared by all connections of a node.
 pub struct Gateway {
     /// This node's groups (status, readiness).
-    pub router: Arc<Router>,
+    pub local_groups: Arc<LocalGroups>,
     /// Writes and reads, routed to each group's leader (batched into few Raft entries there).
     pub cluster: Arc<Cluster>,
     pub controller: Arc<Controller>,

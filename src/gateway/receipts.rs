@@ -89,10 +89,10 @@ impl ReceiptBatcher {
         }
     }
 
-    /// Flushes every interval until the gateway is gone.
+    /// Flushes every interval until the node's shutdown or the gateway is gone.
     pub fn spawn_flusher(gw: &Arc<Gateway>) {
         let weak = Arc::downgrade(gw);
-        tokio::spawn(async move {
+        gw.cluster.shutdown().spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(RECEIPT_FLUSH_INTERVAL_MS));
             loop {
                 tick.tick().await;

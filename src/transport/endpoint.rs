@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::task::JoinHandle;
@@ -88,14 +89,67 @@ struct Inner {
     connect_timeout: Duration,
     peers: Peers,
     faults: Arc<Faults>,
-    accept_task: JoinHandle<()>,
+    /// The accept loop, once [`Inbound::serve`] started it.
+    accept_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Inner {
+    fn stop_accepting(&self) {
+        if let Some(task) = self.accept_task.lock().take() {
+            task.abort();
+        }
+    }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         // The accept loop holds its own endpoint handle; stop it with the last Transport.
-        self.accept_task.abort();
+        self.stop_accepting();
         self.endpoint.close(CLOSE_DONE.into(), b"transport dropped");
+    }
+}
+
+/// The serving half of a transport [`Transport::open`] returned: inbound connections wait
+/// (in quinn's queue, bounded by their handshake timeout) until [`Inbound::serve`] gives it
+/// the handler, so that a node can call out before whatever answers its peers exists.
+pub struct Inbound<Req, Resp> {
+    inner: Arc<Inner>,
+    cluster_id: String,
+    connect_timeout: Duration,
+    join: Option<JoinConfig>,
+    revoked: Option<PeerRevoked>,
+    /// This node's CA, which a join config given to `serve` must be for.
+    ca_fingerprint: [u8; 32],
+    _types: PhantomData<fn(Req) -> Resp>,
+}
+
+impl<Req, Resp> Inbound<Req, Resp>
+where
+    Req: Serialize + DeserializeOwned + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Starts accepting: every inbound call is answered by `handler`, joiners (if `join`
+    /// is set, or was in the config) by its admitter.
+    pub fn serve(
+        self,
+        handler: Arc<dyn Handler<Req, Resp>>,
+        join: Option<JoinConfig>,
+    ) -> Result<(), TransportError> {
+        if let Some(j) = &join {
+            check_join(j, self.ca_fingerprint, &self.cluster_id)?;
+        }
+        let server = Arc::new(Server::new(
+            self.cluster_id,
+            self.inner.node_id,
+            handler,
+            join.or(self.join),
+            self.inner.faults.clone(),
+            self.connect_timeout,
+            self.revoked,
+        ));
+        let task = tokio::spawn(server.accept_loop(self.inner.endpoint.clone()));
+        *self.inner.accept_task.lock() = Some(task);
+        Ok(())
     }
 }
 
@@ -109,35 +163,45 @@ where
         cfg: TransportConfig,
         handler: Arc<dyn Handler<Req, Resp>>,
     ) -> Result<Self, TransportError> {
+        let (transport, inbound) = Self::open(cfg)?;
+        inbound.serve(handler, None)?;
+        Ok(transport)
+    }
+
+    /// Binds the endpoint: calls out work at once, inbound calls once the returned
+    /// [`Inbound`] is served. Must be called inside a tokio runtime.
+    pub fn open(cfg: TransportConfig) -> Result<(Self, Inbound<Req, Resp>), TransportError> {
         check_credentials(&cfg)?;
         let endpoint =
             quinn::Endpoint::server(quinn_server(server_config(&cfg.credentials)?)?, cfg.listen)
                 .map_err(|e| TransportError::Io(format!("bind {}: {e}", cfg.listen)))?;
         let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms);
-        let faults = Arc::new(Faults::default());
-        let server = Arc::new(Server::new(
-            cfg.cluster_id.clone(),
-            cfg.node_id,
-            handler,
-            cfg.join,
-            faults.clone(),
+        let inner = Arc::new(Inner {
+            endpoint,
+            client_config: quinn_client(client_config(&cfg.credentials)?)?,
+            cluster_id: cfg.cluster_id.clone(),
+            node_id: cfg.node_id,
             connect_timeout,
-            cfg.revoked,
-        ));
-        let accept_task = tokio::spawn(server.accept_loop(endpoint.clone()));
-        Ok(Self {
-            inner: Arc::new(Inner {
-                endpoint,
-                client_config: quinn_client(client_config(&cfg.credentials)?)?,
-                cluster_id: cfg.cluster_id,
-                node_id: cfg.node_id,
-                connect_timeout,
-                peers: Peers::default(),
-                faults,
-                accept_task,
-            }),
+            peers: Peers::default(),
+            faults: Arc::new(Faults::default()),
+            accept_task: Mutex::new(None),
+        });
+        let inbound = Inbound {
+            inner: inner.clone(),
+            cluster_id: cfg.cluster_id,
+            connect_timeout,
+            join: cfg.join,
+            revoked: cfg.revoked,
+            ca_fingerprint: cfg.credentials.ca_fingerprint()?,
             _types: PhantomData,
-        })
+        };
+        Ok((
+            Self {
+                inner,
+                _types: PhantomData,
+            },
+            inbound,
+        ))
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
@@ -226,7 +290,7 @@ where
     /// Closes the endpoint: in-flight calls fail, the accept loop stops, and the socket is
     /// released once connections have drained (bounded by SHUTDOWN_DRAIN_MS).
     pub async fn shutdown(&self) {
-        self.inner.accept_task.abort();
+        self.inner.stop_accepting();
         self.inner.endpoint.close(CLOSE_DONE.into(), b"shutdown");
         self.inner.peers.clear();
         let drain = Duration::from_millis(SHUTDOWN_DRAIN_MS);
@@ -250,13 +314,16 @@ fn check_credentials(cfg: &TransportConfig) -> Result<(), TransportError> {
         ))
     })?;
     if let Some(join) = &cfg.join {
-        if join.ca.fingerprint() != creds.ca_fingerprint()?
-            || join.ca.cluster_id() != cfg.cluster_id
-        {
-            return Err(TransportError::Tls(
-                "join CA is not this node's cluster CA".into(),
-            ));
-        }
+        check_join(join, creds.ca_fingerprint()?, &cfg.cluster_id)?;
+    }
+    Ok(())
+}
+
+fn check_join(join: &JoinConfig, ca: [u8; 32], cluster_id: &str) -> Result<(), TransportError> {
+    if join.ca.fingerprint() != ca || join.ca.cluster_id() != cluster_id {
+        return Err(TransportError::Tls(
+            "join CA is not this node's cluster CA".into(),
+        ));
     }
     Ok(())
 }

@@ -35,7 +35,7 @@ pub type NodeId = u64;
 /// Identifies one Raft group; frames carry it so one connection serves all groups.
 pub type GroupId = u32;
 
-pub use endpoint::{PeerRevoked, Transport, TransportConfig};
+pub use endpoint::{Inbound, PeerRevoked, Transport, TransportConfig};
 pub use error::TransportError;
 pub use fault::Faults;
 pub use frame::{FrameHeader, JoinGrant, JoinRequest, FRAME_BYTES_MAX};

@@ -1,41 +1,27 @@
-//! Routing a request to its group's leader. On one node every group is local; with peers,
-//! a `NotLeader { leader_hint }` answer is where forwarding over the transport plugs in.
+//! [`LocalGroups`]: the Raft groups this node holds, and the two things done to one of them
+//! here: propose a write, and wait for a read barrier. Getting a request to the node that
+//! leads a group is `Cluster::route`'s job (cluster/route.rs).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
+use super::{RouteError, UnavailableCause};
 use crate::raft::GroupHandle;
 use crate::shard::command::{GroupId, Request, Response};
 
 /// How long one request may wait for its write or read barrier before `unavailable`.
 pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
 
-/// Why a request could not be served by its group.
-#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
-pub enum RouteError {
-    #[error("not the leader of group {group}; leader hint: {leader_hint:?}")]
-    NotLeader {
-        group: GroupId,
-        leader_hint: Option<u64>,
-    },
-    #[error("group {group} is unavailable: {reason}")]
-    Unavailable { group: GroupId, reason: String },
-    #[error("no such group {0}")]
-    NoSuchGroup(GroupId),
-    #[error("group {group} timed out after {timeout_ms} ms")]
-    Timeout { group: GroupId, timeout_ms: u64 },
-}
-
 /// The groups this node holds, by id.
-pub struct Router {
+pub struct LocalGroups {
     groups: HashMap<GroupId, GroupHandle>,
 }
 
-impl Router {
+impl LocalGroups {
     pub fn new(groups: impl IntoIterator<Item = GroupHandle>) -> Self {
-        Router {
+        LocalGroups {
             groups: groups.into_iter().map(|g| (g.group, g)).collect(),
         }
     }
@@ -81,10 +67,10 @@ impl Router {
                     leader_hint: f.leader_id,
                 })
             }
-            Ok(Err(e)) => Err(RouteError::Unavailable {
+            Ok(Err(e)) => Err(RouteError::unavailable(
                 group,
-                reason: e.to_string(),
-            }),
+                UnavailableCause::Raft(e.to_string()),
+            )),
         }
     }
 }
@@ -98,9 +84,6 @@ fn map_write_error(
             group,
             leader_hint: f.leader_id,
         },
-        other => RouteError::Unavailable {
-            group,
-            reason: other.to_string(),
-        },
+        other => RouteError::unavailable(group, UnavailableCause::Raft(other.to_string())),
     }
 }

@@ -1,0 +1,322 @@
+//! `Cluster`: how a gateway reaches any group, wherever its leader is.
+//!
+//! A write, meta write or read goes to the group's leader: this node if it leads the group
+//! (served by cluster/serve.rs: proposal batcher / read barrier here), otherwise over the
+//! transport (cluster/forward.rs) to the node the leader cache (cluster/leader_cache.rs)
+//! names, refreshed by `NotLeader { leader_hint }` answers and by trying the group's
+//! replicas in turn. Retries stay within the request's deadline; after it the answer is
+//! `unavailable` (retryable). Sends are idempotent by `client_msg_id`, so a forwarded send
+//! that may have been applied is safe to retry.
+//!
+//! The rest of `Cluster` lives beside this file, one concern each: leadership transfer
+//! (transfer.rs), status and readiness (status.rs).
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::push::{PushItem, PushSink};
+use super::forward::WriteForwarder;
+use super::leader_cache::LeaderCache;
+use super::local_groups::REQUEST_TIMEOUT_MS;
+use super::meta_view::MetaView;
+use super::peer::{NodeId, PeerReply, PeerRequest, PeerTransport};
+use super::secrets::LocalSecrets;
+use super::transfer::Transfers;
+use super::{trace, LocalGroups, ProposalBatcher, RouteError, UnavailableCause};
+use crate::shard::command::*;
+use crate::shard::query::{QueryResult, ShardQuery};
+use crate::shard::ShardReader;
+use crate::shutdown::Shutdown;
+
+/// First pause after a failed attempt; doubles up to [`RETRY_BACKOFF_MAX_MS`].
+pub const RETRY_BACKOFF_MIN_MS: u64 = 20;
+pub const RETRY_BACKOFF_MAX_MS: u64 = 400;
+/// Most hops one request follows (leader hints and retries) before giving up.
+pub const ROUTE_ATTEMPTS_MAX: u32 = 64;
+
+/// What a `Cluster` is made of; every part exists before it (see `Node::start`).
+pub struct ClusterParts {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    pub groups: Arc<LocalGroups>,
+    pub proposals: Arc<ProposalBatcher>,
+    pub reader: ShardReader,
+    pub transport: PeerTransport,
+    pub meta: MetaView,
+    pub shard_map: Arc<super::ShardMap>,
+    /// Where pushes received from peers go (delivery).
+    pub pushes: Arc<dyn PushSink>,
+    pub secrets: Arc<LocalSecrets>,
+    pub shutdown: Shutdown,
+}
+
+pub struct Cluster {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+    pub(super) groups: Arc<LocalGroups>,
+    pub(super) proposals: Arc<ProposalBatcher>,
+    pub(super) reader: ShardReader,
+    transport: PeerTransport,
+    /// The latest meta state this node saw (node addresses, desired placement).
+    pub(super) meta: MetaView,
+    leaders: LeaderCache,
+    pub(super) shard_map: Arc<super::ShardMap>,
+    /// Where pushes received from peers go (delivery).
+    pushes: Arc<dyn PushSink>,
+    pub(super) forwarder: WriteForwarder,
+    pub(super) transfers: Transfers,
+    /// Set once the relay exists: the relay writes through this cluster, and a peer's
+    /// `DrainOutbox` reaches the relay through it (the one cycle left; see `Node::start`).
+    pub relay: OnceLock<Arc<super::OutboxRelay>>,
+    /// The cluster's secrets as this node holds them; fed by every meta state set here.
+    secrets: Arc<LocalSecrets>,
+    shutdown: Shutdown,
+}
+
+impl Cluster {
+    pub fn new(p: ClusterParts) -> Arc<Self> {
+        Arc::new(Cluster {
+            node_id: p.node_id,
+            cluster_id: p.cluster_id,
+            groups: p.groups,
+            proposals: p.proposals,
+            reader: p.reader,
+            forwarder: WriteForwarder::new(p.transport.clone(), p.shutdown.clone()),
+            transport: p.transport,
+            meta: p.meta,
+            leaders: LeaderCache::default(),
+            shard_map: p.shard_map,
+            pushes: p.pushes,
+            relay: OnceLock::new(),
+            transfers: Transfers::default(),
+            secrets: p.secrets,
+            shutdown: p.shutdown,
+        })
+    }
+
+    /// The groups this node holds.
+    pub fn local_groups(&self) -> &Arc<LocalGroups> {
+        &self.groups
+    }
+
+    pub fn transport(&self) -> &PeerTransport {
+        &self.transport
+    }
+
+    /// The node's stop signal (every loop working for this cluster listens to it).
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    pub fn meta(&self) -> Arc<MetaState> {
+        self.meta.get()
+    }
+
+    pub fn meta_view(&self) -> &MetaView {
+        &self.meta
+    }
+
+    /// Takes `m` as the latest meta state, and its secrets (at once, for the caller's next
+    /// step; states the applier publishes reach the secrets through `Node`'s follower).
+    pub fn set_meta(&self, m: MetaState) {
+        self.secrets.observe(&m.secrets);
+        self.meta.publish(m);
+    }
+
+    /// Whether `node` left the cluster (its certificate no longer counts).
+    pub fn node_left(&self, node: NodeId) -> bool {
+        self.meta.node_left(node)
+    }
+
+    /// The peer address of `node`: from the meta state, else from any group's Raft
+    /// membership (a restarted node whose meta replica is behind, or was removed and is never
+    /// caught up, still has to reach the meta leader to learn the meta state).
+    pub fn address_of(&self, node: NodeId) -> Option<String> {
+        if let Some(addr) = self.meta.peer_addr(node) {
+            return Some(addr);
+        }
+        self.groups.groups().find_map(|g| {
+            let m = g.raft.metrics();
+            let m = m.borrow();
+            let addr = m.membership_config.membership().get_node(&node);
+            addr.map(|n| n.addr.clone())
+        })
+    }
+
+    fn pick_target(&self, group: GroupId, attempt: u32) -> NodeId {
+        if let Some(l) = self.leaders.get(group) {
+            return l;
+        }
+        if let Some(l) = self.local_leader_view(group) {
+            return l;
+        }
+        let meta = self.meta();
+        let mut candidates: Vec<NodeId> = meta.replicas.get(&group).cloned().unwrap_or_default();
+        if candidates.is_empty() {
+            candidates = meta
+                .nodes
+                .values()
+                .filter(|n| n.state != NodeState::Left)
+                .map(|n| n.node_id)
+                .collect();
+        }
+        if candidates.is_empty() {
+            candidates = self.local_voters(group);
+        }
+        if candidates.is_empty() {
+            return self.node_id;
+        }
+        candidates[attempt as usize % candidates.len()]
+    }
+
+    /// Sends `req` to the leader of `group`, following hints and retrying within the
+    /// request deadline.
+    ///
+    /// Boxed: serving an outbox drain writes through `route` again (recursion).
+    fn route(
+        &self,
+        group: GroupId,
+        req: PeerRequest,
+    ) -> futures_util::future::BoxFuture<'_, Result<PeerReply, RouteError>> {
+        Box::pin(self.route_inner(group, req))
+    }
+
+    async fn route_inner(&self, group: GroupId, req: PeerRequest) -> Result<PeerReply, RouteError> {
+        let deadline = Instant::now() + Duration::from_millis(REQUEST_TIMEOUT_MS);
+        let trace_id = trace::current();
+        let mut backoff_ms = RETRY_BACKOFF_MIN_MS;
+        let mut last_error = RouteError::unavailable(group, UnavailableCause::NoLeaderReachable);
+        for attempt in 0..ROUTE_ATTEMPTS_MAX {
+            let target = self.pick_target(group, attempt);
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let reply = if target == self.node_id {
+                // The local path has its own timeouts; the request's deadline bounds it too.
+                match tokio::time::timeout(deadline - now, self.serve(group, req.clone())).await {
+                    Ok(r) => Ok(r),
+                    Err(_) => Err(RouteError::Timeout {
+                        group,
+                        timeout_ms: REQUEST_TIMEOUT_MS,
+                    }),
+                }
+            } else {
+                self.call_peer(target, group, &trace_id, req.clone(), deadline - now)
+                    .await
+            };
+            let error = match reply {
+                Ok(r) => match route_error_of(&r) {
+                    None => {
+                        self.leaders.learn(group, target);
+                        return Ok(r);
+                    }
+                    Some(e) => e.clone(),
+                },
+                Err(e) => e,
+            };
+            match &error {
+                RouteError::NotLeader {
+                    leader_hint: Some(h),
+                    ..
+                } if *h != target => {
+                    self.leaders.learn(group, *h);
+                    last_error = error;
+                    continue;
+                }
+                RouteError::Timeout { .. } => return Err(error),
+                RouteError::NoSuchGroup(_) => return Err(error),
+                _ => {}
+            }
+            self.leaders.forget(group);
+            last_error = error;
+            let pause = Duration::from_millis(backoff_ms);
+            if Instant::now() + pause >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MAX_MS);
+        }
+        Err(match last_error {
+            e @ RouteError::Unavailable { .. } => e,
+            other => RouteError::unavailable(group, UnavailableCause::GaveUp(Box::new(other))),
+        })
+    }
+
+    /// Writes a shard command through the group's leader.
+    pub async fn write(&self, group: GroupId, op: ShardOp) -> Result<ShardResponse, RouteError> {
+        match self.route(group, PeerRequest::Write(op)).await? {
+            PeerReply::Write(r) => r,
+            other => Err(mismatch(group, &other)),
+        }
+    }
+
+    /// Writes a meta command through the meta leader.
+    pub async fn meta_write(&self, op: MetaOp) -> Result<Response, RouteError> {
+        match self.route(META_GROUP, PeerRequest::Meta(op)).await? {
+            PeerReply::Meta(r) => r,
+            other => Err(mismatch(META_GROUP, &other)),
+        }
+    }
+
+    /// A linearizable read of `group`, served by its leader.
+    pub async fn query(&self, group: GroupId, q: ShardQuery) -> Result<QueryResult, RouteError> {
+        #[cfg(feature = "fault-injection")]
+        if crate::sabotage::on(crate::sabotage::Switch::FollowerReads)
+            && matches!(q, ShardQuery::History { .. } | ShardQuery::After { .. })
+            && self.groups.group(group).is_ok()
+        {
+            return self.reader.query(group, q).await.map_err(|e| {
+                RouteError::unavailable(group, UnavailableCause::Storage(e.to_string()))
+            });
+        }
+        match self.route(group, PeerRequest::Query(q)).await? {
+            PeerReply::Query(r) => r,
+            other => Err(mismatch(group, &other)),
+        }
+    }
+
+    /// Asks the leader of `group` to deliver its outbox now.
+    pub async fn drain_outbox_at_leader(&self, group: GroupId) -> Result<(), RouteError> {
+        match self.route(group, PeerRequest::DrainOutbox).await? {
+            PeerReply::Drained(r) => r,
+            other => Err(mismatch(group, &other)),
+        }
+    }
+
+    /// The meta state as the meta leader has it (linearizable).
+    pub async fn read_meta(&self) -> Result<MetaState, RouteError> {
+        match self
+            .route(META_GROUP, PeerRequest::Query(ShardQuery::Meta))
+            .await?
+        {
+            PeerReply::Query(Ok(QueryResult::Meta(m))) => Ok(m),
+            PeerReply::Query(Err(e)) => Err(e),
+            other => Err(mismatch(META_GROUP, &other)),
+        }
+    }
+
+    /// Pushes received from a peer.
+    pub fn receive_push(&self, from: NodeId, items: Vec<PushItem>) {
+        self.pushes.receive(from, items);
+    }
+}
+
+fn route_error_of(r: &PeerReply) -> Option<&RouteError> {
+    match r {
+        PeerReply::Write(Err(e))
+        | PeerReply::Meta(Err(e))
+        | PeerReply::Query(Err(e))
+        | PeerReply::Drained(Err(e)) => Some(e),
+        _ => None,
+    }
+}
+
+/// `unavailable` for a reply of another kind than the request (or a peer's refusal).
+pub(super) fn mismatch(group: GroupId, r: &PeerReply) -> RouteError {
+    let cause = match r {
+        PeerReply::Error(e) => UnavailableCause::PeerRefused(e.clone()),
+        _ => UnavailableCause::ReplyMismatch,
+    };
+    RouteError::unavailable(group, cause)
+}
