@@ -16,7 +16,9 @@ use crate::gateway::listener::{self, ListenerLimits};
 use crate::gateway::{self, auth::TokenAuthority, ratelimit::RateLimiter, Gateway, Hub};
 use crate::metrics::Metrics;
 use crate::protocol::TextLimits;
-use crate::raft::{self, Applier, GroupHandle, RaftTimings};
+use crate::cluster::command::*;
+use crate::ids::{GroupId, META_GROUP};
+use crate::raft::{self, Applier, RaftTimings};
 use crate::shard::command::*;
 use crate::shard::ShardReader;
 use crate::storage::{SmTxn, StorageError, Store};
@@ -70,7 +72,7 @@ struct NodeApplier {
     cluster: Arc<OnceLock<Arc<Cluster>>>,
 }
 
-impl Applier for NodeApplier {
+impl Applier<TypeConfig> for NodeApplier {
     fn apply(&self, txn: &mut SmTxn<'_>, req: &Request) -> Result<Response, StorageError> {
         match req {
             Request::Meta(op) => meta::apply_meta(txn, op),
@@ -184,7 +186,7 @@ impl JoinAdmitter for Admitter {
                 settings,
                 meta: state,
             };
-            let app = crate::shard::codec::encode(&welcome).map_err(|e| e.to_string())?;
+            let app = crate::codec::encode(&welcome).map_err(|e| e.to_string())?;
             Ok((id, app))
         })
     }
@@ -397,7 +399,7 @@ impl Node {
         let hub = Hub::new(config.limits.devices_per_user as usize, metrics.clone());
         hub.spawn_sweeper();
         let cluster_cell: Arc<OnceLock<Arc<Cluster>>> = Arc::new(OnceLock::new());
-        let applier: Arc<dyn Applier> = Arc::new(NodeApplier {
+        let applier: Arc<dyn Applier<TypeConfig>> = Arc::new(NodeApplier {
             cluster: cluster_cell.clone(),
         });
         let transport_cell: Arc<OnceLock<PeerTransport>> = Arc::new(OnceLock::new());
@@ -414,7 +416,7 @@ impl Node {
             let (store, applier, network, timings) = (
                 store.clone(),
                 applier.clone(),
-                network.clone() as Arc<dyn crate::raft::PeerNetwork>,
+                network.clone() as Arc<dyn crate::raft::PeerNetwork<TypeConfig>>,
                 timings.clone(),
             );
             let peer_addr = peer_addr.clone();

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{RouteError, Router};
-use crate::shard::command::{GroupId, Request, Response, ShardOp, ShardResponse};
+use super::command::{Request, Response};
+use crate::ids::GroupId;
+use crate::shard::command::{ShardOp, ShardResponse};
 
 /// Commands waiting to be proposed, per group; past it, callers wait (backpressure).
 pub const PROPOSAL_QUEUE_MAX: usize = 4096;

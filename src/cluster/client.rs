@@ -16,13 +16,14 @@ use parking_lot::{Mutex, RwLock};
 
 use super::fanout::{Fanout, PushItem};
 use super::forward::{ForwardedWrite, WriteForwarder};
-use super::peer::{NodeId, PeerReply, PeerRequest, PeerTransport};
+use super::peer::{PeerReply, PeerRequest, PeerTransport};
 use super::router::REQUEST_TIMEOUT_MS;
 use super::status::{GroupStatus, NodeStatus};
 use super::{trace, ProposalBatcher, RouteError, Router};
-use crate::raft::GroupHandle;
+use super::command::*;
+use crate::ids::{GroupId, NodeId, META_GROUP};
 use crate::shard::command::*;
-use crate::shard::query::{QueryResult, ShardQuery};
+use crate::shard::query::ShardQuery;
 use crate::shard::ShardReader;
 
 /// First pause after a failed attempt; doubles up to [`RETRY_BACKOFF_MAX_MS`].
@@ -462,8 +463,7 @@ impl Cluster {
             return Err(self.not_leader(group));
         }
         self.router.read_barrier(group).await?;
-        self.reader
-            .query(group, q)
+        super::meta::serve_query(&self.reader, group, q)
             .await
             .map_err(|e| RouteError::Unavailable {
                 group,

@@ -20,9 +20,9 @@ use openraft::{BasicNode, ChangeMembers, ServerState};
 use super::balance::{balance, Placement};
 use super::client::Cluster;
 use super::fanout::PushItem;
-use super::peer::NodeId;
 use super::RouteError;
-use crate::raft::GroupHandle;
+use super::command::*;
+use crate::ids::{GroupId, NodeId, META_GROUP};
 use crate::shard::command::*;
 
 pub const CONTROLLER_INTERVAL_MS: u64 = 300;

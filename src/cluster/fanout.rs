@@ -20,11 +20,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::client::Cluster;
-use super::peer::{NodeId, PeerReply, PeerRequest};
+use super::command::{NodeState, QueryResult};
+use super::peer::{PeerReply, PeerRequest};
 use super::ShardMap;
 use crate::gateway::Hub;
+use crate::ids::{GroupId, NodeId, META_GROUP};
 use crate::shard::command::*;
-use crate::shard::query::{QueryResult, ShardQuery};
+use crate::shard::query::ShardQuery;
 
 /// Items queued for one peer before new ones are dropped (the peer is then told to refill
 /// the groups it lost messages of, see `Fanout::broadcast_except`).

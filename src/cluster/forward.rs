@@ -17,9 +17,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::peer::{NodeId, PeerReply, PeerRequest, PeerTransport};
+use super::peer::{PeerReply, PeerRequest, PeerTransport};
 use super::RouteError;
-use crate::shard::command::{GroupId, ShardOp, ShardResponse};
+use crate::ids::{GroupId, NodeId};
+use crate::shard::command::{ShardOp, ShardResponse};
 
 /// Forwarded writes waiting for a peer's writer task; past it, callers wait.
 pub const FORWARD_QUEUE_MAX: usize = 4096;

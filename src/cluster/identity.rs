@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::shard::command::{ClusterSettings, MetaState};
+use super::command::{ClusterSettings, MetaState};
 use crate::transport::{JoinGrant, NodeCredentials};
 
 pub const IDENTITY_FILE: &str = "cluster.json";
@@ -117,7 +117,7 @@ impl Identity {
 
     /// The identity of a node admitted by `grant`.
     pub fn from_grant(grant: &JoinGrant) -> Result<(Identity, MetaState), IdentityError> {
-        let welcome: JoinWelcome = crate::shard::codec::decode(&grant.app)
+        let welcome: JoinWelcome = crate::codec::decode(&grant.app)
             .map_err(|e| IdentityError::Grant(e.to_string()))?;
         Ok((
             Identity {

@@ -13,6 +13,7 @@
 pub mod balance;
 pub mod batcher;
 pub mod client;
+pub mod command;
 pub mod controller;
 pub mod fanout;
 pub mod forward;

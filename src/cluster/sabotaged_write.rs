@@ -10,8 +10,10 @@ use parking_lot::Mutex;
 use super::Cluster;
 use crate::cluster::RouteError;
 use crate::sabotage::{on, Switch, EARLY_ACK_AFTER_MS};
+use super::command::QueryResult;
+use crate::ids::GroupId;
 use crate::shard::command::*;
-use crate::shard::query::{QueryResult, ShardQuery};
+use crate::shard::query::ShardQuery;
 
 /// Acks remembered by [`Switch::LeaderMemoryDedup`]; cleared when full.
 const MEMORY_DEDUP_ENTRIES_MAX: usize = 100_000;

@@ -4,7 +4,7 @@
 use openraft::{RaftMetrics, ServerState};
 use serde::{Deserialize, Serialize};
 
-use crate::shard::command::GroupId;
+use crate::ids::GroupId;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupStatus {

@@ -34,7 +34,8 @@ use super::{now_ms, Gateway};
 use crate::config::{Config, Registration, INVITE_TTL_SECS_MAX};
 use crate::protocol::{is_valid_id, ErrorCode, ProtocolError};
 use crate::shard::command::{AuthState, Rejection, ShardOp, ShardResponse};
-use crate::shard::query::{QueryResult, ShardQuery};
+use crate::cluster::command::QueryResult;
+use crate::shard::query::ShardQuery;
 
 /// Largest account request body.
 pub const ACCOUNT_BODY_BYTES_MAX: usize = 16 * 1024;

@@ -10,6 +10,7 @@ use crate::protocol::client::{WireConvKind, WireRole, HISTORY_LIMIT_DEFAULT};
 use crate::protocol::{
     ClientFrame, ConversationView, ErrorCode, ProtocolError, RequestId, ServerFrame,
 };
+use crate::ids::GroupId;
 use crate::shard::command::*;
 
 /// Messages per conversation in one `sync` reply.

@@ -3,8 +3,10 @@
 
 use super::Gateway;
 use crate::protocol::ProtocolError;
+use crate::cluster::command::QueryResult;
+use crate::ids::GroupId;
 use crate::shard::command::*;
-use crate::shard::query::{QueryResult, ShardQuery};
+use crate::shard::query::ShardQuery;
 use crate::shard::Page;
 
 fn unexpected(r: QueryResult) -> ProtocolError {

@@ -12,6 +12,7 @@ use crate::protocol::{
     json_len, ConversationSummary, ConversationView, MessageView, PresenceView, ProtocolError,
     RequestId, ServerFrame, SyncEntry, REPLY_BYTES_MAX,
 };
+use crate::ids::GroupId;
 use crate::shard::command::*;
 
 /// Messages per conversation in one `sync` reply (fewer when the byte budget runs out).

@@ -5,8 +5,9 @@
 //! concurrent uses of one invite or one refresh token cannot both succeed.
 
 use super::apply::{get, put, ApplyResult};
-use super::codec::decode;
+use crate::codec::decode;
 use super::command::*;
+use crate::ids::GroupId;
 use super::keys;
 use crate::storage::{SmTxn, StorageError};
 

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use super::codec::decode;
+use crate::codec::decode;
 use super::command::*;
+use crate::ids::GroupId;
 use super::keys;
 use crate::storage::{StorageError, Store};
 
