@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{RouteError, Router};
 use super::command::{Request, Response};
+use super::{RouteError, Router};
 use crate::ids::GroupId;
 use crate::shard::command::{ShardOp, ShardResponse};
 

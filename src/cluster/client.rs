@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 use parking_lot::{Mutex, RwLock};
 
+use super::command::*;
 use super::fanout::{Fanout, PushItem};
 use super::forward::{ForwardedWrite, WriteForwarder};
 use super::peer::{PeerReply, PeerRequest, PeerTransport};
 use super::router::REQUEST_TIMEOUT_MS;
 use super::status::{GroupStatus, NodeStatus};
 use super::{trace, ProposalBatcher, RouteError, Router};
-use super::command::*;
 use crate::ids::{GroupId, NodeId, META_GROUP};
 use crate::shard::command::*;
 use crate::shard::query::ShardQuery;

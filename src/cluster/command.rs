@@ -209,6 +209,5 @@ pub struct ClusterSettings {
     pub created_ts: u64,
 }
 
-
 #[cfg(test)]
 mod tests;

@@ -19,9 +19,9 @@ use openraft::{BasicNode, ChangeMembers, ServerState};
 
 use super::balance::{balance, Placement};
 use super::client::Cluster;
+use super::command::*;
 use super::fanout::PushItem;
 use super::RouteError;
-use super::command::*;
 use crate::ids::{GroupId, NodeId, META_GROUP};
 use crate::shard::command::*;
 

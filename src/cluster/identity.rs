@@ -117,8 +117,8 @@ impl Identity {
 
     /// The identity of a node admitted by `grant`.
     pub fn from_grant(grant: &JoinGrant) -> Result<(Identity, MetaState), IdentityError> {
-        let welcome: JoinWelcome = crate::codec::decode(&grant.app)
-            .map_err(|e| IdentityError::Grant(e.to_string()))?;
+        let welcome: JoinWelcome =
+            crate::codec::decode(&grant.app).map_err(|e| IdentityError::Grant(e.to_string()))?;
         Ok((
             Identity {
                 cluster_id: grant.cluster_id.clone(),

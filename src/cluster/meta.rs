@@ -4,11 +4,11 @@
 //! Apply is deterministic like a shard's: node ids are assigned at apply (`next_node_id`),
 //! placements are compare-and-set on `placement_version`.
 
-use crate::codec::{decode, encode};
 use super::command::{
     ClusterSettings, MetaOp, MetaState, MetaStateV1, NodeInfo, NodeState, QueryResult, Response,
     JOIN_SECRET_BYTES,
 };
+use crate::codec::{decode, encode};
 use crate::ids::{GroupId, NodeId, META_GROUP};
 use crate::shard::query::ShardQuery;
 use crate::shard::ShardReader;

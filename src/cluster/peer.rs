@@ -12,11 +12,11 @@ use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 
 use super::client::Cluster;
+use super::command::{MetaOp, QueryResult, RaftRpc, Response, TypeConfig};
 use super::fanout::PushItem;
 use super::forward::{ForwardedWrite, FORWARD_BATCH_MAX};
 use super::status::NodeStatus;
 use super::RouteError;
-use super::command::{MetaOp, QueryResult, RaftRpc, Response, TypeConfig};
 use crate::ids::GroupId;
 use crate::raft::{handle_rpc, PeerError, PeerNetwork, RaftRpcReply};
 use crate::shard::command::{ShardOp, ShardResponse};

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use super::command::QueryResult;
 use super::Cluster;
 use crate::cluster::RouteError;
-use crate::sabotage::{on, Switch, EARLY_ACK_AFTER_MS};
-use super::command::QueryResult;
 use crate::ids::GroupId;
+use crate::sabotage::{on, Switch, EARLY_ACK_AFTER_MS};
 use crate::shard::command::*;
 use crate::shard::query::ShardQuery;
 

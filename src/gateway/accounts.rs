@@ -31,10 +31,10 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::auth::{hash_password, valid_password, valid_username, verify_password, AccessClaims};
 use super::{now_ms, Gateway};
+use crate::cluster::command::QueryResult;
 use crate::config::{Config, Registration, INVITE_TTL_SECS_MAX};
 use crate::protocol::{is_valid_id, ErrorCode, ProtocolError};
 use crate::shard::command::{AuthState, Rejection, ShardOp, ShardResponse};
-use crate::cluster::command::QueryResult;
 use crate::shard::query::ShardQuery;
 
 /// Largest account request body.

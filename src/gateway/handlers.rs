@@ -6,11 +6,11 @@ use std::time::Instant;
 use super::hub::ConnId;
 use super::queue::OutQueue;
 use super::{now_ms, Gateway};
+use crate::ids::GroupId;
 use crate::protocol::client::{WireConvKind, WireRole, HISTORY_LIMIT_DEFAULT};
 use crate::protocol::{
     ClientFrame, ConversationView, ErrorCode, ProtocolError, RequestId, ServerFrame,
 };
-use crate::ids::GroupId;
 use crate::shard::command::*;
 
 /// Messages per conversation in one `sync` reply.

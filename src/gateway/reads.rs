@@ -2,9 +2,9 @@
 //! leader after its read barrier (G7), wherever that leader is.
 
 use super::Gateway;
-use crate::protocol::ProtocolError;
 use crate::cluster::command::QueryResult;
 use crate::ids::GroupId;
+use crate::protocol::ProtocolError;
 use crate::shard::command::*;
 use crate::shard::query::ShardQuery;
 use crate::shard::Page;

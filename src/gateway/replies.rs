@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::handlers::Session;
 use super::hub::presence_status;
 use super::Gateway;
+use crate::ids::GroupId;
 use crate::protocol::{
     json_len, ConversationSummary, ConversationView, MessageView, PresenceView, ProtocolError,
     RequestId, ServerFrame, SyncEntry, REPLY_BYTES_MAX,
 };
-use crate::ids::GroupId;
 use crate::shard::command::*;
 
 /// Messages per conversation in one `sync` reply (fewer when the byte budget runs out).

@@ -194,11 +194,7 @@ impl<C: GroupTypes> RaftLogStorage<C> for LogStore<C> {
             .map_err(|e| io(StorageIOError::read(AnyError::new(&e))))
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<C>,
-    ) -> Result<(), SError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), SError>
     where
         I: IntoIterator<Item = Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,

@@ -274,13 +274,10 @@ impl PeerNetwork<TypeConfig> for Loopback {
         Box::pin(async move {
             let raft = raft.ok_or_else(|| PeerError::Unreachable(format!("node {target}")))?;
             // Go through the wire encoding, like a real transport.
-            let bytes =
-                encode(&rpc).map_err(|e| PeerError::Network(e.to_string()))?;
-            let rpc: RaftRpc =
-                decode(&bytes).map_err(|e| PeerError::Network(e.to_string()))?;
+            let bytes = encode(&rpc).map_err(|e| PeerError::Network(e.to_string()))?;
+            let rpc: RaftRpc = decode(&bytes).map_err(|e| PeerError::Network(e.to_string()))?;
             let reply = handle_rpc(&raft, rpc).await;
-            let bytes =
-                encode(&reply).map_err(|e| PeerError::Network(e.to_string()))?;
+            let bytes = encode(&reply).map_err(|e| PeerError::Network(e.to_string()))?;
             decode(&bytes).map_err(|e| PeerError::Network(e.to_string()))
         })
     }

@@ -5,10 +5,10 @@
 //! concurrent uses of one invite or one refresh token cannot both succeed.
 
 use super::apply::{get, put, ApplyResult};
-use crate::codec::decode;
 use super::command::*;
-use crate::ids::GroupId;
 use super::keys;
+use crate::codec::decode;
+use crate::ids::GroupId;
 use crate::storage::{SmTxn, StorageError};
 
 /// Sessions one user may hold; opening another drops the oldest.

@@ -5,9 +5,9 @@
 //! watermark are written through one [`SmTxn`], which raft/ commits in one batch together with
 //! the applied log id.
 
-use crate::codec::{decode, encode};
 use super::command::*;
 use super::keys;
+use crate::codec::{decode, encode};
 use crate::storage::{SmTxn, StorageError};
 
 /// Most members a conversation can ever have had, creator included.

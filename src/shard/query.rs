@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::command::*;
-use crate::ids::GroupId;
 use super::read::{Page, ShardReader};
+use crate::ids::GroupId;
 use crate::storage::StorageError;
 
 /// Most conversations looked up by one [`ShardQuery::Conversations`].

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use crate::codec::decode;
 use super::command::*;
-use crate::ids::GroupId;
 use super::keys;
+use crate::codec::decode;
+use crate::ids::GroupId;
 use crate::storage::{StorageError, Store};
 
 /// Most entries of the whole-index read [`ShardReader::user_conversations`] (kept for

@@ -262,10 +262,7 @@ fn membership_event_bodies_are_fixed_text() {
         other => panic!("{other:?}"),
     };
     let actor = |user: &str| ("u0".to_string(), "d".to_string(), format!("m-{user}"), 2);
-    for (user, role, word) in [
-        ("u1", Role::Admin, "admin"),
-        ("u2", Role::Owner, "owner"),
-    ] {
+    for (user, role, word) in [("u1", Role::Admin, "admin"), ("u2", Role::Owner, "owner")] {
         let (actor, actor_device, msg_id, ts) = actor(user);
         let resp = apply(
             &store,
@@ -315,7 +312,10 @@ fn membership_event_bodies_are_fixed_text() {
         msg_id: msg_id.into(),
         ts: 5,
     };
-    assert_eq!(body(apply(&store, &leave("u2", "u4", "m-5"))), "u2 removed u4");
+    assert_eq!(
+        body(apply(&store, &leave("u2", "u4", "m-5"))),
+        "u2 removed u4"
+    );
     assert_eq!(body(apply(&store, &leave("u5", "u5", "m-6"))), "u5 left");
 }
 

@@ -43,6 +43,5 @@ pub fn title_error(title: &str) -> Option<String> {
 
 /// `"<field> contains control character U+XXXX"` for the first control character of `s`.
 pub fn control_error(field: &str, s: &str) -> Option<String> {
-    first_control(s)
-        .map(|c| format!("{field} contains control character U+{:04X}", c as u32))
+    first_control(s).map(|c| format!("{field} contains control character U+{:04X}", c as u32))
 }
