@@ -23,7 +23,6 @@ use super::command::*;
 use super::fanout::PushItem;
 use super::RouteError;
 use crate::ids::{GroupId, NodeId, META_GROUP};
-use crate::shard::command::*;
 
 pub const CONTROLLER_INTERVAL_MS: u64 = 300;
 /// A learner within this many entries of the leader's log counts as caught up.

@@ -29,7 +29,7 @@ fn sessions(txn: &SmTxn<'_>, user_id: &str) -> Result<Vec<SessionRecord>, Storag
     let end = crate::storage::keys::prefix_successor(&prefix).unwrap_or_default();
     txn.scan(&prefix, &end, false, SESSIONS_PER_USER_MAX * 2)?
         .iter()
-        .map(|(_, v)| decode(v))
+        .map(|(_, v)| Ok(decode(v)?))
         .collect()
 }
 

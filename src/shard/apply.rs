@@ -23,7 +23,7 @@ pub(super) fn get<T: serde::de::DeserializeOwned>(
     txn: &SmTxn<'_>,
     key: &[u8],
 ) -> Result<Option<T>, StorageError> {
-    txn.get(key)?.map(|v| decode(&v)).transpose()
+    Ok(txn.get(key)?.map(|v| decode(&v)).transpose()?)
 }
 
 pub(super) fn put<T: serde::Serialize>(
@@ -255,7 +255,7 @@ fn get_cached<T: serde::de::DeserializeOwned>(
     txn: &SmTxn<'_>,
     key: &[u8],
 ) -> Result<Option<T>, StorageError> {
-    txn.get_cached(key)?.map(|v| decode(&v)).transpose()
+    Ok(txn.get_cached(key)?.map(|v| decode(&v)).transpose()?)
 }
 
 /// The conversation's state; its `last_seq` lives under its own key (see `keys::last_seq`).

@@ -59,7 +59,7 @@ impl ShardReader {
         group: GroupId,
         key: &[u8],
     ) -> Result<Option<T>, StorageError> {
-        store.sm_get(group, key)?.map(|v| decode(&v)).transpose()
+        Ok(store.sm_get(group, key)?.map(|v| decode(&v)).transpose()?)
     }
 
     pub async fn conversation(
@@ -111,7 +111,7 @@ impl ShardReader {
             store
                 .sm_scan(group, &start, &end, reverse, limit)?
                 .iter()
-                .map(|(_, v)| decode(v))
+                .map(|(_, v)| Ok(decode(v)?))
                 .collect()
         })
         .await
