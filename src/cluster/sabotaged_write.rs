@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::command::QueryResult;
 use super::Cluster;
+use crate::cluster::command::QueryResult;
 use crate::cluster::RouteError;
 use crate::ids::GroupId;
 use crate::sabotage::{on, Switch, EARLY_ACK_AFTER_MS};
