@@ -27,6 +27,7 @@ cluster: build
 
 test: setup
 	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) test --manifest-path lossyfs/Cargo.toml --no-fail-fast
 	bash scripts/jepsen-smoke.sh
 	bash scripts/jepsen-prove.sh
 

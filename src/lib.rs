@@ -2,9 +2,11 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the codemap and the invariants between modules.
 pub mod cluster;
+pub mod codec;
 pub mod config;
 pub mod delivery;
 pub mod gateway;
+pub mod ids;
 pub mod metrics;
 pub mod node;
 pub mod protocol;

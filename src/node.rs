@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::cluster::command::*;
 use crate::cluster::identity::{write_private, Identity, JoinWelcome, JOIN_TOKEN_FILE};
 use crate::cluster::peer::{PeerReply, PeerRequest, PeerService, PeerTransport, RaftNet};
 use crate::cluster::route::ClusterParts;
@@ -17,10 +18,11 @@ use crate::delivery::{self, ClusterLink, Hub};
 use crate::gateway::client_tls::ReloadableCert;
 use crate::gateway::listener::{self, ListenerLimits};
 use crate::gateway::{self, auth::TokenAuthority, ratelimit::RateLimiter, Gateway};
+
+use crate::ids::{GroupId, META_GROUP};
 use crate::metrics::Metrics;
 use crate::protocol::TextLimits;
-use crate::raft::{self, Applier, GroupHandle, RaftTimings};
-use crate::shard::command::*;
+use crate::raft::{self, Applier, RaftTimings};
 use crate::shard::push::pushes_of;
 use crate::shard::ShardReader;
 use crate::shutdown::Shutdown;
@@ -76,7 +78,7 @@ struct NodeApplier {
     delivery: delivery::Inbox,
 }
 
-impl Applier for NodeApplier {
+impl Applier<TypeConfig> for NodeApplier {
     fn apply(&self, txn: &mut SmTxn<'_>, req: &Request) -> Result<Response, StorageError> {
         match req {
             Request::Meta(op) => meta::apply_meta(txn, op),
@@ -151,7 +153,7 @@ impl JoinAdmitter for Admitter {
                 settings,
                 meta: state,
             };
-            let app = crate::shard::codec::encode(&welcome).map_err(|e| e.to_string())?;
+            let app = crate::codec::encode(&welcome).map_err(|e| e.to_string())?;
             Ok((id, app))
         })
     }
@@ -253,6 +255,11 @@ fn create_private_dir(dir: &std::path::Path) -> Result<(), NodeError> {
     }
     #[cfg(not(unix))]
     std::fs::create_dir_all(dir)?;
+    // The new entry is durable only once its parent directory is (a power loss could
+    // otherwise undo `db/` under a RocksDB that fsynced everything inside it).
+    if let Some(parent) = dir.parent() {
+        crate::cluster::identity::sync_dir(parent)?;
+    }
     Ok(())
 }
 
@@ -378,14 +385,14 @@ struct GroupStarter {
     initialize: bool,
     peer_addr: String,
     store: Arc<Store>,
-    applier: Arc<dyn Applier>,
+    applier: Arc<dyn Applier<TypeConfig>>,
     network: Arc<RaftNet>,
     timings: RaftTimings,
 }
 
 impl GroupStarter {
     async fn start(&self, group: GroupId) -> Result<GroupHandle, NodeError> {
-        let network = self.network.clone() as Arc<dyn crate::raft::PeerNetwork>;
+        let network = self.network.clone() as Arc<dyn crate::raft::PeerNetwork<TypeConfig>>;
         let g = raft::start_group(
             self.node_id,
             group,

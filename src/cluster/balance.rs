@@ -8,9 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::shard::command::GroupId;
+use crate::ids::{GroupId, NodeId};
 
-pub type NodeId = u64;
 pub type Placement = BTreeMap<GroupId, Vec<NodeId>>;
 
 /// Replicas per group when enough nodes exist.

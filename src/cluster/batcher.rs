@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::command::{Request, Response};
 use super::{LocalGroups, RouteError, UnavailableCause};
-use crate::shard::command::{GroupId, Request, Response, ShardOp, ShardResponse};
+use crate::ids::GroupId;
+use crate::shard::command::{ShardOp, ShardResponse};
 use crate::shutdown::Shutdown;
 
 /// Commands waiting to be proposed, per group; past it, callers wait (backpressure).

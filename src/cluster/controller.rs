@@ -18,12 +18,11 @@ use std::time::{Duration, Instant};
 use openraft::{BasicNode, ChangeMembers};
 
 use super::balance::{balance, Placement};
-use super::peer::NodeId;
+use super::command::*;
 use super::status::GroupState;
 use super::Cluster;
 use super::RouteError;
-use crate::raft::GroupHandle;
-use crate::shard::command::*;
+use crate::ids::{GroupId, NodeId, META_GROUP};
 
 pub const CONTROLLER_INTERVAL_MS: u64 = 300;
 /// A learner within this many entries of the leader's log counts as caught up.

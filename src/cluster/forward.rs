@@ -20,9 +20,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::peer::{NodeId, PeerReply, PeerRequest, PeerTransport};
+use super::peer::{PeerReply, PeerRequest, PeerTransport};
 use super::{Cluster, RouteError, UnavailableCause};
-use crate::shard::command::{GroupId, ShardOp, ShardResponse};
+use crate::ids::{GroupId, NodeId};
+use crate::shard::command::{ShardOp, ShardResponse};
 use crate::shutdown::Shutdown;
 
 /// Forwarded writes waiting for a peer's writer task; past it, callers wait.

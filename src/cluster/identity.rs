@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::shard::command::{ClusterSettings, MetaState};
+use super::command::{ClusterSettings, MetaState};
 use crate::transport::{JoinGrant, NodeCredentials};
 
 pub const IDENTITY_FILE: &str = "cluster.json";
@@ -90,7 +90,23 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
         f.write_all(bytes).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
     }
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    // The rename is durable only once the directory is: without this a power loss can
+    // undo it, and a node restarts without its identity (found by jepsen's power-loss).
+    match path.parent() {
+        Some(dir) => sync_dir(dir).map_err(io_err(dir)),
+        None => Ok(()),
+    }
+}
+
+/// Makes `dir`'s entries (a file created or renamed in it) durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::File::open(dir)?.sync_all()
 }
 
 impl Identity {
@@ -117,8 +133,8 @@ impl Identity {
 
     /// The identity of a node admitted by `grant`.
     pub fn from_grant(grant: &JoinGrant) -> Result<(Identity, MetaState), IdentityError> {
-        let welcome: JoinWelcome = crate::shard::codec::decode(&grant.app)
-            .map_err(|e| IdentityError::Grant(e.to_string()))?;
+        let welcome: JoinWelcome =
+            crate::codec::decode(&grant.app).map_err(|e| IdentityError::Grant(e.to_string()))?;
         Ok((
             Identity {
                 cluster_id: grant.cluster_id.clone(),

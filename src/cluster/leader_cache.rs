@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 
 use super::peer::NodeId;
 use super::{Cluster, RouteError};
-use crate::shard::command::GroupId;
+use crate::ids::GroupId;
 
 /// Leader of each group as last learned; at most one entry per group (bounded by the
 /// number of groups).

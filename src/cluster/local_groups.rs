@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
+use super::command::{GroupHandle, Request, Response};
 use super::{RouteError, UnavailableCause};
-use crate::raft::GroupHandle;
-use crate::shard::command::{GroupId, Request, Response};
+use crate::ids::GroupId;
 
 /// How long one request may wait for its write or read barrier before `unavailable`.
 pub const REQUEST_TIMEOUT_MS: u64 = 5_000;

@@ -4,11 +4,14 @@
 //! Apply is deterministic like a shard's: node ids are assigned at apply (`next_node_id`),
 //! placements are compare-and-set on `placement_version`.
 
-use crate::shard::codec::{decode, encode};
-use crate::shard::command::{
-    ClusterSettings, MetaOp, MetaState, MetaStateV1, NodeInfo, NodeState, Response,
-    JOIN_SECRET_BYTES, META_GROUP,
+use super::command::{
+    ClusterSettings, MetaOp, MetaState, MetaStateV1, NodeInfo, NodeState, QueryResult, Response,
+    JOIN_SECRET_BYTES,
 };
+use crate::codec::{decode, encode};
+use crate::ids::{GroupId, NodeId, META_GROUP};
+use crate::shard::query::ShardQuery;
+use crate::shard::ShardReader;
 use crate::storage::{SmTxn, StorageError, Store};
 
 /// The meta state machine's key of the cluster settings.
@@ -25,7 +28,7 @@ fn decode_state(bytes: &[u8]) -> Result<MetaState, StorageError> {
         Ok(s) => Ok(s),
         Err(e) => decode::<MetaStateV1>(bytes)
             .map(MetaState::from)
-            .map_err(|_| e),
+            .map_err(|_| e.into()),
     }
 }
 
@@ -36,7 +39,7 @@ fn load_state(txn: &mut SmTxn<'_>) -> Result<MetaState, StorageError> {
     })
 }
 
-fn meta_response(state: MetaState, node_id: Option<u64>) -> Response {
+fn meta_response(state: MetaState, node_id: Option<NodeId>) -> Response {
     Response::MetaState { state, node_id }
 }
 
@@ -125,10 +128,10 @@ pub fn apply_meta(txn: &mut SmTxn<'_>, op: &MetaOp) -> Result<Response, StorageE
 
 /// Reads the stored settings (blocking).
 pub fn read_settings(store: &Store) -> Result<Option<ClusterSettings>, StorageError> {
-    store
+    Ok(store
         .sm_get(META_GROUP, KEY_SETTINGS)?
         .map(|v| decode(&v))
-        .transpose()
+        .transpose()?)
 }
 
 /// Reads this node's copy of the meta state (blocking; possibly behind the leader's).
@@ -137,4 +140,22 @@ pub fn read_state(store: &Store) -> Result<MetaState, StorageError> {
         Some(v) => decode_state(&v)?,
         None => MetaState::default(),
     })
+}
+
+/// Serves `q` from this node's state of `group` (the caller passed the read barrier): the
+/// meta state for [`ShardQuery::Meta`] (which a shard does not know), the shard reader for
+/// every other query.
+pub async fn serve_query(
+    reader: &ShardReader,
+    group: GroupId,
+    q: ShardQuery,
+) -> Result<QueryResult, StorageError> {
+    if !matches!(q, ShardQuery::Meta) {
+        return reader.query(group, q).await;
+    }
+    let store = reader.store().clone();
+    let state = tokio::task::spawn_blocking(move || read_state(&store))
+        .await
+        .map_err(|e| StorageError::Corrupt(format!("read task failed: {e}")))??;
+    Ok(QueryResult::Meta(state))
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::shard::command::{MetaState, NodeState};
+use crate::cluster::command::{MetaState, NodeState};
 
 /// Cheap to clone: all clones share one value.
 #[derive(Clone)]

@@ -21,6 +21,7 @@
 //!   proposal batching, cross-shard updates.
 pub mod balance;
 pub mod batcher;
+pub mod command;
 pub mod controller;
 pub mod forward;
 pub mod identity;

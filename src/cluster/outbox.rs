@@ -14,7 +14,8 @@ use tokio::sync::Mutex;
 
 use super::Cluster;
 use super::{RouteError, ShardMap};
-use crate::shard::command::{GroupId, Rejection, ShardOp, ShardResponse};
+use crate::ids::GroupId;
+use crate::shard::command::{Rejection, ShardOp, ShardResponse};
 use crate::shard::ShardReader;
 
 /// The `sender_device` of the `member_removed` event that takes back a membership over the

@@ -11,18 +11,20 @@ use futures_util::future::BoxFuture;
 use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 
+use super::command::{MetaOp, QueryResult, RaftRpc, Response, TypeConfig};
 use super::forward::{ForwardedWrite, FORWARD_BATCH_MAX};
 use super::meta_view::MetaView;
 use super::push::PushItem;
 use super::status::NodeStatus;
 use super::Cluster;
 use super::RouteError;
-use crate::raft::{handle_rpc, PeerError, PeerNetwork, RaftRpc, RaftRpcReply};
-use crate::shard::command::{GroupId, MetaOp, Response, ShardOp, ShardResponse};
-use crate::shard::query::{QueryResult, ShardQuery};
+use crate::ids::GroupId;
+use crate::raft::{handle_rpc, PeerError, PeerNetwork, RaftRpcReply};
+use crate::shard::command::{ShardOp, ShardResponse};
+use crate::shard::query::ShardQuery;
 use crate::transport::{FrameHeader, Handler, Transport, TransportError};
 
-pub type NodeId = u64;
+pub use crate::ids::NodeId;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PeerRequest {
@@ -142,7 +144,7 @@ pub fn peer_error(e: TransportError) -> PeerError {
     }
 }
 
-impl PeerNetwork for RaftNet {
+impl PeerNetwork<TypeConfig> for RaftNet {
     fn call(
         &self,
         target: NodeId,

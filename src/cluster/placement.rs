@@ -5,7 +5,7 @@
 
 use hashring::HashRing;
 
-use crate::shard::command::GroupId;
+use crate::ids::GroupId;
 
 /// Virtual nodes per shard: enough for an even spread of keys over shards.
 const VNODES_PER_SHARD: u32 = 64;

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::peer::NodeId;
+use crate::ids::*;
 use crate::shard::command::*;
 use crate::shard::push::Push;
 

@@ -14,17 +14,20 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::push::{PushItem, PushSink};
 use super::forward::WriteForwarder;
 use super::leader_cache::LeaderCache;
 use super::local_groups::REQUEST_TIMEOUT_MS;
 use super::meta_view::MetaView;
 use super::peer::{NodeId, PeerReply, PeerRequest, PeerTransport};
+use super::push::{PushItem, PushSink};
 use super::secrets::LocalSecrets;
 use super::transfer::Transfers;
 use super::{trace, LocalGroups, ProposalBatcher, RouteError, UnavailableCause};
+use crate::cluster::command::QueryResult;
+use crate::cluster::command::*;
+use crate::ids::*;
 use crate::shard::command::*;
-use crate::shard::query::{QueryResult, ShardQuery};
+use crate::shard::query::ShardQuery;
 use crate::shard::ShardReader;
 use crate::shutdown::Shutdown;
 

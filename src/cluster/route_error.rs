@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::shard::command::GroupId;
+use crate::ids::GroupId;
 
 /// Why a request could not be served by its group.
 #[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]

@@ -8,10 +8,14 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::Cluster;
+use crate::cluster::command::QueryResult;
+use crate::cluster::command::*;
 use crate::cluster::RouteError;
+use crate::ids::GroupId;
+use crate::ids::*;
 use crate::sabotage::{on, Switch, EARLY_ACK_AFTER_MS};
 use crate::shard::command::*;
-use crate::shard::query::{QueryResult, ShardQuery};
+use crate::shard::query::ShardQuery;
 
 /// Acks remembered by [`Switch::LeaderMemoryDedup`]; cleared when full.
 const MEMORY_DEDUP_ENTRIES_MAX: usize = 100_000;

@@ -13,8 +13,8 @@ use parking_lot::{Mutex, RwLock};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+use super::command::{ClusterSecrets, SecretBytes, JOIN_SECRET_BYTES};
 use super::identity::{write_private, IdentityError, JOIN_TOKEN_FILE};
-use crate::shard::command::{ClusterSecrets, SecretBytes, JOIN_SECRET_BYTES};
 use crate::transport::{JoinSecret, JoinToken};
 
 /// The admin token's file in the data dir.

@@ -5,8 +5,11 @@
 
 use super::peer::{PeerReply, PeerRequest};
 use super::{Cluster, RouteError, UnavailableCause};
+use crate::cluster::command::QueryResult;
+use crate::cluster::command::*;
+use crate::ids::*;
 use crate::shard::command::*;
-use crate::shard::query::{QueryResult, ShardQuery};
+use crate::shard::query::ShardQuery;
 
 #[cfg(feature = "fault-injection")]
 #[path = "sabotaged_write.rs"]
@@ -65,8 +68,7 @@ impl Cluster {
             return Err(self.not_leader(group));
         }
         self.groups.read_barrier(group).await?;
-        self.reader
-            .query(group, q)
+        super::meta::serve_query(&self.reader, group, q)
             .await
             .map_err(|e| RouteError::unavailable(group, UnavailableCause::Storage(e.to_string())))
     }

@@ -2,11 +2,10 @@
 //! leave procedure and tests), whether it is ready to serve, and which replicas keep up
 //! with a group's leader.
 
-
 use openraft::{RaftMetrics, ServerState};
 use serde::{Deserialize, Serialize};
 
-use crate::shard::command::GroupId;
+use crate::ids::GroupId;
 
 /// A replica's Raft role as it reports it. Travels as its lowercase name in every format
 /// (`/admin/status` JSON and the peer transport's bincode alike), as the `String` it
@@ -184,7 +183,7 @@ impl super::Cluster {
         timeout: std::time::Duration,
     ) -> Result<NodeStatus, super::RouteError> {
         use super::peer::{PeerReply, PeerRequest};
-        use crate::shard::command::META_GROUP;
+        use crate::ids::META_GROUP;
         if node == self.node_id {
             return Ok(self.local_status());
         }

@@ -11,8 +11,8 @@ use parking_lot::Mutex;
 
 use super::peer::{NodeId, PeerRequest};
 use super::Cluster;
-use crate::raft::GroupHandle;
-use crate::shard::command::GroupId;
+use crate::cluster::command::GroupHandle;
+use crate::ids::GroupId;
 
 /// How long a leadership transfer may take before everything is re-enabled.
 /// Longer than the election timeout, so that the target's timer fires inside it.

@@ -8,9 +8,9 @@
 //! - A gap is read from the group's leader on a task of its own; the messages come back
 //!   through `fills` and are delivered here, so the tracker has one owner and no lock.
 
+use crate::shutdown::Shutdown;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use crate::shutdown::Shutdown;
 
 use tokio::sync::mpsc;
 
@@ -21,6 +21,7 @@ use super::peer_queue::PeerQueues;
 use super::tracker::{Tracker, GAP_FILL_MESSAGES_MAX};
 use crate::cluster::push::PushItem;
 use crate::cluster::ShardMap;
+use crate::ids::*;
 use crate::shard::command::*;
 use crate::shard::push::Push;
 

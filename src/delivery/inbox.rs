@@ -20,8 +20,8 @@ use tokio::sync::Notify;
 use super::links::NodeId;
 use crate::cluster::push::{PushItem, PushSink};
 use crate::cluster::ShardMap;
+use crate::ids::*;
 use crate::metrics::Metrics;
-use crate::shard::command::*;
 use crate::shard::push::Push;
 
 /// Batches waiting in delivery's inbox before new ones are dropped (and refilled).

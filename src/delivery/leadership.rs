@@ -3,8 +3,8 @@
 //! group's conversations, so a message whose push died with the old leader still arrives.
 
 use super::inbox::{Inbound, Inbox};
+use crate::cluster::command::GroupHandle;
 use crate::cluster::push::PushItem;
-use crate::raft::GroupHandle;
 use openraft::ServerState;
 
 /// Watches `g` until its Raft stops.

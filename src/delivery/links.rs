@@ -9,9 +9,11 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use openraft::ServerState;
 
+use crate::cluster::command::*;
 use crate::cluster::peer::{PeerReply, PeerRequest};
 use crate::cluster::push::PushItem;
 use crate::cluster::Cluster;
+use crate::ids::*;
 use crate::shard::command::*;
 use crate::shard::query::{QueryResult, ShardQuery};
 

@@ -31,8 +31,8 @@ pub use hub::Hub;
 pub use inbox::{inbox, Inbox, InboxReceiver};
 pub use links::{ClusterLink, GapRead, NodeId, Peers};
 
+use crate::cluster::command::GroupHandle;
 use crate::cluster::ShardMap;
-use crate::raft::GroupHandle;
 use crate::shutdown::Shutdown;
 
 /// Starts delivery: the inbox's consumer, and one leadership watcher per group of `groups`.
@@ -45,8 +45,14 @@ pub fn start(
     groups: impl Iterator<Item = GroupHandle>,
     shutdown: &Shutdown,
 ) {
-    let (fanout, fills) =
-        fanout::Fanout::new(node_id, hub, shard_map, link.clone(), link, shutdown.clone());
+    let (fanout, fills) = fanout::Fanout::new(
+        node_id,
+        hub,
+        shard_map,
+        link.clone(),
+        link,
+        shutdown.clone(),
+    );
     shutdown.spawn(fanout.run(receiver, fills));
     for g in groups {
         shutdown.spawn(leadership::watch_leadership(inbox.clone(), g));

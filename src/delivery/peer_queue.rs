@@ -3,10 +3,10 @@
 //! arrive in the order they were produced. Bounded in items and bytes; what does not fit is
 //! dropped and made up for by a `Refill` of its group (the peer re-reads from the leader).
 
+use crate::shutdown::Shutdown;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use crate::shutdown::Shutdown;
 
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::links::{NodeId, Peers};
 use crate::cluster::push::PushItem;
 use crate::cluster::ShardMap;
-use crate::shard::command::GroupId;
+use crate::ids::GroupId;
 
 /// Items queued for one peer before new ones are dropped (the peer is then told to refill
 /// the groups it lost messages of, see [`PeerQueues::broadcast_except`]).

@@ -19,6 +19,7 @@ use super::peer_queue::PUSH_BATCH_BYTES_MAX;
 use super::tracker::GAP_FILL_MESSAGES_MAX;
 use crate::cluster::push::PushItem;
 use crate::cluster::ShardMap;
+use crate::ids::*;
 use crate::metrics::Metrics;
 use crate::protocol::ServerFrame;
 use crate::shard::command::*;

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::ids::*;
 use crate::shard::command::*;
 
 /// Conversations whose last delivered seq a gateway remembers.

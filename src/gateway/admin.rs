@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::Gateway;
-use crate::shard::command::{MetaOp, NodeState, Response as MetaResponse};
+use crate::cluster::command::{MetaOp, NodeState, Response as MetaResponse};
 
 /// Time to wait for one peer's status.
 pub const PEER_STATUS_TIMEOUT_MS: u64 = 1_000;

@@ -6,6 +6,7 @@ use std::time::Instant;
 use super::{now_ms, Gateway};
 use crate::delivery::hub::ConnId;
 use crate::delivery::out_queue::OutQueue;
+use crate::ids::GroupId;
 use crate::protocol::client::{WireConvKind, WireRole, HISTORY_LIMIT_DEFAULT};
 use crate::protocol::{
     ClientFrame, ConversationView, ErrorCode, ProtocolError, RequestId, ServerFrame, TypingState,

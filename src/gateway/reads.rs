@@ -3,9 +3,11 @@
 //! [`Gateway::read`]; the methods below only name the query, its group and its answer.
 
 use super::Gateway;
+use crate::cluster::command::QueryResult;
+use crate::ids::GroupId;
 use crate::protocol::ProtocolError;
 use crate::shard::command::*;
-use crate::shard::query::{QueryResult, ShardQuery};
+use crate::shard::query::ShardQuery;
 use crate::shard::Page;
 
 /// Takes the answer out of the one [`QueryResult`] variant a query is answered with; any

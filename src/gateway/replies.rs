@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::handlers::Session;
 use super::Gateway;
 use crate::delivery::hub::presence_status;
+use crate::ids::GroupId;
 use crate::protocol::{
     json_len, ConversationSummary, ConversationView, MessageView, PresenceView, ProtocolError,
     RequestId, ServerFrame, SyncEntry, REPLY_BYTES_MAX,

@@ -1,13 +1,13 @@
-//! Text and id rules of PROTOCOL.md ("Precise rules": Text).
+//! Text and id rules of PROTOCOL.md ("Precise rules": Text). The rules apply also
+//! enforces (ids, `client_msg_id`, titles, control characters) are the shard's
+//! (`shard::text`); this module maps a broken one onto the protocol's error codes and adds
+//! the configurable body limit.
 
 use super::ProtocolError;
-
-/// `client_msg_id` is 1..=64 characters of `[A-Za-z0-9_-]`.
-pub const CLIENT_MSG_ID_CHARS_MAX: usize = 64;
-/// Ids the server hands out (users, conversations) and device ids: 1..=128 characters.
-pub const ID_CHARS_MAX: usize = 128;
-/// `title` is at most 200 code points.
-pub const TITLE_CHARS_MAX: usize = 200;
+use crate::shard::text::{control_error, title_error};
+pub use crate::shard::text::{
+    is_valid_client_msg_id, is_valid_id, CLIENT_MSG_ID_CHARS_MAX, ID_CHARS_MAX, TITLE_CHARS_MAX,
+};
 
 /// Size limits of client text, from the `[limits]` config.
 #[derive(Debug, Clone, Copy)]
@@ -25,29 +25,10 @@ impl Default for TextLimits {
     }
 }
 
-fn is_id_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == '-'
-}
-
-pub fn is_valid_client_msg_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= CLIENT_MSG_ID_CHARS_MAX && s.chars().all(is_id_char)
-}
-
-/// User, conversation and device ids: `[A-Za-z0-9_-]`, 1..=128.
-pub fn is_valid_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= ID_CHARS_MAX && s.chars().all(is_id_char)
-}
-
 /// Control characters other than tab, LF and CR are refused (C0, DEL and C1).
 fn check_controls(field: &str, s: &str) -> Result<(), ProtocolError> {
-    match s
-        .chars()
-        .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
-    {
-        Some(c) => Err(ProtocolError::bad_request(format!(
-            "{field} contains control character U+{:04X}",
-            c as u32
-        ))),
+    match control_error(field, s) {
+        Some(m) => Err(ProtocolError::bad_request(m)),
         None => Ok(()),
     }
 }
@@ -67,10 +48,8 @@ pub fn validate_body(body: &str, limits: &TextLimits) -> Result<(), ProtocolErro
 }
 
 pub fn validate_title(title: &str) -> Result<(), ProtocolError> {
-    if title.chars().take(TITLE_CHARS_MAX + 1).count() > TITLE_CHARS_MAX {
-        return Err(ProtocolError::bad_request(format!(
-            "title is over {TITLE_CHARS_MAX} characters"
-        )));
+    match title_error(title) {
+        Some(m) => Err(ProtocolError::bad_request(m)),
+        None => Ok(()),
     }
-    check_controls("title", title)
 }

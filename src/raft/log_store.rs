@@ -1,14 +1,16 @@
 //! A group's Raft log and vote over the node's [`Store`] (storage-v2 `RaftLogStorage`).
 
 use std::fmt::Debug;
+use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
 
-use super::{blocking, Entry, GroupId, NodeId, TypeConfig};
-use crate::storage::{decode, encode, Store};
+use super::{blocking, Entry, GroupId, GroupTypes, NodeId};
+use crate::codec::{decode, encode};
+use crate::storage::{StorageError, Store};
 
 type SError = openraft::StorageError<NodeId>;
 
@@ -32,20 +34,35 @@ fn io(e: StorageIOError<NodeId>) -> SError {
 }
 
 /// One group's log store: a cheap, cloneable handle (it is also its own log reader).
-#[derive(Clone, Debug)]
-pub struct LogStore {
+#[derive(Debug)]
+pub struct LogStore<C> {
     group: GroupId,
     store: Arc<Store>,
     /// The last committed log id openraft reported, also queued for the log writer.
     committed: Arc<parking_lot::Mutex<Option<LogId<NodeId>>>>,
+    /// The entries' type (only decoded here).
+    types: PhantomData<C>,
 }
 
-impl LogStore {
+// Not derived: a derive would ask `C: Clone`.
+impl<C> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        Self {
+            group: self.group,
+            store: self.store.clone(),
+            committed: self.committed.clone(),
+            types: PhantomData,
+        }
+    }
+}
+
+impl<C: GroupTypes> LogStore<C> {
     pub fn new(group: GroupId, store: Arc<Store>) -> Self {
         Self {
             group,
             store,
             committed: Arc::new(parking_lot::Mutex::new(None)),
+            types: PhantomData,
         }
     }
 
@@ -54,7 +71,7 @@ impl LogStore {
     }
 
     /// Reads and decodes one of this group's `raft` CF values (vote, committed log id).
-    async fn read_raft_value<T>(&self, tag: u8) -> Result<Option<T>, crate::storage::StorageError>
+    async fn read_raft_value<T>(&self, tag: u8) -> Result<Option<T>, StorageError>
     where
         T: serde::de::DeserializeOwned + Send + 'static,
     {
@@ -67,11 +84,11 @@ impl LogStore {
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<C: GroupTypes> RaftLogReader<C> for LogStore<C> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, SError> {
+    ) -> Result<Vec<Entry<C>>, SError> {
         let start = match range.start_bound() {
             Bound::Included(x) => *x,
             Bound::Excluded(x) => x.saturating_add(1),
@@ -83,7 +100,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => u64::MAX,
         };
         let (store, group) = (self.store.clone(), self.group);
-        blocking(move || store.log_range(group, start, end, |_, b| decode::<Entry>(b)))
+        blocking(move || store.log_range(group, start, end, |_, b| Ok(decode::<Entry<C>>(b)?)))
             .await
             .map_err(|e| io(StorageIOError::read_logs(AnyError::new(&e))))
     }
@@ -95,11 +112,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         start: u64,
         end: u64,
-    ) -> Result<Vec<Entry>, SError> {
+    ) -> Result<Vec<Entry<C>>, SError> {
         let (store, group) = (self.store.clone(), self.group);
         blocking(move || {
             store.log_range_within(group, start, end, APPEND_ENTRIES_BYTES_MAX, |_, b| {
-                decode::<Entry>(b)
+                Ok(decode::<Entry<C>>(b)?)
             })
         })
         .await
@@ -107,10 +124,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = LogStore;
+impl<C: GroupTypes> RaftLogStorage<C> for LogStore<C> {
+    type LogReader = LogStore<C>;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SError> {
+    async fn get_log_state(&mut self) -> Result<LogState<C>, SError> {
         let (store, group) = (self.store.clone(), self.group);
         let (purged, last) = blocking(move || {
             let purged = match store.raft_get(group, TAG_LAST_PURGED)? {
@@ -118,7 +135,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 None => None,
             };
             let last = match store.log_last(group)? {
-                Some((_, b)) => Some(decode::<Entry>(&b)?.log_id),
+                Some((_, b)) => Some(decode::<Entry<C>>(&b)?.log_id),
                 None => None,
             };
             Ok((purged, last))
@@ -139,7 +156,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SError> {
         let r = match encode(vote) {
             Ok(b) => self.store.raft_put(self.group, TAG_VOTE, b).await,
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
         r.map_err(|e| io(StorageIOError::write_vote(AnyError::new(&e))))
     }
@@ -177,13 +194,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| io(StorageIOError::read(AnyError::new(&e))))
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), SError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), SError>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
+        I: IntoIterator<Item = Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut encoded = Vec::new();
@@ -216,8 +229,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     .log_purge(self.group, log_id.index, TAG_LAST_PURGED, b)
                     .await
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
-        r.map_err(|e| io(StorageIOError::write_logs(AnyError::new(&e))))
+        r.map_err(|e: StorageError| io(StorageIOError::write_logs(AnyError::new(&e))))
     }
 }

@@ -1,7 +1,10 @@
-//! openraft plumbing only. No chat logic here.
+//! openraft plumbing only. No chat logic here, and no chat types: every group's Raft is
+//! generic over its [`GroupTypes`] (openraft's type config with this node's fixed choices);
+//! the node's one type config, with its request and response enums, is declared by the
+//! cluster (`cluster::command::TypeConfig`).
 //!
-//! - [`TypeConfig`]: `D` = [`Request`], `R` = [`Response`], `NodeId` = u64,
-//!   `Node` = [`BasicNode`], `SnapshotData` = `Cursor<Vec<u8>>`, Tokio runtime.
+//! - [`GroupTypes`]: `D` and `R` are the caller's, `NodeId` = u64, `Node` = [`BasicNode`],
+//!   `SnapshotData` = `Cursor<Vec<u8>>`, Tokio runtime.
 //! - [`LogStore`] / [`StateMachineStore`]: one per group, cheap handles over the node's
 //!   [`Store`]. Log IO goes through the store's group-commit log writer; the state machine
 //!   applies a batch of entries as one [`SmTxn`] through the [`Applier`].
@@ -14,48 +17,54 @@ mod network;
 mod state_machine;
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::io::Cursor;
 use std::sync::Arc;
 
 use openraft::error::{Fatal, InitializeError, RaftError};
-use openraft::{BasicNode, Config, ConfigError, SnapshotPolicy};
+use openraft::{BasicNode, Config, ConfigError, RaftTypeConfig, SnapshotPolicy};
 
 pub use log_store::{LogStore, APPEND_ENTRIES_BYTES_MAX};
 pub use network::{handle_rpc, NoPeers, PeerError, PeerNetwork, RaftRpc, RaftRpcReply};
 pub use state_machine::StateMachineStore;
 
-pub use crate::shard::command::GroupId;
-use crate::shard::command::{Request, Response};
+pub use crate::ids::{GroupId, NodeId};
 pub use crate::storage::SmTxn;
 use crate::storage::{StorageError, Store};
 
-openraft::declare_raft_types!(
-    /// The openraft type configuration of every group on a node.
-    pub TypeConfig:
-        D = Request,
-        R = Response,
-        NodeId = u64,
-        Node = BasicNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
-);
+/// The openraft type configuration of a node's groups, as far as `raft` fixes it: the
+/// caller chooses the request (`D`) and response (`R`) types; ids, nodes, entries,
+/// snapshots and the runtime are this module's.
+pub trait GroupTypes:
+    RaftTypeConfig<
+    D: Clone + Debug,
+    R: Clone + Debug,
+    NodeId = NodeId,
+    Node = BasicNode,
+    Entry = openraft::Entry<Self>,
+    SnapshotData = Cursor<Vec<u8>>,
+    AsyncRuntime = openraft::TokioRuntime,
+>
+{
+    /// The response of a blank or membership entry (they carry no request).
+    fn blank_response() -> Self::R;
+}
 
-pub type NodeId = u64;
-pub type Entry = openraft::Entry<TypeConfig>;
+pub type Entry<C> = openraft::Entry<C>;
 /// A running group's openraft handle.
-pub type Raft = openraft::Raft<TypeConfig>;
+pub type Raft<C> = openraft::Raft<C>;
 
 /// Chat (or meta) logic plugged into every group's state machine.
-pub trait Applier: Send + Sync + 'static {
+pub trait Applier<C: GroupTypes>: Send + Sync + 'static {
     /// Applies one committed normal entry. Must be deterministic. Reads and writes go
     /// through `txn` only. Deterministic refusals are `Ok` responses; an `Err` is an IO
     /// failure: nothing of the batch is written and the group's Raft stops (fatal).
-    fn apply(&self, txn: &mut SmTxn<'_>, req: &Request) -> Result<Response, StorageError>;
+    fn apply(&self, txn: &mut SmTxn<'_>, req: &C::D) -> Result<C::R, StorageError>;
     /// Called after the batch holding these entries' effects was written, in log order
-    /// (one response per entry, `Response::None` for blank/membership entries). Runs on the
-    /// store's apply thread, which every group shares: must not block for long.
-    fn after_write(&self, group: GroupId, responses: &[Response]);
+    /// (one response per entry, [`GroupTypes::blank_response`] for blank/membership
+    /// entries). Runs on the store's apply thread, which every group shares: must not block
+    /// for long.
+    fn after_write(&self, group: GroupId, responses: &[C::R]);
 }
 
 /// Bytes of snapshot data per install-snapshot RPC. openraft 0.9 sends a snapshot as chunks
@@ -132,21 +141,30 @@ pub enum RaftStartError {
 }
 
 /// A running group on this node.
-#[derive(Clone)]
-pub struct GroupHandle {
+pub struct GroupHandle<C: GroupTypes> {
     pub group: GroupId,
-    pub raft: Raft,
+    pub raft: Raft<C>,
+}
+
+// Not derived: a derive would ask `C: Clone` of the handle's users.
+impl<C: GroupTypes> Clone for GroupHandle<C> {
+    fn clone(&self) -> Self {
+        Self {
+            group: self.group,
+            raft: self.raft.clone(),
+        }
+    }
 }
 
 /// Creates (or restarts, from what `store` holds) the Raft of `group` on this node.
-pub async fn start_group(
+pub async fn start_group<C: GroupTypes>(
     node_id: NodeId,
     group: GroupId,
     store: Arc<Store>,
-    applier: Arc<dyn Applier>,
-    network: Arc<dyn PeerNetwork>,
+    applier: Arc<dyn Applier<C>>,
+    network: Arc<dyn PeerNetwork<C>>,
     timings: &RaftTimings,
-) -> Result<GroupHandle, RaftStartError> {
+) -> Result<GroupHandle<C>, RaftStartError> {
     let config = Arc::new(timings.to_config(group)?);
     let log = LogStore::new(group, store.clone());
     let sm = StateMachineStore::new(group, store, applier);
@@ -157,8 +175,8 @@ pub async fn start_group(
 
 /// Initializes a group with this node as its single voter if it never was initialized
 /// (no vote, no log); on a restarted or already-joined node this is a no-op.
-pub async fn initialize_single(
-    handle: &GroupHandle,
+pub async fn initialize_single<C: GroupTypes>(
+    handle: &GroupHandle<C>,
     node_id: NodeId,
     addr: String,
 ) -> Result<(), RaftStartError> {

@@ -21,14 +21,15 @@ use openraft::raft::{
 use openraft::{BasicNode, RPCTypes};
 use serde::{Deserialize, Serialize};
 
-use super::{GroupId, NodeId, Raft, TypeConfig};
+use super::{GroupId, GroupTypes, NodeId, Raft};
 
 /// A Raft RPC for one group.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum RaftRpc {
-    AppendEntries(AppendEntriesRequest<TypeConfig>),
+#[serde(bound = "")]
+pub enum RaftRpc<C: GroupTypes> {
+    AppendEntries(AppendEntriesRequest<C>),
     Vote(VoteRequest<NodeId>),
-    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    InstallSnapshot(InstallSnapshotRequest<C>),
 }
 
 /// The reply of the target node's `Raft` to a [`RaftRpc`] (same variant).
@@ -67,7 +68,7 @@ pub(crate) fn entries_hint(entries: usize, bytes: usize, max: usize) -> u64 {
 }
 
 /// Delivers Raft RPCs of any group to peer nodes.
-pub trait PeerNetwork: Send + Sync + 'static {
+pub trait PeerNetwork<C: GroupTypes>: Send + Sync + 'static {
     /// Sends `rpc` of `group` to node `target` (whose address is in `node`), waiting at most
     /// `timeout` for the reply.
     fn call(
@@ -75,7 +76,7 @@ pub trait PeerNetwork: Send + Sync + 'static {
         target: NodeId,
         node: &BasicNode,
         group: GroupId,
-        rpc: RaftRpc,
+        rpc: RaftRpc<C>,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<RaftRpcReply, PeerError>>;
 }
@@ -84,13 +85,13 @@ pub trait PeerNetwork: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoPeers;
 
-impl PeerNetwork for NoPeers {
+impl<C: GroupTypes> PeerNetwork<C> for NoPeers {
     fn call(
         &self,
         _target: NodeId,
         _node: &BasicNode,
         _group: GroupId,
-        _rpc: RaftRpc,
+        _rpc: RaftRpc<C>,
         _timeout: Duration,
     ) -> BoxFuture<'static, Result<RaftRpcReply, PeerError>> {
         Box::pin(async {
@@ -102,7 +103,7 @@ impl PeerNetwork for NoPeers {
 }
 
 /// Serves an RPC received from a peer with the local `Raft` of its group.
-pub async fn handle_rpc(raft: &Raft, rpc: RaftRpc) -> RaftRpcReply {
+pub async fn handle_rpc<C: GroupTypes>(raft: &Raft<C>, rpc: RaftRpc<C>) -> RaftRpcReply {
     match rpc {
         RaftRpc::AppendEntries(r) => RaftRpcReply::AppendEntries(raft.append_entries(r).await),
         RaftRpc::Vote(r) => RaftRpcReply::Vote(raft.vote(r).await),
@@ -113,14 +114,14 @@ pub async fn handle_rpc(raft: &Raft, rpc: RaftRpc) -> RaftRpcReply {
 }
 
 /// openraft's network factory for one group, over a [`PeerNetwork`].
-pub(crate) struct NetworkFactory {
+pub(crate) struct NetworkFactory<C: GroupTypes> {
     node_id: NodeId,
     group: GroupId,
-    peers: Arc<dyn PeerNetwork>,
+    peers: Arc<dyn PeerNetwork<C>>,
 }
 
-impl NetworkFactory {
-    pub(crate) fn new(node_id: NodeId, group: GroupId, peers: Arc<dyn PeerNetwork>) -> Self {
+impl<C: GroupTypes> NetworkFactory<C> {
+    pub(crate) fn new(node_id: NodeId, group: GroupId, peers: Arc<dyn PeerNetwork<C>>) -> Self {
         Self {
             node_id,
             group,
@@ -129,10 +130,10 @@ impl NetworkFactory {
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
-    type Network = PeerClient;
+impl<C: GroupTypes> RaftNetworkFactory<C> for NetworkFactory<C> {
+    type Network = PeerClient<C>;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient<C> {
         PeerClient {
             node_id: self.node_id,
             group: self.group,
@@ -144,19 +145,19 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 }
 
 /// openraft's connection to one peer for one group.
-pub(crate) struct PeerClient {
+pub(crate) struct PeerClient<C: GroupTypes> {
     node_id: NodeId,
     group: GroupId,
     target: NodeId,
     node: BasicNode,
-    peers: Arc<dyn PeerNetwork>,
+    peers: Arc<dyn PeerNetwork<C>>,
 }
 
-impl PeerClient {
+impl<C: GroupTypes> PeerClient<C> {
     async fn call<E: std::error::Error>(
         &self,
         action: RPCTypes,
-        rpc: RaftRpc,
+        rpc: RaftRpc<C>,
         option: &RPCOption,
     ) -> Result<RaftRpcReply, RPCError<NodeId, BasicNode, E>> {
         let timeout = option.hard_ttl();
@@ -201,10 +202,10 @@ impl PeerClient {
     }
 }
 
-impl RaftNetwork<TypeConfig> for PeerClient {
+impl<C: GroupTypes> RaftNetwork<C> for PeerClient<C> {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let entries = rpc.entries.len();
@@ -249,7 +250,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        rpc: InstallSnapshotRequest<C>,
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,

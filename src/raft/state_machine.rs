@@ -23,9 +23,9 @@ use openraft::{
 
 use tokio::sync::oneshot;
 
-use super::{blocking, Applier, Entry, GroupId, NodeId, SmTxn, TypeConfig};
-use crate::shard::command::Response;
-use crate::storage::{decode, encode, SmJob, StorageError, Store};
+use super::{blocking, Applier, Entry, GroupId, GroupTypes, NodeId, SmTxn};
+use crate::codec::{decode, encode};
+use crate::storage::{SmJob, StorageError, Store};
 
 type SError = openraft::StorageError<NodeId>;
 type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
@@ -45,17 +45,17 @@ fn io(e: StorageIOError<NodeId>) -> SError {
 
 /// One `apply` call of a group, run on the store's apply thread (merged with other groups'
 /// applies into one write), answered after the write.
-struct ApplyJob {
+struct ApplyJob<C: GroupTypes> {
     group: GroupId,
-    entries: Vec<Entry>,
-    applier: Arc<dyn Applier>,
-    responses: Vec<Response>,
+    entries: Vec<Entry<C>>,
+    applier: Arc<dyn Applier<C>>,
+    responses: Vec<C::R>,
     /// The entry whose apply failed (an IO error: the group's Raft stops).
     failed: Option<LogId<NodeId>>,
-    reply: oneshot::Sender<Result<Vec<Response>, SError>>,
+    reply: oneshot::Sender<Result<Vec<C::R>, SError>>,
 }
 
-impl SmJob for ApplyJob {
+impl<C: GroupTypes> SmJob for ApplyJob<C> {
     fn group(&self) -> GroupId {
         self.group
     }
@@ -65,7 +65,7 @@ impl SmJob for ApplyJob {
         self.responses.reserve(self.entries.len());
         for e in &self.entries {
             match &e.payload {
-                EntryPayload::Blank => self.responses.push(Response::None),
+                EntryPayload::Blank => self.responses.push(C::blank_response()),
                 EntryPayload::Normal(req) => match self.applier.apply(txn, req) {
                     Ok(r) => self.responses.push(r),
                     Err(err) => {
@@ -75,7 +75,7 @@ impl SmJob for ApplyJob {
                 },
                 EntryPayload::Membership(m) => {
                     membership = Some(Membership::new(Some(e.log_id), m.clone()));
-                    self.responses.push(Response::None);
+                    self.responses.push(C::blank_response());
                 }
             }
         }
@@ -106,15 +106,25 @@ impl SmJob for ApplyJob {
 }
 
 /// One group's state machine: a cheap, cloneable handle (also its own snapshot builder).
-#[derive(Clone)]
-pub struct StateMachineStore {
+pub struct StateMachineStore<C: GroupTypes> {
     group: GroupId,
     store: Arc<Store>,
-    applier: Arc<dyn Applier>,
+    applier: Arc<dyn Applier<C>>,
 }
 
-impl StateMachineStore {
-    pub fn new(group: GroupId, store: Arc<Store>, applier: Arc<dyn Applier>) -> Self {
+// Not derived: a derive would ask `C: Clone` of the applier.
+impl<C: GroupTypes> Clone for StateMachineStore<C> {
+    fn clone(&self) -> Self {
+        Self {
+            group: self.group,
+            store: self.store.clone(),
+            applier: self.applier.clone(),
+        }
+    }
+}
+
+impl<C: GroupTypes> StateMachineStore<C> {
+    pub fn new(group: GroupId, store: Arc<Store>, applier: Arc<dyn Applier<C>>) -> Self {
         Self {
             group,
             store,
@@ -213,8 +223,8 @@ fn parse_blob(blob: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
     Ok(pairs)
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SError> {
+impl<C: GroupTypes> RaftSnapshotBuilder<C> for StateMachineStore<C> {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<C>, SError> {
         let (store, group) = (self.store.clone(), self.group);
         let (meta, blob) = blocking(move || {
             let (meta, blob) = build(&store, group)?;
@@ -233,8 +243,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachineStore {
-    type SnapshotBuilder = StateMachineStore;
+impl<C: GroupTypes> RaftStateMachine<C> for StateMachineStore<C> {
+    type SnapshotBuilder = StateMachineStore<C>;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, Membership), SError> {
         let (store, group) = (self.store.clone(), self.group);
@@ -243,12 +253,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| io(StorageIOError::read_state_machine(AnyError::new(&e))))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, SError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<C::R>, SError>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
+        I: IntoIterator<Item = Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
+        let entries: Vec<Entry<C>> = entries.into_iter().collect();
         let Some(last) = entries.last().map(|e| e.log_id) else {
             return Ok(Vec::new());
         };
@@ -303,7 +313,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SError> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<C>>, SError> {
         let (store, group) = (self.store.clone(), self.group);
         let built = blocking(move || {
             if store.sm_get(group, KEY_SNAPSHOT)?.is_none() {

@@ -8,8 +8,49 @@ use openraft::testing::{StoreBuilder, Suite};
 use openraft::{RaftLogReader, ServerState};
 use parking_lot::Mutex;
 
+use serde::{Deserialize, Serialize};
+
 use super::*;
-use crate::shard::command::{ClusterSettings, MetaOp, ShardResponse};
+use crate::codec::{decode, encode};
+
+/// Requests of the test groups (raft knows no chat commands: any `D` will do).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Request {
+    /// Echoed back as `Response::Settings`.
+    Settings { shards: u32 },
+    /// A sized entry.
+    Blob(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Response {
+    None,
+    Settings { shards: u32 },
+    Done,
+}
+
+openraft::declare_raft_types!(
+    TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+impl GroupTypes for TypeConfig {
+    fn blank_response() -> Response {
+        Response::None
+    }
+}
+
+type LogStore = super::LogStore<TypeConfig>;
+type StateMachineStore = super::StateMachineStore<TypeConfig>;
+type Entry = super::Entry<TypeConfig>;
+type Raft = super::Raft<TypeConfig>;
+type RaftRpc = super::RaftRpc<TypeConfig>;
 
 /// Counts applied requests in key `[1]`; echoes meta settings.
 #[derive(Default)]
@@ -21,7 +62,7 @@ struct CountingApplier {
 
 const COUNT_KEY: &[u8] = &[1];
 
-impl Applier for CountingApplier {
+impl Applier<TypeConfig> for CountingApplier {
     fn apply(&self, txn: &mut SmTxn<'_>, req: &Request) -> Result<Response, StorageError> {
         let n = match txn.get(COUNT_KEY)? {
             Some(b) => u64::from_be_bytes(
@@ -34,13 +75,11 @@ impl Applier for CountingApplier {
         if self.keep {
             let mut key = vec![2u8];
             key.extend_from_slice(&n.to_be_bytes());
-            txn.put(key, crate::storage::encode(req)?);
+            txn.put(key, encode(req)?);
         }
         Ok(match req {
-            Request::Meta(MetaOp::InitCluster(s)) => Response::Meta(s.clone()),
-            Request::Meta(_) => Response::None,
-            Request::Shard(_) => Response::Shard(ShardResponse::Done),
-            Request::ShardBatch(ops) => Response::ShardBatch(vec![ShardResponse::Done; ops.len()]),
+            Request::Settings { shards } => Response::Settings { shards: *shards },
+            Request::Blob(_) => Response::Done,
         })
     }
 
@@ -64,12 +103,7 @@ fn count(store: &Store, group: GroupId) -> u64 {
 }
 
 fn settings(n: u32) -> Request {
-    Request::Meta(MetaOp::InitCluster(ClusterSettings {
-        cluster_id: format!("c{n}"),
-        shards: n,
-        jwt_secret: vec![1, 2, 3],
-        created_ts: 7,
-    }))
+    Request::Settings { shards: n }
 }
 
 struct Builder;
@@ -139,7 +173,7 @@ async fn single_node_restart_keeps_log_vote_and_state() {
             .expect("leader");
         for n in 0..10 {
             let r = h.raft.client_write(settings(n)).await.expect("write");
-            assert!(matches!(r.data, Response::Meta(ref s) if s.shards == n));
+            assert_eq!(r.data, Response::Settings { shards: n });
         }
         assert_eq!(count(&store, group), 10);
         // Blank + membership + 10 normal entries.
@@ -222,7 +256,7 @@ struct Loopback {
     nodes: Arc<Mutex<HashMap<NodeId, HashMap<GroupId, Raft>>>>,
 }
 
-impl PeerNetwork for Loopback {
+impl PeerNetwork<TypeConfig> for Loopback {
     fn call(
         &self,
         target: NodeId,
@@ -240,14 +274,11 @@ impl PeerNetwork for Loopback {
         Box::pin(async move {
             let raft = raft.ok_or_else(|| PeerError::Unreachable(format!("node {target}")))?;
             // Go through the wire encoding, like a real transport.
-            let bytes =
-                crate::storage::encode(&rpc).map_err(|e| PeerError::Network(e.to_string()))?;
-            let rpc: RaftRpc =
-                crate::storage::decode(&bytes).map_err(|e| PeerError::Network(e.to_string()))?;
+            let bytes = encode(&rpc).map_err(|e| PeerError::Network(e.to_string()))?;
+            let rpc: RaftRpc = decode(&bytes).map_err(|e| PeerError::Network(e.to_string()))?;
             let reply = handle_rpc(&raft, rpc).await;
-            let bytes =
-                crate::storage::encode(&reply).map_err(|e| PeerError::Network(e.to_string()))?;
-            crate::storage::decode(&bytes).map_err(|e| PeerError::Network(e.to_string()))
+            let bytes = encode(&reply).map_err(|e| PeerError::Network(e.to_string()))?;
+            decode(&bytes).map_err(|e| PeerError::Network(e.to_string()))
         })
     }
 }
@@ -389,7 +420,7 @@ struct Limited {
     snapshot_chunks: Arc<AtomicUsize>,
 }
 
-impl PeerNetwork for Limited {
+impl PeerNetwork<TypeConfig> for Limited {
     fn call(
         &self,
         target: NodeId,
@@ -398,7 +429,7 @@ impl PeerNetwork for Limited {
         rpc: RaftRpc,
         timeout: Duration,
     ) -> futures_util::future::BoxFuture<'static, Result<RaftRpcReply, PeerError>> {
-        let bytes = match crate::storage::encode(&rpc) {
+        let bytes = match encode(&rpc) {
             Ok(b) => b.len(),
             Err(e) => return Box::pin(async move { Err(PeerError::Network(e.to_string())) }),
         };
@@ -423,10 +454,7 @@ impl PeerNetwork for Limited {
 /// An entry of about `bytes` bytes (a string: bincode copies it whole, where a `Vec<u8>`
 /// goes byte by byte through serde, slow in a debug build).
 fn big_request(n: u32, bytes: usize) -> Request {
-    Request::Meta(MetaOp::AddNode {
-        peer_addr: format!("{n}:{}", "x".repeat(bytes)),
-        client_addr: String::new(),
-    })
+    Request::Blob(format!("{n}:{}", "x".repeat(bytes)))
 }
 
 /// A follower cut off while the leader appends far more than one frame's worth of large

@@ -5,9 +5,10 @@
 //! concurrent uses of one invite or one refresh token cannot both succeed.
 
 use super::apply::{get, put, ApplyResult};
-use super::codec::decode;
 use super::command::*;
 use super::keys;
+use crate::codec::decode;
+use crate::ids::GroupId;
 use crate::storage::{SmTxn, StorageError};
 
 /// Sessions one user may hold; opening another drops the oldest.
@@ -28,7 +29,7 @@ fn sessions(txn: &SmTxn<'_>, user_id: &str) -> Result<Vec<SessionRecord>, Storag
     let end = crate::storage::keys::prefix_successor(&prefix).unwrap_or_default();
     txn.scan(&prefix, &end, false, SESSIONS_PER_USER_MAX * 2)?
         .iter()
-        .map(|(_, v)| decode(v))
+        .map(|(_, v)| Ok(decode(v)?))
         .collect()
 }
 

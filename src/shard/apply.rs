@@ -5,9 +5,9 @@
 //! watermark are written through one [`SmTxn`], which raft/ commits in one batch together with
 //! the applied log id.
 
-use super::codec::{decode, encode};
 use super::command::*;
 use super::keys;
+use crate::codec::{decode, encode};
 use crate::storage::{SmTxn, StorageError};
 
 /// Most members a conversation can ever have had, creator included.
@@ -23,7 +23,7 @@ pub(super) fn get<T: serde::de::DeserializeOwned>(
     txn: &SmTxn<'_>,
     key: &[u8],
 ) -> Result<Option<T>, StorageError> {
-    txn.get(key)?.map(|v| decode(&v)).transpose()
+    Ok(txn.get(key)?.map(|v| decode(&v)).transpose()?)
 }
 
 pub(super) fn put<T: serde::Serialize>(
@@ -37,15 +37,59 @@ pub(super) fn put<T: serde::Serialize>(
 
 /// Applies one shard command. Total: a command that breaks the shape rules
 /// (`validate::check_op`) is rejected before any key is built, so no command, however
-/// malformed, panics apply or wedges the group.
+/// malformed, panics apply or wedges the group. Each family of commands has its own
+/// dispatch (`validate` checks them along the same seams), each command its own function.
 pub fn apply_shard(txn: &mut SmTxn<'_>, op: &ShardOp) -> ApplyResult {
     if let Err(r) = super::validate::check_op(op) {
         return rejected(r);
     }
-    if let Some(r) = super::accounts::apply_account(txn, op) {
-        return r;
+    let applied = match op {
+        ShardOp::CreateConversation { .. } | ShardOp::Send { .. } | ShardOp::Receipt { .. } => {
+            apply_conversation_op(txn, op)
+        }
+        ShardOp::AddMembers { .. } | ShardOp::RemoveMember { .. } | ShardOp::SetRole { .. } => {
+            apply_membership_op(txn, op)
+        }
+        ShardOp::CreateUser { .. }
+        | ShardOp::ClaimUsername { .. }
+        | ShardOp::IndexUserConversation { .. }
+        | ShardOp::IndexUserConversationCapped { .. }
+        | ShardOp::UnindexUserConversation { .. }
+        | ShardOp::OutboxDone { .. } => apply_user_op(txn, op),
+        ShardOp::CreateInvite { .. }
+        | ShardOp::UseInvite { .. }
+        | ShardOp::CreateSession { .. }
+        | ShardOp::RefreshSession { .. }
+        | ShardOp::RevokeSession { .. }
+        | ShardOp::RevokeAllSessions { .. } => super::accounts::apply_account(txn, op),
+        #[cfg(feature = "fault-injection")]
+        ShardOp::SendAtSeq { seq, send } => Some(send_at_seq(txn, *seq, send)),
+    };
+    // Every family answers the commands routed to it: `None` would be a routing bug above,
+    // still a deterministic refusal rather than a panic.
+    applied.unwrap_or_else(|| {
+        rejected(Rejection::BadRequest(
+            "command routed to the wrong family".into(),
+        ))
+    })
+}
+
+/// A `Send` whose seq the proposer chose: broken on purpose
+/// (`sabotage::Switch::SeqAtProposal`), the proposer's seq wins.
+#[cfg(feature = "fault-injection")]
+fn send_at_seq(txn: &mut SmTxn<'_>, seq: u64, send: &ShardOp) -> ApplyResult {
+    if let ShardOp::Send {
+        conversation_id, ..
+    } = send
+    {
+        put(txn, keys::last_seq(conversation_id), &seq.saturating_sub(1))?;
     }
-    match op {
+    apply_shard(txn, send)
+}
+
+/// A conversation's own commands: creation, messages and receipts (`None` for the rest).
+fn apply_conversation_op(txn: &mut SmTxn<'_>, op: &ShardOp) -> Option<ApplyResult> {
+    Some(match op {
         ShardOp::CreateConversation {
             conversation_id,
             kind,
@@ -54,17 +98,6 @@ pub fn apply_shard(txn: &mut SmTxn<'_>, op: &ShardOp) -> ApplyResult {
             members,
             ts,
         } => create_conversation(txn, conversation_id, *kind, title, creator, members, *ts),
-        #[cfg(feature = "fault-injection")]
-        ShardOp::SendAtSeq { seq, send } => {
-            // Broken on purpose (sabotage::Switch::SeqAtProposal): the proposer's seq wins.
-            if let ShardOp::Send {
-                conversation_id, ..
-            } = send.as_ref()
-            {
-                put(txn, keys::last_seq(conversation_id), &seq.saturating_sub(1))?;
-            }
-            apply_shard(txn, send)
-        }
         ShardOp::Send {
             conversation_id,
             sender,
@@ -89,6 +122,19 @@ pub fn apply_shard(txn: &mut SmTxn<'_>, op: &ShardOp) -> ApplyResult {
                 ts: *ts,
             },
         ),
+        ShardOp::Receipt {
+            conversation_id,
+            user_id,
+            delivered_seq,
+            read_seq,
+        } => receipt(txn, conversation_id, user_id, *delivered_seq, *read_seq),
+        _ => return None,
+    })
+}
+
+/// A conversation's membership changes, each a sequenced event (`None` for the rest).
+fn apply_membership_op(txn: &mut SmTxn<'_>, op: &ShardOp) -> Option<ApplyResult> {
+    Some(match op {
         ShardOp::AddMembers {
             conversation_id,
             actor,
@@ -96,15 +142,10 @@ pub fn apply_shard(txn: &mut SmTxn<'_>, op: &ShardOp) -> ApplyResult {
             members,
             msg_id,
             ts,
-        } => add_members(
-            txn,
-            conversation_id,
-            actor,
-            actor_device,
-            members,
-            msg_id,
-            *ts,
-        ),
+        } => {
+            let actor = Actor::new(actor, actor_device, msg_id, *ts);
+            add_members(txn, conversation_id, &actor, members)
+        }
         ShardOp::RemoveMember {
             conversation_id,
             actor,
@@ -112,15 +153,10 @@ pub fn apply_shard(txn: &mut SmTxn<'_>, op: &ShardOp) -> ApplyResult {
             user_id,
             msg_id,
             ts,
-        } => remove_member(
-            txn,
-            conversation_id,
-            actor,
-            actor_device,
-            user_id,
-            msg_id,
-            *ts,
-        ),
+        } => {
+            let actor = Actor::new(actor, actor_device, msg_id, *ts);
+            remove_member(txn, conversation_id, &actor, user_id)
+        }
         ShardOp::SetRole {
             conversation_id,
             actor,
@@ -129,55 +165,26 @@ pub fn apply_shard(txn: &mut SmTxn<'_>, op: &ShardOp) -> ApplyResult {
             role,
             msg_id,
             ts,
-        } => set_role(
-            txn,
-            conversation_id,
-            actor,
-            actor_device,
-            user_id,
-            *role,
-            msg_id,
-            *ts,
-        ),
-        ShardOp::Receipt {
-            conversation_id,
-            user_id,
-            delivered_seq,
-            read_seq,
-        } => receipt(txn, conversation_id, user_id, *delivered_seq, *read_seq),
+        } => {
+            let actor = Actor::new(actor, actor_device, msg_id, *ts);
+            set_role(txn, conversation_id, &actor, user_id, *role)
+        }
+        _ => return None,
+    })
+}
+
+/// A user's records in the user's (or the username's) shard: the user, the username claim,
+/// the user's conversation index, and the outbox entries delivered to it (`None` for the
+/// rest).
+fn apply_user_op(txn: &mut SmTxn<'_>, op: &ShardOp) -> Option<ApplyResult> {
+    Some(match op {
         ShardOp::CreateUser {
             user_id,
             username,
             password_hash,
             ts,
-        } => {
-            let key = keys::user(user_id);
-            if txn.get(&key)?.is_none() {
-                let record = UserRecord {
-                    user_id: user_id.clone(),
-                    username: username.clone(),
-                    password_hash: password_hash.clone(),
-                    created_ts: *ts,
-                };
-                put(txn, key, &record)?;
-            }
-            Ok(ShardResponse::UserCreated)
-        }
-        ShardOp::ClaimUsername { username, user_id } => {
-            let key = keys::username(username);
-            match get::<String>(txn, &key)? {
-                Some(owner) if &owner != user_id => {
-                    rejected(Rejection::Conflict("username is taken".into()))
-                }
-                Some(owner) => Ok(ShardResponse::UsernameClaimed { user_id: owner }),
-                None => {
-                    put(txn, key, user_id)?;
-                    Ok(ShardResponse::UsernameClaimed {
-                        user_id: user_id.clone(),
-                    })
-                }
-            }
-        }
+        } => create_user(txn, user_id, username, password_hash, *ts),
+        ShardOp::ClaimUsername { username, user_id } => claim_username(txn, username, user_id),
         ShardOp::IndexUserConversation {
             user_id,
             conversation_id,
@@ -191,21 +198,56 @@ pub fn apply_shard(txn: &mut SmTxn<'_>, op: &ShardOp) -> ApplyResult {
             user_id,
             conversation_id,
         } => unindex_user_conversation(txn, user_id, conversation_id),
-        ShardOp::OutboxDone { ids } => {
-            for id in ids {
-                txn.delete(keys::outbox(*id));
-                txn.delete(keys::outbox_unindex(*id));
-            }
-            Ok(ShardResponse::Done)
-        }
-        // accounts: applied by `super::accounts::apply_account` above.
-        ShardOp::CreateInvite { .. }
-        | ShardOp::UseInvite { .. }
-        | ShardOp::CreateSession { .. }
-        | ShardOp::RefreshSession { .. }
-        | ShardOp::RevokeSession { .. }
-        | ShardOp::RevokeAllSessions { .. } => Ok(ShardResponse::Done),
+        ShardOp::OutboxDone { ids } => outbox_done(txn, ids),
+        _ => return None,
+    })
+}
+
+/// Stores a user's record once; a retry (same user id) keeps the first.
+fn create_user(
+    txn: &mut SmTxn<'_>,
+    user_id: &str,
+    username: &str,
+    password_hash: &str,
+    ts: u64,
+) -> ApplyResult {
+    let key = keys::user(user_id);
+    if txn.get(&key)?.is_none() {
+        let record = UserRecord {
+            user_id: user_id.to_string(),
+            username: username.to_string(),
+            password_hash: password_hash.to_string(),
+            created_ts: ts,
+        };
+        put(txn, key, &record)?;
     }
+    Ok(ShardResponse::UserCreated)
+}
+
+/// Claims `username` for `user_id`: first wins, a retry by the owner succeeds again.
+fn claim_username(txn: &mut SmTxn<'_>, username: &str, user_id: &str) -> ApplyResult {
+    let key = keys::username(username);
+    match get::<String>(txn, &key)? {
+        Some(owner) if owner != user_id => {
+            rejected(Rejection::Conflict("username is taken".into()))
+        }
+        Some(owner) => Ok(ShardResponse::UsernameClaimed { user_id: owner }),
+        None => {
+            put(txn, key, &user_id)?;
+            Ok(ShardResponse::UsernameClaimed {
+                user_id: user_id.to_string(),
+            })
+        }
+    }
+}
+
+/// Drops delivered outbox entries (joins and leaves share the id sequence).
+fn outbox_done(txn: &mut SmTxn<'_>, ids: &[u64]) -> ApplyResult {
+    for id in ids {
+        txn.delete(keys::outbox(*id));
+        txn.delete(keys::outbox_unindex(*id));
+    }
+    Ok(ShardResponse::Done)
 }
 
 /// Like [`get`], through the store's cache of hot values (read by nearly every apply).
@@ -213,7 +255,7 @@ fn get_cached<T: serde::de::DeserializeOwned>(
     txn: &SmTxn<'_>,
     key: &[u8],
 ) -> Result<Option<T>, StorageError> {
-    txn.get_cached(key)?.map(|v| decode(&v)).transpose()
+    Ok(txn.get_cached(key)?.map(|v| decode(&v)).transpose()?)
 }
 
 /// The conversation's state; its `last_seq` lives under its own key (see `keys::last_seq`).
@@ -547,6 +589,17 @@ struct Actor<'a> {
     ts: u64,
 }
 
+impl<'a> Actor<'a> {
+    fn new(user: &'a str, device: &'a str, msg_id: &'a str, ts: u64) -> Self {
+        Self {
+            user,
+            device,
+            msg_id,
+            ts,
+        }
+    }
+}
+
 /// Appends a membership event (server-generated: its client_msg_id is its msg_id), saves the
 /// conversation and answers with the event to push to `recipients`.
 fn membership_event(
@@ -581,17 +634,13 @@ fn membership_event(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn add_members(
     txn: &mut SmTxn<'_>,
     conversation_id: &str,
-    actor: &str,
-    actor_device: &str,
+    actor: &Actor<'_>,
     members: &[UserId],
-    msg_id: &str,
-    ts: u64,
 ) -> ApplyResult {
-    let Some((mut conv, actor_role)) = load_as_member(txn, conversation_id, actor)? else {
+    let Some((mut conv, actor_role)) = load_as_member(txn, conversation_id, actor.user)? else {
         return not_a_member();
     };
     if actor_role == Role::Member {
@@ -626,33 +675,24 @@ fn add_members(
         outbox_push(txn, m, conversation_id)?;
     }
     let body = format!(
-        "{actor} added {}",
+        "{} added {}",
+        actor.user,
         new.iter()
             .map(|s| s.as_str())
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let actor = Actor {
-        user: actor,
-        device: actor_device,
-        msg_id,
-        ts,
-    };
     let recipients = recipients(&conv);
-    membership_event(txn, conv, &actor, MsgKind::MemberAdded, &body, recipients)
+    membership_event(txn, conv, actor, MsgKind::MemberAdded, &body, recipients)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn remove_member(
     txn: &mut SmTxn<'_>,
     conversation_id: &str,
-    actor: &str,
-    actor_device: &str,
+    actor: &Actor<'_>,
     user_id: &str,
-    msg_id: &str,
-    ts: u64,
 ) -> ApplyResult {
-    let Some((mut conv, actor_role)) = load_as_member(txn, conversation_id, actor)? else {
+    let Some((mut conv, actor_role)) = load_as_member(txn, conversation_id, actor.user)? else {
         return not_a_member();
     };
     if conv.kind == ConvKind::Direct {
@@ -668,7 +708,7 @@ fn remove_member(
             pushed: None,
         });
     };
-    let leaving = actor == user_id;
+    let leaving = actor.user == user_id;
     let allowed = leaving
         || actor_role == Role::Owner
         || (actor_role == Role::Admin && target_role == Role::Member);
@@ -688,16 +728,9 @@ fn remove_member(
     let body = if leaving {
         format!("{user_id} left")
     } else {
-        format!("{actor} removed {user_id}")
+        format!("{} removed {user_id}", actor.user)
     };
-    let actor = Actor {
-        user: actor,
-        device: actor_device,
-        msg_id,
-        ts,
-    };
-    let recipients = before;
-    membership_event(txn, conv, &actor, MsgKind::MemberRemoved, &body, recipients)
+    membership_event(txn, conv, actor, MsgKind::MemberRemoved, &body, before)
 }
 
 /// When the owner leaves, the oldest admin (else the oldest member) becomes owner.
@@ -719,18 +752,14 @@ fn promote_successor(conv: &mut ConversationState) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn set_role(
     txn: &mut SmTxn<'_>,
     conversation_id: &str,
-    actor: &str,
-    actor_device: &str,
+    actor: &Actor<'_>,
     user_id: &str,
     role: Role,
-    msg_id: &str,
-    ts: u64,
 ) -> ApplyResult {
-    let Some((mut conv, actor_role)) = load_as_member(txn, conversation_id, actor)? else {
+    let Some((mut conv, actor_role)) = load_as_member(txn, conversation_id, actor.user)? else {
         return not_a_member();
     };
     if actor_role != Role::Owner {
@@ -745,7 +774,7 @@ fn set_role(
             pushed: None,
         });
     }
-    if actor == user_id {
+    if actor.user == user_id {
         return rejected(Rejection::BadRequest(
             "the owner hands ownership to another member".into(),
         ));
@@ -753,20 +782,14 @@ fn set_role(
     for m in conv.members.iter_mut() {
         if m.user_id == user_id {
             m.role = role;
-        } else if role == Role::Owner && m.user_id == actor {
+        } else if role == Role::Owner && m.user_id == actor.user {
             // Handing over ownership: there is one owner; the old one becomes admin.
             m.role = Role::Admin;
         }
     }
-    let body = format!("{actor} made {user_id} {}", crate::protocol::role_str(role));
-    let actor = Actor {
-        user: actor,
-        device: actor_device,
-        msg_id,
-        ts,
-    };
+    let body = format!("{} made {user_id} {}", actor.user, role.event_word());
     let recipients = recipients(&conv);
-    membership_event(txn, conv, &actor, MsgKind::RoleChanged, &body, recipients)
+    membership_event(txn, conv, actor, MsgKind::RoleChanged, &body, recipients)
 }
 
 fn receipt(

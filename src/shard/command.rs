@@ -1,18 +1,14 @@
-//! Commands proposed to Raft groups and their deterministic responses.
+//! Chat commands proposed to shard groups and their deterministic responses.
 //!
-//! These are the `D` (request) and `R` (response) types of every Raft group on a node:
-//! the meta group (group 0) takes `Request::Meta`, shard groups (1..=S) take
-//! `Request::Shard`. Everything a proposer must choose (timestamps, ULIDs) is chosen before
-//! proposing, so that apply is a pure function of the log.
+//! A shard group (1..=S) takes [`ShardOp`]s and answers [`ShardResponse`]s; the node's
+//! top-level `Request` / `Response` enums, which also carry the meta group's commands, are
+//! the cluster's (`cluster::command`). Everything a proposer must choose (timestamps,
+//! ULIDs) is chosen before proposing, so that apply is a pure function of the log.
 //!
 //! Encoded with bincode 2 (serde): externally tagged enums only, no flatten, no untagged.
+//! Stored data is these encodings: variants are only ever appended.
 
 use serde::{Deserialize, Serialize};
-
-/// A Raft group id: 0 is the meta group, 1..=S are shard groups.
-pub type GroupId = u32;
-/// The meta group's id.
-pub const META_GROUP: GroupId = 0;
 
 pub type UserId = String;
 pub type ConversationId = String;
@@ -30,6 +26,19 @@ pub enum Role {
     Member,
 }
 
+impl Role {
+    /// The role's word in a stored role-change event's body ("alice made bob admin"), which
+    /// clients show as is. Stored text: it is the shard's, not the protocol's wire string,
+    /// so that a change of the wire format cannot change stored data.
+    pub fn event_word(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MsgKind {
     Text,
@@ -38,156 +47,6 @@ pub enum MsgKind {
     MemberAdded,
     MemberRemoved,
     RoleChanged,
-}
-
-/// A command for one Raft group.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Request {
-    Meta(MetaOp),
-    Shard(ShardOp),
-    /// Several shard commands proposed as one entry (proposal batching): applied in order,
-    /// each with its own response, in one state-machine batch.
-    ShardBatch(Vec<ShardOp>),
-}
-
-/// Commands of the meta group (cluster-wide settings).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum MetaOp {
-    /// Written once when a cluster is created; later proposals are ignored (first wins).
-    InitCluster(ClusterSettings),
-    /// Admits a node (or returns the one already admitted with this peer address).
-    AddNode {
-        peer_addr: String,
-        client_addr: String,
-    },
-    /// A restarted node's addresses changed.
-    UpdateNode {
-        node_id: u64,
-        peer_addr: String,
-        client_addr: String,
-    },
-    SetNodeState {
-        node_id: u64,
-        state: NodeState,
-    },
-    /// The desired replica set of every group; applied only if `version` is the current
-    /// placement version (compare-and-set, so a stale controller cannot undo a newer plan).
-    SetPlacement {
-        version: u64,
-        replicas: std::collections::BTreeMap<GroupId, Vec<u64>>,
-    },
-    // secrets (issue 12 point 5)
-    /// The cluster's admin token and first join secret, written once by the creating node
-    /// (first wins: a later one changes nothing).
-    InitSecrets(ClusterSecrets),
-    /// Replaces the join secret (chosen by the proposer: apply stays deterministic); the old
-    /// one admits nobody afterwards. Ignored unless `secret` has
-    /// [`JOIN_SECRET_BYTES`] bytes and the secrets exist.
-    RotateJoinSecret {
-        secret: SecretBytes,
-    },
-}
-
-/// Bytes of a join secret.
-pub const JOIN_SECRET_BYTES: usize = 32;
-
-/// Secret bytes whose `Debug` prints nothing (commands and states are logged with `{:?}`).
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SecretBytes(pub Vec<u8>);
-
-impl std::fmt::Debug for SecretBytes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "<{} secret bytes>", self.0.len())
-    }
-}
-
-/// Cluster-wide secrets, replicated in the meta state so that every member has them: the
-/// join secret (rotatable) and the admin token that `/admin/*` requires on every node.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterSecrets {
-    /// What a joiner's token must carry (with the CA fingerprint, which never changes).
-    pub join_secret: SecretBytes,
-    /// Times the join secret was replaced (0 = the one the cluster was created with).
-    pub join_epoch: u64,
-    /// `Authorization: Bearer <admin_token>` on `/admin/*`; empty until initialized.
-    pub admin_token: String,
-}
-
-impl ClusterSecrets {
-    pub fn is_initialized(&self) -> bool {
-        !self.admin_token.is_empty() && self.join_secret.0.len() == JOIN_SECRET_BYTES
-    }
-}
-
-impl std::fmt::Debug for ClusterSecrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterSecrets")
-            .field("join_epoch", &self.join_epoch)
-            .field("initialized", &self.is_initialized())
-            .finish_non_exhaustive()
-    }
-}
-
-/// A node's place in the cluster's life cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum NodeState {
-    /// Holds (or is receiving) replicas.
-    Active,
-    /// Draining: its replicas move away; then it is `Left`.
-    Leaving,
-    Left,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    pub node_id: u64,
-    pub peer_addr: String,
-    pub client_addr: String,
-    pub state: NodeState,
-}
-
-/// The meta group's view of the cluster: nodes and the desired placement of replicas.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MetaState {
-    pub nodes: std::collections::BTreeMap<u64, NodeInfo>,
-    pub next_node_id: u64,
-    /// Desired replica set per group (0 = meta, 1..=S shards).
-    pub replicas: std::collections::BTreeMap<GroupId, Vec<u64>>,
-    pub placement_version: u64,
-    // secrets (issue 12 point 5)
-    /// Replicated to every member with the rest of the meta state (and to joiners in their
-    /// welcome); never shown by `/admin/status`.
-    pub secrets: ClusterSecrets,
-}
-
-/// [`MetaState`] as stored before it carried the secrets (decoded from older data dirs).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MetaStateV1 {
-    pub nodes: std::collections::BTreeMap<u64, NodeInfo>,
-    pub next_node_id: u64,
-    pub replicas: std::collections::BTreeMap<GroupId, Vec<u64>>,
-    pub placement_version: u64,
-}
-
-impl From<MetaStateV1> for MetaState {
-    fn from(v: MetaStateV1) -> Self {
-        MetaState {
-            nodes: v.nodes,
-            next_node_id: v.next_node_id,
-            replicas: v.replicas,
-            placement_version: v.placement_version,
-            secrets: ClusterSecrets::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterSettings {
-    pub cluster_id: String,
-    pub shards: u32,
-    /// HS256 secret for the tokens this cluster issues.
-    pub jwt_secret: Vec<u8>,
-    pub created_ts: u64,
 }
 
 /// Commands of a shard group.
@@ -324,23 +183,6 @@ pub enum ShardOp {
     /// variant's encoding.
     #[cfg(feature = "fault-injection")]
     SendAtSeq { seq: u64, send: Box<ShardOp> },
-}
-
-/// The response of an applied command. Deterministic: every replica computes the same one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Response {
-    /// For blank and membership entries.
-    None,
-    Meta(ClusterSettings),
-    Shard(ShardResponse),
-    /// The responses of a `Request::ShardBatch`, in its order.
-    ShardBatch(Vec<ShardResponse>),
-    /// The meta state after a membership / placement command (and, for `AddNode`, the
-    /// admitted node's id).
-    MetaState {
-        state: MetaState,
-        node_id: Option<u64>,
-    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,12 +5,12 @@
 //! serves history, sync and lookups from the local state machine.
 pub mod accounts;
 pub mod apply;
-pub mod codec;
 pub mod command;
 pub mod keys;
 pub mod push;
 pub mod query;
 pub mod read;
+pub mod text;
 pub mod validate;
 
 pub use apply::apply_shard;

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::*;
 use super::read::{Page, ShardReader};
+use crate::ids::GroupId;
 use crate::storage::StorageError;
 
 /// Most conversations looked up by one [`ShardQuery::Conversations`].
@@ -53,7 +54,8 @@ pub enum ShardQuery {
     UserConversations {
         user_id: UserId,
     },
-    /// The meta group's state (group 0 only).
+    /// The meta group's state (group 0 only; the cluster serves it, not
+    /// [`ShardReader::query`]).
     Meta,
     // accounts
     /// A user's token epoch and live sessions.
@@ -76,8 +78,10 @@ pub enum ShardQuery {
     },
 }
 
+/// What a [`ShardQuery`] answers. `M` is the meta group's state (the cluster's type:
+/// `cluster::command::QueryResult` names the whole), which a shard never reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum QueryResult {
+pub enum QueryResult<M> {
     Conversation(Option<ConversationState>),
     /// In the order asked; `None` for a conversation that does not exist. The pair is
     /// `(delivered_seq, read_seq)` of the user asked about.
@@ -88,7 +92,8 @@ pub enum QueryResult {
     User(Option<UserRecord>),
     Username(Option<UserId>),
     UserConversations(Vec<ConversationId>),
-    Meta(MetaState),
+    /// The answer to [`ShardQuery::Meta`], served by the cluster (group 0).
+    Meta(M),
     // accounts
     AuthState(AuthState),
     /// The page, and whether the index holds more after its last entry.
@@ -103,7 +108,12 @@ pub enum QueryResult {
 
 impl ShardReader {
     /// Serves `q` from this node's state of `group` (the caller passed the read barrier).
-    pub async fn query(&self, group: GroupId, q: ShardQuery) -> Result<QueryResult, StorageError> {
+    /// [`ShardQuery::Meta`] is not a shard's to answer: an error here.
+    pub async fn query<M>(
+        &self,
+        group: GroupId,
+        q: ShardQuery,
+    ) -> Result<QueryResult<M>, StorageError> {
         Ok(match q {
             ShardQuery::Conversation { conversation_id } => {
                 QueryResult::Conversation(self.conversation(group, &conversation_id).await?)
@@ -156,12 +166,9 @@ impl ShardReader {
                 QueryResult::Username(self.username(group, &username).await?)
             }
             ShardQuery::Meta => {
-                let store = self.store().clone();
-                QueryResult::Meta(
-                    tokio::task::spawn_blocking(move || crate::cluster::meta::read_state(&store))
-                        .await
-                        .map_err(|e| StorageError::Corrupt(format!("read task failed: {e}")))??,
-                )
+                return Err(StorageError::Corrupt(format!(
+                    "the meta state is not a shard's to read (group {group})"
+                )))
             }
             ShardQuery::AuthState { user_id } => {
                 let store = self.store().clone();

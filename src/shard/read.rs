@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use super::codec::decode;
 use super::command::*;
 use super::keys;
+use crate::codec::decode;
+use crate::ids::GroupId;
 use crate::storage::{blocking, StorageError, Store};
 
 /// Most entries of the whole-index read [`ShardReader::user_conversations`] (kept for
@@ -50,7 +51,7 @@ impl ShardReader {
         group: GroupId,
         key: &[u8],
     ) -> Result<Option<T>, StorageError> {
-        store.sm_get(group, key)?.map(|v| decode(&v)).transpose()
+        Ok(store.sm_get(group, key)?.map(|v| decode(&v)).transpose()?)
     }
 
     pub async fn conversation(
@@ -102,7 +103,7 @@ impl ShardReader {
             store
                 .sm_scan(group, &start, &end, reverse, limit)?
                 .iter()
-                .map(|(_, v)| decode(v))
+                .map(|(_, v)| Ok(decode(v)?))
                 .collect()
         })
         .await

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::apply_shard;
-use super::codec::decode;
 use super::command::*;
 use super::keys;
+use crate::codec::decode;
+use crate::ids::GroupId;
 use crate::storage::Store;
 
 const GROUP: GroupId = 1;
@@ -246,6 +247,76 @@ fn owner_leaving_hands_ownership_to_oldest_admin() {
         resp,
         ShardResponse::Rejected(Rejection::Forbidden(_))
     ));
+}
+
+/// The bodies of membership events are stored and pushed as they are: v1 clients show
+/// them, so their words (the role's included) are fixed.
+#[test]
+fn membership_event_bodies_are_fixed_text() {
+    let (_dir, store) = open_store();
+    create(&store);
+    let body = |resp: ShardResponse| match resp {
+        ShardResponse::Membership {
+            pushed: Some(p), ..
+        } => p.message.body,
+        other => panic!("{other:?}"),
+    };
+    let actor = |user: &str| ("u0".to_string(), "d".to_string(), format!("m-{user}"), 2);
+    for (user, role, word) in [("u1", Role::Admin, "admin"), ("u2", Role::Owner, "owner")] {
+        let (actor, actor_device, msg_id, ts) = actor(user);
+        let resp = apply(
+            &store,
+            &ShardOp::SetRole {
+                conversation_id: CONV.into(),
+                actor,
+                actor_device,
+                user_id: user.into(),
+                role,
+                msg_id,
+                ts,
+            },
+        );
+        assert_eq!(body(resp), format!("u0 made {user} {word}"));
+    }
+    // u2 owns the conversation now; u0 (an admin since the handover) makes u1 a member.
+    let resp = apply(
+        &store,
+        &ShardOp::SetRole {
+            conversation_id: CONV.into(),
+            actor: "u2".into(),
+            actor_device: "d".into(),
+            user_id: "u1".into(),
+            role: Role::Member,
+            msg_id: "m-3".into(),
+            ts: 3,
+        },
+    );
+    assert_eq!(body(resp), "u2 made u1 member");
+    let resp = apply(
+        &store,
+        &ShardOp::AddMembers {
+            conversation_id: CONV.into(),
+            actor: "u2".into(),
+            actor_device: "d".into(),
+            members: vec!["u4".into(), "u5".into()],
+            msg_id: "m-4".into(),
+            ts: 4,
+        },
+    );
+    assert_eq!(body(resp), "u2 added u4, u5");
+    let leave = |actor: &str, user: &str, msg_id: &str| ShardOp::RemoveMember {
+        conversation_id: CONV.into(),
+        actor: actor.into(),
+        actor_device: "d".into(),
+        user_id: user.into(),
+        msg_id: msg_id.into(),
+        ts: 5,
+    };
+    assert_eq!(
+        body(apply(&store, &leave("u2", "u4", "m-5"))),
+        "u2 removed u4"
+    );
+    assert_eq!(body(apply(&store, &leave("u5", "u5", "m-6"))), "u5 left");
 }
 
 #[test]

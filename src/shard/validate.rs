@@ -5,7 +5,7 @@
 //! never a panic (a key string over 64 KiB cannot be encoded) and never unbounded work
 //! (a member list with a million entries).
 //!
-//! The rules are the gateway's (`protocol::validate`): ids are 1..=128 characters of
+//! The rules are the gateway's (`super::text`, which `protocol::validate` applies too): ids are 1..=128 characters of
 //! `[A-Za-z0-9_-]`, `client_msg_id` 1..=64, titles at most 200 code points without control
 //! characters, bodies without control characters. Counts that are configurable at the
 //! gateway have a fixed ceiling here, since apply must not depend on a node's config:
@@ -15,7 +15,7 @@
 use super::apply::MEMBERS_EVER_MAX;
 use super::command::{MsgKind, Rejection, ShardOp};
 use super::read::OUTBOX_BATCH_MAX;
-use crate::protocol::{is_valid_client_msg_id, is_valid_id, validate_title};
+use super::text::{first_control, is_valid_client_msg_id, is_valid_id, title_error};
 
 /// Most bytes of a message body at apply (4 bytes per code point of the largest
 /// `max_body_chars` a node accepts).
@@ -67,12 +67,7 @@ fn body(kind: MsgKind, v: &str) -> Result<(), Rejection> {
     }
     match kind {
         MsgKind::Text | MsgKind::Edit if v.is_empty() => Err(bad("body must not be empty")),
-        _ if v
-            .chars()
-            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) =>
-        {
-            Err(bad("body contains a control character"))
-        }
+        _ if first_control(v).is_some() => Err(bad("body contains a control character")),
         _ => Ok(()),
     }
 }
@@ -120,7 +115,7 @@ fn check_conversation_op(op: &ShardOp) -> Result<(), Rejection> {
             id("creator", creator)?;
             ids("members", members)?;
             match title {
-                Some(t) if validate_title(t).is_err() => Err(bad(
+                Some(t) if title_error(t).is_some() => Err(bad(
                     "title must be at most 200 characters without control characters",
                 )),
                 _ => Ok(()),

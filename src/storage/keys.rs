@@ -13,7 +13,7 @@
 //! - `sm`: `(group u32, user key …)`; user keys never start with `0x00` (reserved).
 
 use super::StorageError;
-use crate::shard::command::GroupId;
+use crate::ids::GroupId;
 
 /// The longest string `push_str` can encode.
 pub const MAX_KEY_STR: usize = u16::MAX as usize;

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::keys::{log_key, raft_key};
 use super::queue_thread::QueueThread;
 use super::{Shared, StorageError, CF_LOG, CF_RAFT};
-use crate::shard::command::GroupId;
+use crate::ids::GroupId;
 
 /// Capacity of the log-writer queue (requests). Submitters wait (asynchronously) when it is
 /// full: that is the backpressure on log IO.

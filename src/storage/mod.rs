@@ -43,7 +43,7 @@ pub use sm_cache::SM_CACHE_BYTES_MAX;
 pub use sm_writer::{SmJob, SM_APPLY_QUEUE_MAX, SM_ROUND_JOBS_MAX};
 pub use txn::SmTxn;
 
-use crate::shard::command::GroupId;
+use crate::ids::GroupId;
 use keys::{group_prefix, log_key, parse_log_key, raft_key, sm_key};
 use log_writer::{LogOp, LogWriteReq, PendingLog};
 use queue_thread::QueueThread;
@@ -80,23 +80,14 @@ pub enum StorageError {
 
 type SmResult = Result<(), StorageError>;
 
-/// Encodes a value with bincode 2 (serde, standard config): the format of every stored value.
-pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
-    bincode::serde::encode_to_vec(value, bincode::config::standard())
-        .map_err(|e| StorageError::Encode(e.to_string()))
-}
-
-/// Decodes a value written by [`encode`]; trailing bytes are an error.
-pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
-    let (v, n) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-    if n != bytes.len() {
-        return Err(StorageError::Corrupt(format!(
-            "{} trailing bytes",
-            bytes.len() - n
-        )));
+/// A stored value that cannot be encoded or decoded is an encode / corrupt-value error.
+impl From<crate::codec::CodecError> for StorageError {
+    fn from(e: crate::codec::CodecError) -> Self {
+        match e {
+            crate::codec::CodecError::Encode(m) => StorageError::Encode(m),
+            crate::codec::CodecError::Decode(m) => StorageError::Corrupt(m),
+        }
     }
-    Ok(v)
 }
 
 impl From<TaskFailed> for StorageError {

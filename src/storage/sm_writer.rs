@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::queue_thread::QueueThread;
 use super::{SmTxn, StorageError, Store};
-use crate::shard::command::GroupId;
+use crate::ids::GroupId;
 
 /// Capacity of the apply queue (jobs). One job per group is in flight at most (openraft
 /// applies a group's entries one batch at a time), so this bounds groups, not entries.

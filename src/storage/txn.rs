@@ -5,7 +5,7 @@ use std::ops::Bound;
 
 use super::keys::SM_RESERVED_PREFIX;
 use super::{StorageError, Store};
-use crate::shard::command::GroupId;
+use crate::ids::GroupId;
 
 /// A state-machine transaction over one group: reads see its own pending writes first, then
 /// the DB. Keys are given without the group prefix and must not start with `0x00` (reserved

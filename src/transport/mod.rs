@@ -30,10 +30,9 @@ pub mod token;
 #[cfg(test)]
 mod tests;
 
-/// Identifies a node of the cluster; named in the node's certificate as `node-<id>`.
-pub type NodeId = u64;
-/// Identifies one Raft group; frames carry it so one connection serves all groups.
-pub type GroupId = u32;
+// A node is named in its certificate as `node-<id>`; frames carry the group id so that one
+// connection serves all groups.
+pub use crate::ids::{GroupId, NodeId};
 
 pub use endpoint::{Inbound, PeerRevoked, Transport, TransportConfig};
 pub use error::TransportError;
