@@ -26,6 +26,7 @@ cluster: build
 	BIN=$$($(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release/chatnode bash scripts/cluster.sh
 
 test: setup
+	$(CARGO) fmt --all --check
 	$(CARGO) test --workspace --no-fail-fast
 	$(CARGO) test --manifest-path lossyfs/Cargo.toml --no-fail-fast
 	bash scripts/jepsen-smoke.sh
