@@ -65,7 +65,7 @@ pub struct Cluster {
     leaders: LeaderCache,
     pub(super) shard_map: Arc<super::ShardMap>,
     /// Where pushes received from peers go (delivery).
-    pushes: Arc<dyn PushSink>,
+    pub(super) pushes: Arc<dyn PushSink>,
     pub(super) forwarder: WriteForwarder,
     pub(super) transfers: Transfers,
     /// Set once the relay exists: the relay writes through this cluster, and a peer's

@@ -9,10 +9,8 @@ use parking_lot::Mutex;
 
 use super::Cluster;
 use crate::cluster::command::QueryResult;
-use crate::cluster::command::*;
 use crate::cluster::RouteError;
 use crate::ids::GroupId;
-use crate::ids::*;
 use crate::sabotage::{on, Switch, EARLY_ACK_AFTER_MS};
 use crate::shard::command::*;
 use crate::shard::query::ShardQuery;

@@ -22,6 +22,8 @@ use crate::cluster::push::{PushItem, PushSink};
 use crate::cluster::ShardMap;
 use crate::ids::*;
 use crate::metrics::Metrics;
+#[cfg(feature = "fault-injection")]
+use crate::shard::command::Pushed;
 use crate::shard::push::Push;
 
 /// Batches waiting in delivery's inbox before new ones are dropped (and refilled).
