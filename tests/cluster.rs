@@ -969,6 +969,13 @@ async fn rotated_join_token_and_left_identity_are_refused() {
             Instant::now() < deadline,
             "node 3 came back under its old identity unnoticed"
         );
+        // Make node 3 call its former peers (a status asks every node) rather than wait
+        // for one of its own loops to; the answer does not matter, the members' logs do.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            get_json(c.nodes[s3].client, "/admin/status", &c.admin_token),
+        )
+        .await;
         pause(Duration::from_millis(200)).await;
     };
     eprintln!("node 3 with its old identity: {refused}");

@@ -479,6 +479,43 @@ pub struct Proc {
     starts: u32,
 }
 
+/// One test's clusters at a time per test binary: every cluster is 3–5 real processes, and
+/// on a 2-core CI machine two or three tests' clusters at once starve each other's Raft
+/// timers (leader balance and catch-up deadlines then fail for want of CPU, not for a bug).
+/// A test may hold several clusters (they are made on its thread): the owner re-enters.
+static CLUSTERS_OWNER: std::sync::Mutex<(Option<std::thread::ThreadId>, usize)> =
+    std::sync::Mutex::new((None, 0));
+
+/// Held by a `TestCluster` for its whole life (released when it drops, also on a panic).
+struct OneAtATime;
+
+impl OneAtATime {
+    fn wait() -> OneAtATime {
+        let me = std::thread::current().id();
+        loop {
+            {
+                let mut owner = CLUSTERS_OWNER.lock().unwrap_or_else(|e| e.into_inner());
+                if owner.0.is_none() || owner.0 == Some(me) {
+                    owner.0 = Some(me);
+                    owner.1 += 1;
+                    return OneAtATime;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for OneAtATime {
+    fn drop(&mut self) {
+        let mut owner = CLUSTERS_OWNER.lock().unwrap_or_else(|e| e.into_inner());
+        owner.1 = owner.1.saturating_sub(1);
+        if owner.1 == 0 {
+            owner.0 = None;
+        }
+    }
+}
+
 pub struct TestCluster {
     dir: Option<tempfile::TempDir>,
     pub root: PathBuf,
@@ -488,6 +525,8 @@ pub struct TestCluster {
     /// The cluster's admin token (`<data-dir>/admin-token`, the same on every node).
     pub admin_token: String,
     pub nodes: Vec<Proc>,
+    /// Dropped after `drop` below has killed the processes.
+    _one_at_a_time: OneAtATime,
 }
 
 impl Drop for TestCluster {
@@ -522,6 +561,7 @@ impl Drop for TestCluster {
 impl TestCluster {
     /// A directory and config for a cluster of `shards` shards; no process yet.
     pub fn new(shards: u32) -> TestCluster {
+        let one_at_a_time = OneAtATime::wait();
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let config = root.join("chatnode.toml");
@@ -534,6 +574,7 @@ impl TestCluster {
             token: String::new(),
             admin_token: String::new(),
             nodes: Vec::new(),
+            _one_at_a_time: one_at_a_time,
         }
     }
 
