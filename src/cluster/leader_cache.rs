@@ -64,7 +64,10 @@ impl Cluster {
     }
 
     /// The leader this node's replica of `group` knows of, if this node is a replica the
-    /// placement wants (a displaced one may be stuck with a leader of long ago).
+    /// placement wants (a displaced one may be stuck with a leader of long ago). Never this
+    /// node unless it leads: a replica may name itself from its persisted vote while it is
+    /// not leading (a restarted node that was removed), and routing to that would send every
+    /// attempt to this node's own "not leader" and never ask anyone else.
     pub(super) fn local_leader_view(&self, group: GroupId) -> Option<NodeId> {
         if !self.wanted_here(group) {
             return None;
@@ -72,11 +75,11 @@ impl Cluster {
         let g = self.groups.group(group).ok()?;
         let m = g.raft.metrics();
         let m = m.borrow();
-        if self.is_replica(&m) {
-            m.current_leader
-        } else {
-            None
+        if !self.is_replica(&m) {
+            return None;
         }
+        let leads = m.state == ServerState::Leader;
+        m.current_leader.filter(|l| *l != self.node_id || leads)
     }
 
     /// `NotLeader`, with the leader this node's replica knows of as the hint.

@@ -150,13 +150,7 @@ impl Cluster {
         if let Some(l) = self.leaders.get(group) {
             return l;
         }
-        // A replica may name itself as leader from its persisted vote while it is not
-        // leading (a restarted node that was removed): trusting that would send every
-        // attempt to this node's own "not leader" and never ask anyone else.
-        if let Some(l) = self
-            .local_leader_view(group)
-            .filter(|l| *l != self.node_id || self.is_local_leader(group))
-        {
+        if let Some(l) = self.local_leader_view(group) {
             return l;
         }
         let meta = self.meta();
