@@ -1,13 +1,19 @@
-//! A tiny chat client for the README tour.
+//! A tiny chat client for the README tour, on the client library (`chatnode-client`).
 //!
 //! `chat --token T --device D` prints every frame pushed to this device.
 //! `chat --token T --device D --to USER_ID --say TEXT` opens (or finds) the direct
 //! conversation with USER_ID, sends TEXT, prints the ack, then keeps printing pushes.
 
+use std::time::Duration;
+
+use chatnode_client::{WsClient, WsOptions};
 use clap::Parser;
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
+use serde_json::json;
+
+/// How long to wait for each reply.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one wait for a push lasts before waiting again.
+const PUSH_POLL: Duration = Duration::from_secs(3600);
 
 #[derive(Parser)]
 struct Args {
@@ -25,57 +31,55 @@ struct Args {
     say: Option<String>,
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn request(ws: &mut Ws, frame: Value) -> anyhow::Result<Value> {
-    let id = frame["id"].clone();
-    ws.send(Message::Text(frame.to_string().into())).await?;
-    while let Some(msg) = ws.next().await {
-        if let Message::Text(t) = msg? {
-            let v: Value = serde_json::from_str(t.as_str())?;
-            if v["id"] == id {
-                return Ok(v);
-            }
-            println!("{v}");
-        }
+/// Prints and forgets the pushes that arrived while waiting for a reply.
+fn print_pushes(ws: &mut WsClient) {
+    for p in ws.pushes.drain(..) {
+        println!("{p}");
     }
-    anyhow::bail!("connection closed")
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/v1/ws", args.url)).await?;
-    let auth = request(
-        &mut ws,
-        json!({"type":"auth","id":0,"token":args.token,"device_id":args.device}),
-    )
-    .await?;
+    let addr = args
+        .url
+        .strip_prefix("ws://")
+        .ok_or_else(|| anyhow::anyhow!("--url {}: only ws:// URLs", args.url))?
+        .trim_end_matches('/');
+    let mut ws = WsClient::connect(addr, &WsOptions::default()).await?;
+    let auth = ws
+        .authenticate(&args.token, &args.device, REPLY_TIMEOUT)
+        .await?;
     println!("{auth}");
     if let Some(to) = &args.to {
-        let conv = request(
-            &mut ws,
-            json!({"type":"create_conversation","id":1,"kind":"direct","members":[to]}),
-        )
-        .await?;
+        let conv = ws
+            .request(
+                json!({"type":"create_conversation","kind":"direct","members":[to]}),
+                REPLY_TIMEOUT,
+            )
+            .await?;
+        print_pushes(&mut ws);
         println!("{conv}");
         if let (Some(text), Some(cid)) =
             (&args.say, conv["conversation"]["conversation_id"].as_str())
         {
             let cmid = ulid::Ulid::new().to_string();
-            let ack = request(
-                &mut ws,
-                json!({"type":"send","id":2,"conversation_id":cid,"client_msg_id":cmid,"body":text}),
-            )
-            .await?;
+            let ack = ws
+                .request(
+                    json!({"type":"send","conversation_id":cid,"client_msg_id":cmid,"body":text}),
+                    REPLY_TIMEOUT,
+                )
+                .await?;
+            print_pushes(&mut ws);
             println!("{ack}");
         }
     }
-    while let Some(msg) = ws.next().await {
-        if let Message::Text(t) = msg? {
-            println!("{t}");
+    loop {
+        match ws.recv(PUSH_POLL).await {
+            Ok(Some(frame)) => println!("{frame}"),
+            Ok(None) => {}
+            Err(chatnode_client::Error::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
 }

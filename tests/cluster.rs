@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chatnode::cluster::ShardMap;
+use chatnode_client::status::{GroupState, MemberState};
 use common::cluster::*;
 use common::Client;
 use serde_json::{json, Value};
@@ -84,7 +85,7 @@ async fn wait_caught_up(c: &mut TestCluster, id: u64, timeout: Duration) {
                         .get(g)
                         .and_then(|rs| rs.iter().find(|r| r.node == id));
                     match mine {
-                        Some(r) if r.applied >= *want && r.state != "learner" => {}
+                        Some(r) if r.applied >= *want && r.state != GroupState::Learner => {}
                         Some(r) => behind.push(format!(
                             "group {g}: {} applied {} < {want}",
                             r.state, r.applied
@@ -169,8 +170,8 @@ async fn three_and_five_node_clusters_form() {
             assert_eq!(l.voters.len(), 3, "group {g}: voters {:?}", l.voters);
         }
         // Every node is ready and sees the same cluster.
-        let version = v.raw["placement_version"].clone();
-        let cluster_id = v.raw["cluster_id"].clone();
+        let version = v.status.placement_version;
+        let cluster_id = v.status.cluster_id.clone();
         for id in &members {
             let (status, _) = try_http(
                 c.addr_of(*id),
@@ -185,9 +186,9 @@ async fn three_and_five_node_clusters_form() {
             assert_eq!(status, 200, "node {id} /ready");
             let own = c.view_of(*id).await.unwrap();
             assert_eq!(own.from, *id);
-            assert_eq!(own.raw["cluster_id"], cluster_id, "node {id} cluster id");
+            assert_eq!(own.status.cluster_id, cluster_id, "node {id} cluster id");
             assert_eq!(own.nodes.len(), n, "node {id} knows {:?}", own.nodes);
-            if own.raw["placement_version"] == version {
+            if own.status.placement_version == version {
                 assert_eq!(
                     own.replicas, v.replicas,
                     "node {id}: same placement version, different replicas"
@@ -729,12 +730,7 @@ async fn fourth_node_joins_and_leaves_under_load() {
         eprintln!("after node 4 left: {e}");
         findings.push(format!("after node 4 left: {e}"));
     }
-    assert_eq!(
-        v.nodes.get(&id4).map(String::as_str),
-        Some("left"),
-        "{:?}",
-        v.nodes
-    );
+    assert_eq!(v.nodes.get(&id4), Some(&MemberState::Left), "{:?}", v.nodes);
     pause(Duration::from_secs(2)).await;
 
     let report = load.finish().await;
@@ -945,7 +941,7 @@ async fn rotated_join_token_and_left_identity_are_refused() {
     assert!(exit.success(), "node 3 exited with {exit}");
     let two: BTreeSet<u64> = [1, 2].into();
     let v = c.wait_converged(&two, false, CONVERGE).await;
-    assert_eq!(v.nodes.get(&id3).map(String::as_str), Some("left"));
+    assert_eq!(v.nodes.get(&id3), Some(&MemberState::Left));
     let logs_before: Vec<usize> = c.nodes[..2]
         .iter()
         .map(|p| std::fs::read_to_string(&p.log).unwrap_or_default().len())
@@ -980,7 +976,7 @@ async fn rotated_join_token_and_left_identity_are_refused() {
     };
     eprintln!("node 3 with its old identity: {refused}");
     let v = c.view().await.expect("status");
-    assert_eq!(v.nodes.get(&id3).map(String::as_str), Some("left"));
+    assert_eq!(v.nodes.get(&id3), Some(&MemberState::Left));
     assert!(!v.holds_anything(id3), "{}", v.summary());
     c.kill(s3);
 
@@ -991,9 +987,8 @@ async fn rotated_join_token_and_left_identity_are_refused() {
     c.wait_ready(s3, Duration::from_secs(90)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let id = loop {
-        let v = get_json(c.nodes[s3].client, "/admin/status", &c.admin_token).await;
-        if let Some(id) = v.ok().and_then(|v| v["node_id"].as_u64()) {
-            break id;
+        if let Ok(v) = admin_status(c.nodes[s3].client, &c.admin_token).await {
+            break v.node_id;
         }
         assert!(
             Instant::now() < deadline,
@@ -1004,8 +999,8 @@ async fn rotated_join_token_and_left_identity_are_refused() {
     assert_eq!(id, 4, "a wiped machine rejoins under a new id");
     c.nodes[s3].id = id;
     let v = c.view().await.expect("status");
-    assert_eq!(v.nodes.get(&id3).map(String::as_str), Some("left"));
-    assert_eq!(v.nodes.get(&4).map(String::as_str), Some("active"));
+    assert_eq!(v.nodes.get(&id3), Some(&MemberState::Left));
+    assert_eq!(v.nodes.get(&4), Some(&MemberState::Active));
 }
 
 // ---------------------------------------------------------------------------------------

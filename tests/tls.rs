@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chatnode_client::{http, WsClient};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -63,7 +64,7 @@ async fn tls_connect(
     .map_err(|_| std::io::Error::other("handshake timed out"))?
 }
 
-/// One HTTPS request; (status, body).
+/// One HTTPS request (the client library's HTTP exchange over the TLS stream); (status, body).
 async fn https(
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
@@ -71,21 +72,16 @@ async fn https(
     path: &str,
     body: &str,
 ) -> (u16, String) {
-    let mut s = tls_connect(addr, config).await.expect("TLS handshake");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(WAIT, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
+    let s = tls_connect(addr, config).await.expect("TLS handshake");
+    let mut req = http::Request::new(method, path);
+    if !body.is_empty() {
+        req = req.body(body);
     }
-    parse_http_response(&out)
+    let r = tokio::time::timeout(WAIT, http::exchange(s, "localhost", req, 1 << 20))
+        .await
+        .expect("answer in time")
+        .expect("HTTPS exchange");
+    (r.status, r.body)
 }
 
 async fn https_register(
@@ -105,7 +101,7 @@ async fn https_register(
     )
 }
 
-type Wss = tokio_tungstenite::WebSocketStream<TlsStream<TcpStream>>;
+type Wss = WsClient<TlsStream<TcpStream>>;
 
 async fn wss_connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Wss {
     let tls = tls_connect(addr, config).await.expect("TLS handshake");
@@ -113,28 +109,12 @@ async fn wss_connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Wss
     let (ws, _) = tokio_tungstenite::client_async(url, tls)
         .await
         .expect("WSS upgrade");
-    ws
+    WsClient::new(ws)
 }
 
-/// Sends `frame` and returns the reply with the same id (pushes skipped).
+/// Sends `frame` (with a fresh id) and returns the reply with that id (pushes kept aside).
 async fn wss_request(ws: &mut Wss, frame: Value) -> Value {
-    let id = frame["id"].clone();
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("send");
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("reply in time")
-            .expect("open")
-            .expect("frame");
-        if let Message::Text(t) = msg {
-            let v: Value = serde_json::from_str(t.as_str()).expect("json");
-            if v["id"] == id {
-                return v;
-            }
-        }
-    }
+    ws.request(frame, WAIT).await.expect("reply in time")
 }
 
 async fn start_tls_node(dir: &Path) -> (TestNode, CertificateDer<'static>, PathBuf, PathBuf) {
@@ -161,14 +141,14 @@ async fn https_and_wss_with_a_self_signed_certificate() {
     let mut ws = wss_connect(addr, cfg.clone()).await;
     let r = wss_request(
         &mut ws,
-        json!({"id":1,"type":"auth","token":alice_token,"device_id":"a"}),
+        json!({"type":"auth","token":alice_token,"device_id":"a"}),
     )
     .await;
     assert_eq!(r["type"], "auth_ok", "{r}");
     assert_eq!(r["user_id"], json!(alice_id));
     let r = wss_request(
         &mut ws,
-        json!({"id":2,"type":"create_conversation","kind":"direct","members":[bob_id]}),
+        json!({"type":"create_conversation","kind":"direct","members":[bob_id]}),
     )
     .await;
     let conv = r["conversation"]["conversation_id"]
@@ -177,7 +157,7 @@ async fn https_and_wss_with_a_self_signed_certificate() {
         .to_string();
     let r = wss_request(
         &mut ws,
-        json!({"id":3,"type":"send","conversation_id":conv,"client_msg_id":"c1","body":"over wss"}),
+        json!({"type":"send","conversation_id":conv,"client_msg_id":"c1","body":"over wss"}),
     )
     .await;
     assert_eq!(r["type"], "ack", "{r}");

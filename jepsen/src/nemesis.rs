@@ -661,49 +661,36 @@ pub async fn busiest_leader(cluster: &Arc<Mutex<Cluster>>) -> Option<usize> {
         if r.status != 200 {
             continue;
         }
-        let Ok(v) = r.json() else { continue };
+        let Ok(v) = r.status() else { continue };
         // node id -> our node number, by the client address' IP.
         let mut by_id = std::collections::HashMap::new();
-        for n in v["nodes"].as_array().cloned().unwrap_or_default() {
-            let id = n["id"].as_u64();
-            let ip = n["client_addr"]
-                .as_str()
-                .and_then(|a| a.rsplit_once(':'))
-                .map(|(h, _)| h.to_string());
-            if let (Some(id), Some(ip)) = (id, ip) {
-                if let Some(last) = ip.rsplit('.').next().and_then(|o| o.parse::<usize>().ok()) {
-                    if last > 10 {
-                        by_id.insert(id, last - 10);
-                    }
+        for n in &v.nodes {
+            let ip = n.client_addr.rsplit_once(':').map(|(h, _)| h);
+            if let Some(last) = ip.and_then(|ip| ip.rsplit('.').next()?.parse::<usize>().ok()) {
+                if last > 10 {
+                    by_id.insert(n.id, last - 10);
                 }
             }
         }
         // Each group's leader as the node with the highest term reports it: this node's own
         // view plus every reachable node's (`node_statuses`).
-        let mut views = vec![v["groups"].clone()];
-        for ns in v["node_statuses"].as_array().cloned().unwrap_or_default() {
-            views.push(ns["groups"].clone());
-        }
-        let mut leaders = std::collections::BTreeMap::<String, (u64, u64)>::new();
-        for view in views {
-            for g in view.as_array().cloned().unwrap_or_default() {
-                let (Some(leader), term) = (g["leader"].as_u64(), g["term"].as_u64().unwrap_or(0))
-                else {
-                    continue;
-                };
-                let e = leaders
-                    .entry(g["group"].to_string())
-                    .or_insert((term, leader));
-                if term > e.0 {
-                    *e = (term, leader);
-                }
+        let views =
+            std::iter::once(&v.groups[..]).chain(v.node_statuses.iter().map(|ns| ns.groups()));
+        let mut leaders = std::collections::BTreeMap::<u32, (u64, u64)>::new();
+        for g in views.flatten() {
+            let Some(leader) = g.leader else {
+                continue;
+            };
+            let e = leaders.entry(g.group).or_insert((g.term, leader));
+            if g.term > e.0 {
+                *e = (g.term, leader);
             }
         }
         // Shard groups carry the clients' traffic; the meta group (0) only breaks ties.
         let mut counts = std::collections::BTreeMap::<usize, usize>::new();
         for (group, (_, leader)) in &leaders {
             if let Some(node) = by_id.get(leader) {
-                *counts.entry(*node).or_default() += if group == "0" { 1 } else { 1000 };
+                *counts.entry(*node).or_default() += if *group == 0 { 1 } else { 1000 };
             }
         }
         if let Some((&node, _)) = counts.iter().max_by_key(|(_, &c)| c) {

@@ -6,6 +6,7 @@
 use crate::history::{Event, History, Msg, SyncEntry, Type, Value, F, HARNESS};
 use crate::http;
 use anyhow::{anyhow, bail, Context, Result};
+use chatnode_client::ws::WsOptions;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
@@ -15,13 +16,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = chatnode_client::ws::Ws;
 
 /// Client-side deadline of one request: above the server's 5 s request deadline.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(6);
@@ -159,17 +158,14 @@ impl Conn {
         device: &str,
         ctx: ConnCtx,
     ) -> Result<Conn> {
-        let url = format!("ws://{addr}/v1/ws");
-        let (ws, _) = timeout(
-            CONNECT_TIMEOUT,
-            tokio_tungstenite::connect_async(url.as_str()),
-        )
-        .await
-        .map_err(|_| anyhow!("connect {url}: timeout"))?
-        .with_context(|| format!("connect {url}"))?;
-        if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-            let _ = s.set_nodelay(true);
-        }
+        let opts = WsOptions {
+            connect_timeout: CONNECT_TIMEOUT,
+            nodelay: true,
+            ..WsOptions::default()
+        };
+        let ws = chatnode_client::ws::connect(addr, &opts)
+            .await
+            .with_context(|| format!("connect ws://{addr}/v1/ws"))?;
         let (mut sink, mut stream) = ws.split();
         let auth = json!({"type":"auth","id":0,"token":user.token,"device_id":device});
         sink.send(Message::Text(auth.to_string().into())).await?;

@@ -22,6 +22,7 @@ mod setup;
 mod stats;
 
 use anyhow::{bail, Result};
+use chatnode_client::WsClient;
 use clap::Parser;
 use net::Endpoint;
 use rand::Rng;
@@ -233,7 +234,7 @@ async fn run_load(cli: &Cli) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let body_json: Arc<str> = serde_json::to_string(&"x".repeat(cli.body_bytes))?.into();
     let mut tasks = Vec::new();
-    for (i, ws) in sockets.into_iter().enumerate() {
+    for (i, ws) in sockets.into_iter().map(WsClient::into_inner).enumerate() {
         let cfg = load::SenderConfig {
             index: i,
             conversation_json: serde_json::to_string(&conversations[i % conversations.len()])?,

@@ -27,6 +27,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
+use chatnode_client::status::{AdminStatus, MemberState, NodeEntry, NodeReport};
+
 use super::Gateway;
 use crate::cluster::command::{MetaOp, NodeState, Response as MetaResponse};
 
@@ -80,35 +82,48 @@ pub async fn status(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respo
     let mut nodes = Vec::new();
     let mut statuses = Vec::new();
     for n in meta.nodes.values() {
-        nodes.push(json!({
-            "id": n.node_id,
-            "client_addr": n.client_addr,
-            "peer_addr": n.peer_addr,
-            "state": format!("{:?}", n.state).to_lowercase(),
-        }));
+        nodes.push(NodeEntry {
+            id: n.node_id,
+            client_addr: n.client_addr.clone(),
+            peer_addr: n.peer_addr.clone(),
+            state: member_state(n.state),
+        });
         if n.state == NodeState::Left {
             continue;
         }
         let timeout = Duration::from_millis(PEER_STATUS_TIMEOUT_MS);
-        match c.peer_status(n.node_id, timeout).await {
-            Ok(s) => {
-                statuses.push(json!({"node_id": n.node_id, "reachable": true, "groups": s.groups}))
-            }
-            Err(e) => statuses
-                .push(json!({"node_id": n.node_id, "reachable": false, "error": e.to_string()})),
-        }
+        statuses.push(match c.peer_status(n.node_id, timeout).await {
+            Ok(s) => NodeReport::reachable(n.node_id, s.groups),
+            Err(e) => NodeReport::unreachable(n.node_id, e.to_string()),
+        });
     }
-    let own = c.local_status();
-    Json(json!({
-        "node_id": c.node_id,
-        "cluster_id": c.cluster_id,
-        "placement_version": meta.placement_version,
-        "replicas": meta.replicas,
-        "nodes": nodes,
-        "groups": own.groups,
-        "node_statuses": statuses,
-    }))
-    .into_response()
+    let status = AdminStatus {
+        node_id: c.node_id,
+        cluster_id: c.cluster_id.clone(),
+        placement_version: meta.placement_version,
+        replicas: meta.replicas.clone(),
+        nodes,
+        groups: c.local_status().groups,
+        node_statuses: statuses,
+    };
+    // Through a Value, whose map sorts keys: the answer keeps the bytes it had when it was
+    // built with `json!` (fields and `replicas` keys in string order).
+    match serde_json::to_value(&status) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"type": "error", "code": "internal", "message": e.to_string(), "retryable": true})),
+        )
+            .into_response(),
+    }
+}
+
+fn member_state(s: NodeState) -> MemberState {
+    match s {
+        NodeState::Active => MemberState::Active,
+        NodeState::Leaving => MemberState::Leaving,
+        NodeState::Left => MemberState::Left,
+    }
 }
 
 #[derive(Deserialize)]

@@ -1,18 +1,16 @@
-//! Test helpers: an in-process node on 127.0.0.1:0, a tiny HTTP client and a WebSocket
-//! client that matches replies by id and keeps pushes aside.
+//! Test helpers: an in-process node on 127.0.0.1:0, and the client library's HTTP and
+//! WebSocket clients (replies matched by id, pushes kept aside) wrapped to panic on failure.
 #![allow(dead_code)]
 
 pub mod cluster;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use chatnode_client::http::Session;
+use chatnode_client::ws::{self, WsOptions};
+use chatnode_client::{HttpClient, WsClient};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 
 use chatnode::config::Config;
 use chatnode::node::Node;
@@ -94,17 +92,15 @@ impl Drop for Server {
     }
 }
 
-/// One HTTP/1.1 request; returns (status, body).
+/// One HTTP/1.1 request (through the client library); returns (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    parse_http_response(&out)
+    let body = (!body.is_empty()).then_some(body);
+    let r = HttpClient::new(addr)
+        .timeout(WAIT)
+        .request(method, path, body, None)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    (r.status, r.body)
 }
 
 /// Status code and body (de-chunked) of a raw HTTP/1.1 response; status 0 if unparsable.
@@ -142,48 +138,47 @@ fn dechunk(mut rest: &str) -> String {
 
 /// Registers and logs in; returns (user_id, token).
 pub async fn register(addr: SocketAddr, name: &str) -> (String, String) {
-    let creds = json!({"username": name, "password": "password123"}).to_string();
-    let (status, body) = http(addr, "POST", "/v1/register", &creds).await;
-    assert_eq!(status, 201, "register {name}: {body}");
-    let (status, body) = http(addr, "POST", "/v1/login", &creds).await;
-    assert_eq!(status, 200, "login {name}: {body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    (
-        v["user_id"].as_str().unwrap().to_string(),
-        v["token"].as_str().unwrap().to_string(),
-    )
+    let http = HttpClient::new(addr).timeout(WAIT);
+    let r = http.register(name, "password123", None).await.unwrap();
+    assert_eq!(r.status, 201, "register {name}: {}", r.body);
+    let r = http.login(name, "password123").await.unwrap();
+    assert_eq!(r.status, 200, "login {name}: {}", r.body);
+    let s: Session = r.json().unwrap();
+    (s.user_id, s.token)
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+pub type Ws = chatnode_client::ws::Ws;
 
-pub struct Client {
-    pub ws: Ws,
-    next_id: u64,
-    pub pushes: VecDeque<Value>,
-    pub user_id: String,
+/// The client library's WebSocket client with the tests' manners: every failure panics,
+/// replies are awaited for [`WAIT`]. Its fields (`ws`, `pushes`, `user_id`) are the library
+/// client's, through `Deref`.
+pub struct Client(pub WsClient);
+
+impl std::ops::Deref for Client {
+    type Target = WsClient;
+    fn deref(&self) -> &WsClient {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut WsClient {
+        &mut self.0
+    }
 }
 
 impl Client {
     pub async fn connect_raw(addr: SocketAddr) -> Ws {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
+        ws::connect(&addr.to_string(), &WsOptions::default())
             .await
-            .expect("ws connect");
-        ws
+            .expect("ws connect")
     }
 
     /// Sends `auth` on an open socket and waits for `auth_ok`.
     async fn authenticate(ws: Ws, token: &str, device: &str) -> Client {
-        let mut c = Client {
-            ws,
-            next_id: 1,
-            pushes: VecDeque::new(),
-            user_id: String::new(),
-        };
-        let r = c
-            .request(json!({"type":"auth","token":token,"device_id":device}))
-            .await;
-        assert_eq!(r["type"], "auth_ok", "{r}");
-        c.user_id = r["user_id"].as_str().unwrap().to_string();
+        let mut c = Client(WsClient::new(ws));
+        let r = c.0.authenticate(token, device, WAIT).await;
+        assert!(r.is_ok(), "auth: {r:?}");
         c
     }
 
@@ -200,98 +195,49 @@ impl Client {
         device: &str,
         recv_buffer_bytes: u32,
     ) -> Client {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(recv_buffer_bytes).unwrap();
-        let stream = socket.connect(addr).await.expect("tcp connect");
-        let (ws, _) = tokio_tungstenite::client_async(
-            format!("ws://{addr}/v1/ws"),
-            tokio_tungstenite::MaybeTlsStream::Plain(stream),
-        )
-        .await
-        .expect("ws connect");
+        let opts = WsOptions {
+            recv_buffer_bytes: Some(recv_buffer_bytes),
+            ..WsOptions::default()
+        };
+        let ws = ws::connect(&addr.to_string(), &opts)
+            .await
+            .expect("ws connect");
         Self::authenticate(ws, token, device).await
     }
 
     pub async fn send_text(&mut self, text: String) {
-        self.ws.send(Message::Text(text.into())).await.unwrap();
+        self.0.send_text(text).await.unwrap();
     }
 
     /// Next frame from the socket, or None on timeout/close.
     pub async fn recv(&mut self, wait: Duration) -> Option<Value> {
-        loop {
-            let msg = tokio::time::timeout(wait, self.ws.next())
-                .await
-                .ok()??
-                .ok()?;
-            match msg {
-                Message::Text(t) => return serde_json::from_str(t.as_str()).ok(),
-                Message::Close(_) => return None,
-                _ => continue,
-            }
-        }
+        self.0.recv(wait).await.ok().flatten()
     }
 
     /// Sends `frame` with a fresh id and waits for the reply carrying it.
-    pub async fn request(&mut self, mut frame: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        frame["id"] = json!(id);
-        self.send_text(frame.to_string()).await;
-        self.reply_to(json!(id)).await
+    pub async fn request(&mut self, frame: Value) -> Value {
+        self.0
+            .request(frame, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("no reply: {e}"))
     }
 
     pub async fn reply_to(&mut self, id: Value) -> Value {
-        // Pipelined replies come in any order: one may already be buffered.
-        if let Some(pos) = self.pushes.iter().position(|p| p.get("id") == Some(&id)) {
-            if let Some(v) = self.pushes.remove(pos) {
-                return v;
-            }
-        }
-        loop {
-            let v = self
-                .recv(WAIT)
-                .await
-                .unwrap_or_else(|| panic!("no reply to {id}"));
-            if v.get("id") == Some(&id) {
-                return v;
-            }
-            self.pushes.push_back(v);
-        }
+        self.0
+            .reply_to(&id, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("no reply to {id}: {e}"))
     }
 
     /// The next pushed frame of type `ty` (others are kept).
     pub async fn push_of(&mut self, ty: &str, wait: Duration) -> Option<Value> {
-        if let Some(pos) = self.pushes.iter().position(|p| p["type"] == ty) {
-            return self.pushes.remove(pos);
-        }
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let v = self.recv(left).await?;
-            if v["type"] == ty {
-                return Some(v);
-            }
-            self.pushes.push_back(v);
-        }
+        self.0.push_of(ty, wait).await.ok().flatten()
     }
 
     /// Drains pushes for `wait` and returns those of type `ty`.
     pub async fn collect(&mut self, ty: &str, wait: Duration) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match self.recv(left).await {
-                Some(v) => self.pushes.push_back(v),
-                None => break,
-            }
-        }
-        let (matching, rest): (Vec<Value>, Vec<Value>) =
-            self.pushes.drain(..).partition(|p| p["type"] == ty);
-        self.pushes = rest.into();
-        matching
+        self.0.drain_for(wait).await;
+        self.0.take_pushes(ty)
     }
 
     /// Creates (or finds) the direct conversation with `other`; returns its id.

@@ -1,7 +1,8 @@
 //! Setup before any measurement: users, authenticated sockets, conversations.
 
-use crate::net::{connect_authed, http, request, Endpoint, Ws};
+use crate::net::{connect_authed, http, request, Endpoint};
 use anyhow::{anyhow, bail, Context, Result};
+use chatnode_client::WsClient;
 use futures_util::{stream, StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -140,7 +141,7 @@ pub async fn connect_all(
     users: &[User],
     count: usize,
     owner: impl Fn(usize) -> (usize, String),
-) -> Result<Vec<Ws>> {
+) -> Result<Vec<WsClient>> {
     let progress = Progress::start("sockets authenticated", count);
     let done = progress.counter();
     let sockets = stream::iter(0..count)
@@ -175,7 +176,7 @@ pub fn group_members(c: usize, senders: usize, conversations: usize) -> Vec<usiz
 
 /// Creates the group conversations; conversation c is created by sender c on its own socket.
 pub async fn create_conversations(
-    sockets: &mut [Ws],
+    sockets: &mut [WsClient],
     users: &[User],
     conversations: usize,
 ) -> Result<Vec<String>> {
@@ -191,10 +192,10 @@ pub async fn create_conversations(
                     .map(|m| users[m].user_id.as_str())
                     .collect();
                 let frame = json!({
-                    "type": "create_conversation", "id": 1, "kind": "group",
+                    "type": "create_conversation", "kind": "group",
                     "members": members, "title": format!("chatbench {c}"),
                 });
-                let reply = request(ws, 1, &frame).await?;
+                let reply = request(ws, &frame).await?;
                 let id = reply["conversation"]["conversation_id"]
                     .as_str()
                     .ok_or_else(|| anyhow!("create_conversation {c} failed: {reply}"))?;

@@ -5,71 +5,27 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use chatnode_client::{GroupState, HttpClient, Response};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Most bytes of an admin response read.
 const RESPONSE_BYTES_MAX: usize = 16 << 20;
 const REQUEST_TIMEOUT_MS: u64 = 10_000;
 
-/// One HTTP/1.1 request (Connection: close); returns the status code and body.
-async fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    bearer: Option<&str>,
-) -> anyhow::Result<(u16, String)> {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        let auth = bearer
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        (&mut s)
-            .take(RESPONSE_BYTES_MAX as u64)
-            .read_to_end(&mut buf)
-            .await?;
-        let text = String::from_utf8_lossy(&buf).to_string();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let code: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .context("malformed HTTP response")?;
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
-        Ok::<_, anyhow::Error>((code, body))
-    };
-    tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), fut)
-        .await
-        .context("request timed out")?
+/// The client of `addr`'s admin endpoints.
+fn client(addr: &str, token: &str) -> HttpClient {
+    HttpClient::new(addr)
+        .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+        .body_limit(RESPONSE_BYTES_MAX)
+        .admin_token(Some(token.to_string()))
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
+/// The answer when its status is `want`, else an error naming the node and the answer.
+fn expect(addr: &str, r: Response, want: u16) -> anyhow::Result<Response> {
+    if r.status != want {
+        bail!("{addr} answered {}: {}", r.status, r.body);
     }
-    out
+    Ok(r)
 }
 
 /// Environment variable with the admin token (when no `--admin-token` is given).
@@ -96,24 +52,20 @@ pub fn admin_token(flag: Option<&str>, data_dir: &Path) -> anyhow::Result<String
 }
 
 pub async fn status(addr: &str, raw: bool, token: &str) -> anyhow::Result<()> {
-    let (code, body) = http(addr, "GET", "/admin/status", Some(token)).await?;
-    if code != 200 {
-        bail!("{addr} answered {code}: {body}");
-    }
-    let v: Value = serde_json::from_str(&body)?;
+    let c = client(addr, token);
+    let r = expect(addr, c.get("/admin/status").await?, 200)?;
     if raw {
+        let v: Value = r.json()?;
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("cluster {}", v["cluster_id"].as_str().unwrap_or("?"));
+    let v: chatnode_client::AdminStatus = r.json()?;
+    println!("cluster {}", v.cluster_id);
     println!("{:<6} {:<22} {:<22} {}", "node", "client", "peer", "state");
-    for n in v["nodes"].as_array().into_iter().flatten() {
+    for n in &v.nodes {
         println!(
             "{:<6} {:<22} {:<22} {}",
-            n["id"],
-            n["client_addr"].as_str().unwrap_or(""),
-            n["peer_addr"].as_str().unwrap_or(""),
-            n["state"].as_str().unwrap_or("")
+            n.id, n.client_addr, n.peer_addr, n.state
         );
     }
     println!();
@@ -121,47 +73,32 @@ pub async fn status(addr: &str, raw: bool, token: &str) -> anyhow::Result<()> {
         "{:<6} {:<8} {:<14} {:<10} {:<10} {:<10} {}",
         "group", "leader", "voters", "learners", "last_log", "applied", "lag (node:entries)"
     );
-    for s in v["node_statuses"].as_array().into_iter().flatten() {
-        for g in s["groups"].as_array().into_iter().flatten() {
-            if g["state"] != "leader" {
-                continue;
-            }
-            let last = g["last_log_index"].as_u64().unwrap_or(0);
-            let lag: Vec<String> = g["matched"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|m| {
-                    let node = m.get(0)?.as_u64()?;
-                    let idx = m.get(1)?.as_u64()?;
-                    Some(format!("{node}:{}", last.saturating_sub(idx)))
-                })
-                .collect();
+    for s in &v.node_statuses {
+        for g in s.groups().iter().filter(|g| g.state == GroupState::Leader) {
+            let lag: Vec<String> = g.lag().map(|(node, n)| format!("{node}:{n}")).collect();
+            let leader = g.leader.map_or("null".to_string(), |l| l.to_string());
             println!(
                 "{:<6} {:<8} {:<14} {:<10} {:<10} {:<10} {}",
-                g["group"],
-                g["leader"],
-                g["voters"].to_string(),
-                g["learners"].to_string(),
-                last,
-                g["applied"],
+                g.group,
+                leader,
+                serde_json::to_string(&g.voters)?,
+                serde_json::to_string(&g.learners)?,
+                g.last_log_index,
+                g.applied,
                 lag.join(" ")
             );
         }
     }
-    for s in v["node_statuses"].as_array().into_iter().flatten() {
-        if s["reachable"] == false {
-            println!("node {} unreachable: {}", s["node_id"], s["error"]);
-        }
+    for s in v.node_statuses.iter().filter(|s| !s.reachable) {
+        // Quoted, as this line always printed the JSON string.
+        let error = serde_json::to_string(&s.error.as_deref().unwrap_or_default())?;
+        println!("node {} unreachable: {error}", s.node_id);
     }
     Ok(())
 }
 
 pub async fn leave(addr: &str, token: &str) -> anyhow::Result<()> {
-    let (code, body) = http(addr, "POST", "/admin/leave", Some(token)).await?;
-    if code != 202 {
-        bail!("{addr} answered {code}: {body}");
-    }
+    expect(addr, client(addr, token).admin_leave().await?, 202)?;
     println!("{addr} is leaving: its replicas move to other nodes, then it stops");
     Ok(())
 }
@@ -173,15 +110,8 @@ pub async fn invite(
     uses: u32,
     ttl_secs: Option<u64>,
 ) -> anyhow::Result<()> {
-    let mut path = format!("/admin/invites?uses={uses}");
-    if let Some(t) = ttl_secs {
-        path.push_str(&format!("&ttl_secs={t}"));
-    }
-    let (code, body) = http(addr, "POST", &path, Some(token)).await?;
-    if code != 201 {
-        bail!("{addr} answered {code}: {body}");
-    }
-    let v: Value = serde_json::from_str(&body)?;
+    let r = client(addr, token).admin_invite(uses, ttl_secs).await?;
+    let v: Value = expect(addr, r, 201)?.json()?;
     let invite = v["invite"].as_str().context("no invite in the answer")?;
     println!("{invite}");
     eprintln!(
@@ -193,11 +123,8 @@ pub async fn invite(
 }
 
 pub async fn rotate_join_token(addr: &str, token: &str) -> anyhow::Result<()> {
-    let (code, body) = http(addr, "POST", "/admin/rotate-join-token", Some(token)).await?;
-    if code != 200 {
-        bail!("{addr} answered {code}: {body}");
-    }
-    let v: Value = serde_json::from_str(&body)?;
+    let r = client(addr, token).admin_rotate_join_token().await?;
+    let v: Value = expect(addr, r, 200)?.json()?;
     let new = v["join_token"]
         .as_str()
         .context("no join_token in the answer")?;

@@ -36,18 +36,18 @@ fn unknown_group_state_is_refused() {
 
 #[test]
 fn from_openraft_server_state() {
-    assert_eq!(GroupState::from(ServerState::Leader), GroupState::Leader);
+    assert_eq!(group_state(ServerState::Leader), GroupState::Leader);
     assert_eq!(
-        GroupState::from(ServerState::Follower),
+        group_state(ServerState::Follower),
         GroupState::Follower
     );
     assert_eq!(
-        GroupState::from(ServerState::Candidate),
+        group_state(ServerState::Candidate),
         GroupState::Candidate
     );
-    assert_eq!(GroupState::from(ServerState::Learner), GroupState::Learner);
+    assert_eq!(group_state(ServerState::Learner), GroupState::Learner);
     assert_eq!(
-        GroupState::from(ServerState::Shutdown),
+        group_state(ServerState::Shutdown),
         GroupState::Shutdown
     );
 }
