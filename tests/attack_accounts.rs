@@ -9,11 +9,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use chatnode::config::Registration;
+use chatnode_client::http;
 use common::*;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PASSWORD: &str = "password123";
+/// Per request: well above the server's own deadlines, even behind a hashing queue.
+const HTTP_WAIT: Duration = Duration::from_secs(60);
 
 /// A response: status, lower-cased headers, body as JSON (Null if not JSON).
 struct Reply {
@@ -44,30 +46,20 @@ async fn request_from(
     socket
         .bind(format!("{from}:0").parse().unwrap())
         .expect("bind a loopback source address");
-    let mut s = socket.connect(addr).await.unwrap();
-    let auth = bearer
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let (status, body) = parse_http_response(&out);
-    let text = String::from_utf8_lossy(&out).to_string();
-    let head = text.split("\r\n\r\n").next().unwrap_or("");
-    let headers = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let s = socket.connect(addr).await.unwrap();
+    let mut req = http::Request::new(method, path).bearer(bearer);
+    if !body.is_empty() {
+        req = req.body(body);
+    }
+    let host = addr.to_string();
+    let r = tokio::time::timeout(HTTP_WAIT, http::exchange(s, &host, req, 1 << 20))
+        .await
+        .expect("answer in time")
+        .expect("HTTP exchange");
     Reply {
-        status,
-        headers,
-        body: serde_json::from_str(&body).unwrap_or(Value::Null),
+        status: r.status,
+        body: serde_json::from_str(&r.body).unwrap_or(Value::Null),
+        headers: r.headers,
     }
 }
 
