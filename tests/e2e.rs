@@ -308,9 +308,7 @@ async fn rate_and_device_limits() {
     );
 }
 
-struct ClientShim(
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-);
+struct ClientShim(Ws);
 impl ClientShim {
     async fn next(&mut self) -> serde_json::Value {
         use futures_util::StreamExt;

@@ -11,13 +11,11 @@ use std::time::{Duration, Instant};
 
 use chatnode_client::{http, WsClient};
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_tungstenite::tungstenite::Message;
 
 /// A self-signed certificate for `localhost` written to `<dir>/<name>.{crt,key}`.
 fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf, CertificateDer<'static>) {

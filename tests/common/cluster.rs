@@ -10,7 +10,7 @@
 //! - [`ws`]: a WebSocket connection that never panics ([`Conn`]).
 //! - [`load`]: retrying clients sending continuously, and the check that no acknowledged
 //!   message was lost or duplicated.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod admin;
 pub mod config;
