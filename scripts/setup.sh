@@ -30,3 +30,17 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install Rust from https://rustup.rs (stable >= 1.85)" >&2
   exit 1
 fi
+
+# `make test` runs rustfmt and clippy; rustup's minimal profile has neither.
+for tool in fmt clippy; do
+  if ! cargo "$tool" --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null 2>&1; then
+      component=$([ "$tool" = fmt ] && echo rustfmt || echo clippy)
+      echo "setup: installing the $component component"
+      rustup component add "$component"
+    else
+      echo "setup: cargo $tool not found and no rustup to add it" >&2
+      exit 1
+    fi
+  fi
+done

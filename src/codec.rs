@@ -7,7 +7,7 @@
 
 /// A value could not be encoded, or bytes are not a value of the expected type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CodecError {
+pub(crate) enum CodecError {
     #[error("encode: {0}")]
     Encode(String),
     #[error("corrupt value: {0}")]
@@ -15,13 +15,13 @@ pub enum CodecError {
 }
 
 /// Encodes a value with bincode 2 (serde, standard config).
-pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(value, bincode::config::standard())
         .map_err(|e| CodecError::Encode(e.to_string()))
 }
 
 /// Decodes a value written by [`encode`]; trailing bytes are an error.
-pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (v, n) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
         .map_err(|e| CodecError::Decode(e.to_string()))?;
     if n != bytes.len() {

@@ -5,10 +5,10 @@
 //! one edit (and a change of the stored encoding, which it would be, is visible here).
 
 /// A node's id, assigned by the meta group when it admits the node (1, 2, …).
-pub type NodeId = u64;
+pub(crate) type NodeId = u64;
 
 /// A Raft group id: 0 is the meta group, 1..=S are shard groups.
-pub type GroupId = u32;
+pub(crate) type GroupId = u32;
 
 /// The meta group's id.
-pub const META_GROUP: GroupId = 0;
+pub(crate) const META_GROUP: GroupId = 0;

@@ -13,33 +13,33 @@ use prometheus_client::registry::Registry;
 use crate::protocol::ErrorCode;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CodeLabel {
-    pub code: &'static str,
+pub(crate) struct CodeLabel {
+    pub(crate) code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TypeLabel {
-    pub r#type: &'static str,
+pub(crate) struct TypeLabel {
+    pub(crate) r#type: &'static str,
 }
 
 /// All metrics of a node. Cheap to update from any task.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
-    pub sends: Counter,
-    pub acks: Counter,
-    pub errors: Family<CodeLabel, Counter>,
-    pub requests: Family<TypeLabel, Counter>,
-    pub connections: Gauge<i64, AtomicI64>,
-    pub pushes: Counter,
-    pub slow_consumer_disconnects: Counter,
-    pub synced_writes: Counter,
-    pub ack_latency_seconds: Histogram,
+    pub(crate) sends: Counter,
+    pub(crate) acks: Counter,
+    pub(crate) errors: Family<CodeLabel, Counter>,
+    pub(crate) requests: Family<TypeLabel, Counter>,
+    pub(crate) connections: Gauge<i64, AtomicI64>,
+    pub(crate) pushes: Counter,
+    pub(crate) slow_consumer_disconnects: Counter,
+    pub(crate) synced_writes: Counter,
+    pub(crate) ack_latency_seconds: Histogram,
     // ratelimit
     /// Typing and receipt pushes dropped because the connection's queue was full.
-    pub ephemeral_pushes_dropped: Counter,
+    pub(crate) ephemeral_pushes_dropped: Counter,
     // delivery
     /// Push batches dropped at delivery's full inbox (each group is refilled after).
-    pub delivery_inbox_overflows: Counter,
+    pub(crate) delivery_inbox_overflows: Counter,
 }
 
 impl Default for Metrics {
@@ -49,7 +49,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("chatnode");
         let sends = Counter::default();
         let acks = Counter::default();
@@ -117,7 +117,7 @@ impl Metrics {
         }
     }
 
-    pub fn error(&self, code: ErrorCode) {
+    pub(crate) fn error(&self, code: ErrorCode) {
         self.errors
             .get_or_create(&CodeLabel {
                 code: code.as_str(),
@@ -126,7 +126,7 @@ impl Metrics {
     }
 
     /// Renders the text format; `synced_writes_now` is the log writer's current count.
-    pub fn render(&self, synced_writes_now: u64) -> String {
+    pub(crate) fn render(&self, synced_writes_now: u64) -> String {
         let seen = self.synced_writes.get();
         if synced_writes_now > seen {
             self.synced_writes.inc_by(synced_writes_now - seen);

@@ -33,16 +33,16 @@ use crate::transport::{
 };
 
 /// Mode of the data dir and of RocksDB's directory in it: the owner only.
-pub const DATA_DIR_MODE: u32 = 0o700;
+pub(crate) const DATA_DIR_MODE: u32 = 0o700;
 
 /// How long start-up waits for a group to elect its leader.
-pub const LEADER_WAIT_MS: u64 = 10_000;
+pub(crate) const LEADER_WAIT_MS: u64 = 10_000;
 /// How long a joiner keeps trying to reach its seed.
-pub const JOIN_WAIT_MS: u64 = 60_000;
+pub(crate) const JOIN_WAIT_MS: u64 = 60_000;
 /// One join attempt.
-pub const JOIN_ATTEMPT_TIMEOUT_MS: u64 = 10_000;
+pub(crate) const JOIN_ATTEMPT_TIMEOUT_MS: u64 = 10_000;
 /// The node that creates a cluster.
-pub const CREATOR_NODE_ID: u64 = 1;
+pub(crate) const CREATOR_NODE_ID: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -161,17 +161,16 @@ impl JoinAdmitter for Admitter {
 
 /// A running node.
 pub struct Node {
-    pub gateway: Arc<Gateway>,
-    pub settings: ClusterSettings,
-    pub store: Arc<Store>,
-    pub cluster: Arc<Cluster>,
-    pub controller: Arc<Controller>,
-    pub identity: Identity,
+    pub(crate) gateway: Arc<Gateway>,
+    pub(crate) settings: ClusterSettings,
+    pub(crate) store: Arc<Store>,
+    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) identity: Identity,
     /// The address other nodes dial (QUIC).
-    pub peer_addr: String,
+    pub(crate) peer_addr: String,
     // listener: how the client port is served.
     /// The client port's certificate when it serves TLS (reloaded on SIGHUP).
-    pub client_tls: Option<Arc<ReloadableCert>>,
+    pub(crate) client_tls: Option<Arc<ReloadableCert>>,
     listener_limits: ListenerLimits,
     /// `/metrics` is on its own listener (`metrics_listen`), not on the client port.
     metrics_separate: bool,
@@ -737,7 +736,6 @@ fn spawn_control(
 
 /// What the gateway is built from besides the config.
 struct GatewayParts {
-    groups: Arc<LocalGroups>,
     cluster: Arc<Cluster>,
     shard_map: Arc<ShardMap>,
     hub: Arc<Hub>,
@@ -762,7 +760,6 @@ fn build_gateway(
     let limits = config.limits.clone();
     let synced_store = p.store.clone();
     let gateway = Arc::new(Gateway {
-        local_groups: p.groups,
         cluster: p.cluster.clone(),
         shard_map: p.shard_map,
         hub: p.hub,
@@ -785,7 +782,6 @@ fn build_gateway(
         controller: p.controller,
         fault_injection: config.testing.fault_injection,
         stop: Arc::new(tokio::sync::Notify::new()),
-        store: p.store.clone(),
         accounts: gateway::accounts::AccountsState::new(config),
         frame_rates: gateway::ratelimit::FrameRates::new(&config.limits),
         secrets: p.secrets,
@@ -800,7 +796,7 @@ fn build_gateway(
 }
 
 /// How long `Node::shutdown` waits for the node's loops to end.
-pub const LOOPS_STOP_WAIT_MS: u64 = 5_000;
+pub(crate) const LOOPS_STOP_WAIT_MS: u64 = 5_000;
 
 impl Node {
     /// Starts every group of this node, joins or creates the cluster on first start, opens
@@ -886,7 +882,6 @@ impl Node {
             config,
             &settings,
             GatewayParts {
-                groups: local,
                 cluster: cluster.clone(),
                 shard_map,
                 hub,
@@ -894,7 +889,7 @@ impl Node {
                 store: store.clone(),
                 metrics,
                 relay,
-                controller: controller.clone(),
+                controller,
                 secrets,
             },
         )?;
@@ -903,7 +898,6 @@ impl Node {
             settings,
             store,
             cluster,
-            controller,
             identity,
             peer_addr: addrs.peer_addr,
             client_tls,
@@ -1004,5 +998,58 @@ impl Node {
     /// The node's loops still running (zero once `shutdown` returned).
     pub fn running_loops(&self) -> usize {
         self.shutdown.running()
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.identity.node_id
+    }
+
+    /// Whether this node created the cluster (it prints the join command at start).
+    pub fn is_creator(&self) -> bool {
+        self.identity.creator
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.settings.cluster_id
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.settings.shards
+    }
+
+    /// The address other nodes dial (QUIC).
+    pub fn peer_addr(&self) -> &str {
+        &self.peer_addr
+    }
+
+    /// The client port's certificate when it serves TLS (the binary reloads it on SIGHUP).
+    pub fn client_tls(&self) -> Option<&Arc<ReloadableCert>> {
+        self.client_tls.as_ref()
+    }
+
+    /// Notified when this node has left the cluster (the binary then drains and exits).
+    pub fn left_signal(&self) -> Arc<tokio::sync::Notify> {
+        self.gateway.stop.clone()
+    }
+
+    /// Asks every connected client to reconnect elsewhere in `retry_after_ms`.
+    pub fn drain_clients(&self) -> impl Fn(u64) + Send + 'static {
+        let hub = self.gateway.hub.clone();
+        move |retry_after_ms| hub.drain_all(retry_after_ms)
+    }
+
+    /// Synced RocksDB writes so far (tests count fsyncs with it).
+    pub fn synced_writes(&self) -> u64 {
+        self.store.synced_writes()
+    }
+
+    /// Connections closed for not reading their pushes.
+    pub fn slow_consumer_disconnects(&self) -> u64 {
+        self.gateway.metrics.slow_consumer_disconnects.get()
+    }
+
+    /// Typing/receipt pushes dropped at a full connection queue.
+    pub fn ephemeral_pushes_dropped(&self) -> u64 {
+        self.gateway.metrics.ephemeral_pushes_dropped.get()
     }
 }

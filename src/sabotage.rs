@@ -5,6 +5,33 @@
 //! start-up with the environment variable [`ENV`] (`CHATNODE_BREAK=ack-before-commit`). In a
 //! default build [`on`] is a constant `false` and the variable makes `chatnode` refuse to
 //! start, so a production binary can never run broken by accident.
+//!
+//! Every hook in the server goes through one macro, [`sabotage!`](crate::sabotage!), so a
+//! reader finds them all with one search and a default build compiles none of them:
+//! - `sabotage!(Switch)` is a `bool` (the constant `false` without the feature);
+//! - `sabotage!(Switch => { … })` is a statement that runs the block when the switch is on,
+//!   and is not compiled at all without the feature (the block may use items that exist
+//!   only in fault-injection builds, e.g. `ShardOp::SendAtSeq`);
+//! - `sabotage!(any => { … })` the same, when any switch is on (a hook that serves several).
+//!
+//! Only the data a hook needs (an enum variant, a helper function) carries
+//! `#[cfg(feature = "fault-injection")]` itself.
+
+/// A sabotage hook; see the [module docs](crate::sabotage).
+#[macro_export]
+macro_rules! sabotage {
+    ($switch:ident) => {
+        $crate::sabotage::on($crate::sabotage::Switch::$switch)
+    };
+    (any => $body:block) => {
+        #[cfg(feature = "fault-injection")]
+        if $crate::sabotage::active().is_some() $body
+    };
+    ($switch:ident => $body:block) => {
+        #[cfg(feature = "fault-injection")]
+        if $crate::sabotage::on($crate::sabotage::Switch::$switch) $body
+    };
+}
 
 /// The environment variable that picks a switch.
 pub const ENV: &str = "CHATNODE_BREAK";
@@ -96,11 +123,17 @@ pub fn from_env() -> Result<Option<Switch>, SabotageError> {
     }
 }
 
-/// Whether `switch` is on in this process.
+/// The switch that is on in this process, if any (read from [`ENV`] once).
+#[cfg(feature = "fault-injection")]
+pub fn active() -> Option<Switch> {
+    static ACTIVE: std::sync::OnceLock<Option<Switch>> = std::sync::OnceLock::new();
+    *ACTIVE.get_or_init(|| from_env().ok().flatten())
+}
+
+/// Whether `switch` is on in this process (call it through [`sabotage!`](crate::sabotage!)).
 #[cfg(feature = "fault-injection")]
 pub fn on(switch: Switch) -> bool {
-    static ACTIVE: std::sync::OnceLock<Option<Switch>> = std::sync::OnceLock::new();
-    *ACTIVE.get_or_init(|| from_env().ok().flatten()) == Some(switch)
+    active() == Some(switch)
 }
 
 /// Whether `switch` is on in this process: never, in a build without `fault-injection`.
@@ -128,5 +161,13 @@ mod tests {
         for s in Switch::ALL {
             assert!(!on(s));
         }
+        assert!(!crate::sabotage!(AckBeforeCommit));
+        assert!(!crate::sabotage!(ForgetVote));
+        let ran = std::cell::Cell::new(false);
+        crate::sabotage!(UnsyncedAppends => { ran.set(true); });
+        assert!(
+            !ran.get(),
+            "a hook's block is not even compiled without the feature"
+        );
     }
 }

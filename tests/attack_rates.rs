@@ -168,10 +168,10 @@ async fn a_flood_of_every_frame_type_is_rate_limited_while_others_are_served() {
 
 /// Synced log writes stop changing (the node is idle).
 async fn quiet_synced_writes(n: &TestNode) -> u64 {
-    let mut last = n.node.store.synced_writes();
+    let mut last = n.node.synced_writes();
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = n.node.store.synced_writes();
+        let now = n.node.synced_writes();
         if now == last {
             return now;
         }
@@ -248,7 +248,7 @@ async fn refused_requests_cost_no_raft_write() {
     }
     // Receipts are proposed after a 50 ms coalescing window; the outbox sweeps every 1 s.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = n.node.store.synced_writes();
+    let after = n.node.synced_writes();
     assert_eq!(before, after, "refused requests wrote to the Raft log");
 }
 
@@ -263,7 +263,7 @@ async fn typing_at_a_stalled_member_drops_typing_not_the_member() {
     let mut b = Client::connect_small_buffer(n.addr, &bt, "b", 4096).await;
     let dm = a.create_direct(&bob).await;
     let _ = alice;
-    let disconnects_before = n.node.gateway.metrics.slow_consumer_disconnects.get();
+    let disconnects_before = n.node.slow_consumer_disconnects();
     // Bob reads nothing from here on. Each typing frame is one push to him.
     let mut sent = 0;
     for round in 0..40 {
@@ -280,17 +280,17 @@ async fn typing_at_a_stalled_member_drops_typing_not_the_member() {
         // Wait for alice's frames to be handled (pipelined; the pong comes after most).
         let r = a.request(json!({"type":"ping"})).await;
         assert_eq!(r["type"], "pong", "{r}");
-        if n.node.gateway.metrics.ephemeral_pushes_dropped.get() > 100 {
+        if n.node.ephemeral_pushes_dropped() > 100 {
             break;
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        n.node.gateway.metrics.slow_consumer_disconnects.get(),
+        n.node.slow_consumer_disconnects(),
         disconnects_before,
         "a typing flood disconnected a member"
     );
-    let dropped = n.node.gateway.metrics.ephemeral_pushes_dropped.get();
+    let dropped = n.node.ephemeral_pushes_dropped();
     assert!(
         dropped > 0,
         "bob's queue never filled ({sent} typing frames)"

@@ -262,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
     let node = Node::start(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     #[cfg(unix)]
-    if let Some(cert) = &node.client_tls {
+    if let Some(cert) = node.client_tls() {
         spawn_tls_reloader(cert.clone(), node.stop_signal());
     }
     let metrics_listener = match config.metrics_listen {
@@ -271,19 +271,19 @@ async fn main() -> anyhow::Result<()> {
     };
     tracing::info!(
         listen = %listener.local_addr()?,
-        tls = node.client_tls.is_some(),
+        tls = node.client_tls().is_some(),
         metrics_listen = ?metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
-        peer_listen = %node.peer_addr,
-        node_id = node.identity.node_id,
+        peer_listen = %node.peer_addr(),
+        node_id = node.node_id(),
         data_dir = %config.data_dir.display(),
-        cluster_id = %node.settings.cluster_id,
-        shards = node.settings.shards,
+        cluster_id = %node.cluster_id(),
+        shards = node.shards(),
         "chatnode ready"
     );
-    if node.identity.creator {
+    if node.is_creator() {
         println!(
             "join this cluster with: chatnode --join {} --token {}",
-            node.peer_addr,
+            node.peer_addr(),
             node.join_token()
         );
         println!(
@@ -296,15 +296,15 @@ async fn main() -> anyhow::Result<()> {
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::watch::channel(false);
-    let hub = node.gateway.hub.clone();
-    let left = node.gateway.stop.clone();
+    let drain = node.drain_clients();
+    let left = node.left_signal();
     tokio::spawn(async move {
         tokio::select! {
             _ = shutdown_signal() => {},
             _ = left.notified() => {},
         }
         tracing::info!("draining: asking clients to reconnect");
-        hub.drain_all(DRAIN_RETRY_AFTER_MS);
+        drain(DRAIN_RETRY_AFTER_MS);
         let _ = stop_tx.send(());
         let _ = metrics_stop_tx.send(true);
     });

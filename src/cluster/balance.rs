@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ids::{GroupId, NodeId};
 
-pub type Placement = BTreeMap<GroupId, Vec<NodeId>>;
+pub(crate) type Placement = BTreeMap<GroupId, Vec<NodeId>>;
 
 /// Replicas per group when enough nodes exist.
-pub const REPLICATION_FACTOR: usize = 3;
+pub(crate) const REPLICATION_FACTOR: usize = 3;
 
 fn load(p: &Placement, nodes: &[NodeId], leaders_only: bool) -> BTreeMap<NodeId, usize> {
     let mut l: BTreeMap<NodeId, usize> = nodes.iter().map(|n| (*n, 0)).collect();
@@ -40,7 +40,7 @@ fn extremes(l: &BTreeMap<NodeId, usize>) -> Option<((NodeId, usize), (NodeId, us
 }
 
 /// The placement of `groups` over `active` nodes, starting from `current`.
-pub fn balance(current: &Placement, groups: &[GroupId], active: &[NodeId]) -> Placement {
+pub(crate) fn balance(current: &Placement, groups: &[GroupId], active: &[NodeId]) -> Placement {
     let active: Vec<NodeId> = active
         .iter()
         .copied()

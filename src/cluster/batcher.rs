@@ -16,28 +16,28 @@ use crate::shard::command::{ShardOp, ShardResponse};
 use crate::shutdown::Shutdown;
 
 /// Commands waiting to be proposed, per group; past it, callers wait (backpressure).
-pub const PROPOSAL_QUEUE_MAX: usize = 4096;
+pub(crate) const PROPOSAL_QUEUE_MAX: usize = 4096;
 /// Most commands in one proposed entry.
-pub const PROPOSAL_BATCH_MAX: usize = 256;
+pub(crate) const PROPOSAL_BATCH_MAX: usize = 256;
 /// About the most bytes of commands in one proposed entry (`ShardOp::size_estimate`; the
 /// entry ends with the command that reaches it, each command at most
 /// `shard::validate::OP_BYTES_MAX`): an entry stays far below the transport's 16 MiB frame, so
 /// AppendEntries can always carry it alone.
-pub const PROPOSAL_BATCH_BYTES_MAX: usize = 1 << 20;
+pub(crate) const PROPOSAL_BATCH_BYTES_MAX: usize = 1 << 20;
 /// Entries of one group being proposed at once. One: everything that arrives while an entry
 /// commits goes into the next, which keeps entries big and the per-entry cost rare.
-pub const PROPOSALS_IN_FLIGHT_PER_GROUP_MAX: usize = 1;
+pub(crate) const PROPOSALS_IN_FLIGHT_PER_GROUP_MAX: usize = 1;
 
 type Reply = oneshot::Sender<Result<ShardResponse, RouteError>>;
 
 /// Per-group queues feeding one proposer task each.
-pub struct ProposalBatcher {
+pub(crate) struct ProposalBatcher {
     queues: HashMap<GroupId, mpsc::Sender<(ShardOp, Reply)>>,
 }
 
 impl ProposalBatcher {
     /// Starts a proposer for each of `groups` (each stops at `shutdown`).
-    pub fn start(
+    pub(crate) fn start(
         local: Arc<LocalGroups>,
         groups: impl IntoIterator<Item = GroupId>,
         shutdown: &Shutdown,
@@ -53,7 +53,11 @@ impl ProposalBatcher {
 
     /// Proposes `op` to `group` (batched with whatever else is queued) and waits for its
     /// applied response.
-    pub async fn write(&self, group: GroupId, op: ShardOp) -> Result<ShardResponse, RouteError> {
+    pub(crate) async fn write(
+        &self,
+        group: GroupId,
+        op: ShardOp,
+    ) -> Result<ShardResponse, RouteError> {
         let queue = self
             .queues
             .get(&group)

@@ -17,7 +17,7 @@ use crate::shard::command::{ShardOp, ShardResponse};
 
 /// A command for one Raft group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Request {
+pub(crate) enum Request {
     Meta(MetaOp),
     Shard(ShardOp),
     /// Several shard commands proposed as one entry (proposal batching): applied in order,
@@ -27,7 +27,7 @@ pub enum Request {
 
 /// The response of an applied command. Deterministic: every replica computes the same one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Response {
+pub(crate) enum Response {
     /// For blank and membership entries.
     None,
     Meta(ClusterSettings),
@@ -44,7 +44,7 @@ pub enum Response {
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of every group on a node.
-    pub TypeConfig:
+    pub(crate) TypeConfig:
         D = Request,
         R = Response,
         NodeId = NodeId,
@@ -60,18 +60,16 @@ impl crate::raft::GroupTypes for TypeConfig {
     }
 }
 
-/// A running group's openraft handle, of this node's type config.
-pub type Raft = crate::raft::Raft<TypeConfig>;
 /// A running group on this node.
-pub type GroupHandle = crate::raft::GroupHandle<TypeConfig>;
+pub(crate) type GroupHandle = crate::raft::GroupHandle<TypeConfig>;
 /// A Raft RPC of this node's groups.
-pub type RaftRpc = crate::raft::RaftRpc<TypeConfig>;
+pub(crate) type RaftRpc = crate::raft::RaftRpc<TypeConfig>;
 /// What a shard query answers, the meta group's state included.
-pub type QueryResult = crate::shard::query::QueryResult<MetaState>;
+pub(crate) type QueryResult = crate::shard::query::QueryResult<MetaState>;
 
 /// Commands of the meta group (cluster-wide settings).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum MetaOp {
+pub(crate) enum MetaOp {
     /// Written once when a cluster is created; later proposals are ignored (first wins).
     InitCluster(ClusterSettings),
     /// Admits a node (or returns the one already admitted with this peer address).
@@ -108,11 +106,11 @@ pub enum MetaOp {
 }
 
 /// Bytes of a join secret.
-pub const JOIN_SECRET_BYTES: usize = 32;
+pub(crate) const JOIN_SECRET_BYTES: usize = 32;
 
 /// Secret bytes whose `Debug` prints nothing (commands and states are logged with `{:?}`).
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SecretBytes(pub Vec<u8>);
+pub(crate) struct SecretBytes(pub(crate) Vec<u8>);
 
 impl std::fmt::Debug for SecretBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -123,17 +121,17 @@ impl std::fmt::Debug for SecretBytes {
 /// Cluster-wide secrets, replicated in the meta state so that every member has them: the
 /// join secret (rotatable) and the admin token that `/admin/*` requires on every node.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterSecrets {
+pub(crate) struct ClusterSecrets {
     /// What a joiner's token must carry (with the CA fingerprint, which never changes).
-    pub join_secret: SecretBytes,
+    pub(crate) join_secret: SecretBytes,
     /// Times the join secret was replaced (0 = the one the cluster was created with).
-    pub join_epoch: u64,
+    pub(crate) join_epoch: u64,
     /// `Authorization: Bearer <admin_token>` on `/admin/*`; empty until initialized.
-    pub admin_token: String,
+    pub(crate) admin_token: String,
 }
 
 impl ClusterSecrets {
-    pub fn is_initialized(&self) -> bool {
+    pub(crate) fn is_initialized(&self) -> bool {
         !self.admin_token.is_empty() && self.join_secret.0.len() == JOIN_SECRET_BYTES
     }
 }
@@ -149,7 +147,7 @@ impl std::fmt::Debug for ClusterSecrets {
 
 /// A node's place in the cluster's life cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum NodeState {
+pub(crate) enum NodeState {
     /// Holds (or is receiving) replicas.
     Active,
     /// Draining: its replicas move away; then it is `Left`.
@@ -158,34 +156,34 @@ pub enum NodeState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    pub node_id: NodeId,
-    pub peer_addr: String,
-    pub client_addr: String,
-    pub state: NodeState,
+pub(crate) struct NodeInfo {
+    pub(crate) node_id: NodeId,
+    pub(crate) peer_addr: String,
+    pub(crate) client_addr: String,
+    pub(crate) state: NodeState,
 }
 
 /// The meta group's view of the cluster: nodes and the desired placement of replicas.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MetaState {
-    pub nodes: std::collections::BTreeMap<NodeId, NodeInfo>,
-    pub next_node_id: NodeId,
+pub(crate) struct MetaState {
+    pub(crate) nodes: std::collections::BTreeMap<NodeId, NodeInfo>,
+    pub(crate) next_node_id: NodeId,
     /// Desired replica set per group (0 = meta, 1..=S shards).
-    pub replicas: std::collections::BTreeMap<GroupId, Vec<NodeId>>,
-    pub placement_version: u64,
+    pub(crate) replicas: std::collections::BTreeMap<GroupId, Vec<NodeId>>,
+    pub(crate) placement_version: u64,
     // secrets (issue 12 point 5)
     /// Replicated to every member with the rest of the meta state (and to joiners in their
     /// welcome); never shown by `/admin/status`.
-    pub secrets: ClusterSecrets,
+    pub(crate) secrets: ClusterSecrets,
 }
 
 /// [`MetaState`] as stored before it carried the secrets (decoded from older data dirs).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MetaStateV1 {
-    pub nodes: std::collections::BTreeMap<NodeId, NodeInfo>,
-    pub next_node_id: NodeId,
-    pub replicas: std::collections::BTreeMap<GroupId, Vec<NodeId>>,
-    pub placement_version: u64,
+pub(crate) struct MetaStateV1 {
+    pub(crate) nodes: std::collections::BTreeMap<NodeId, NodeInfo>,
+    pub(crate) next_node_id: NodeId,
+    pub(crate) replicas: std::collections::BTreeMap<GroupId, Vec<NodeId>>,
+    pub(crate) placement_version: u64,
 }
 
 impl From<MetaStateV1> for MetaState {
@@ -201,12 +199,12 @@ impl From<MetaStateV1> for MetaState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterSettings {
-    pub cluster_id: String,
-    pub shards: u32,
+pub(crate) struct ClusterSettings {
+    pub(crate) cluster_id: String,
+    pub(crate) shards: u32,
     /// HS256 secret for the tokens this cluster issues.
-    pub jwt_secret: Vec<u8>,
-    pub created_ts: u64,
+    pub(crate) jwt_secret: Vec<u8>,
+    pub(crate) created_ts: u64,
 }
 
 #[cfg(test)]

@@ -24,24 +24,24 @@ use super::Cluster;
 use super::RouteError;
 use crate::ids::{GroupId, NodeId, META_GROUP};
 
-pub const CONTROLLER_INTERVAL_MS: u64 = 300;
+pub(crate) const CONTROLLER_INTERVAL_MS: u64 = 300;
 /// A learner within this many entries of the leader's log counts as caught up.
-pub const CATCHUP_LAG_MAX: u64 = 100;
+pub(crate) const CATCHUP_LAG_MAX: u64 = 100;
 /// Time allowed for one membership change.
-pub const MEMBERSHIP_CHANGE_TIMEOUT_MS: u64 = 10_000;
+pub(crate) const MEMBERSHIP_CHANGE_TIMEOUT_MS: u64 = 10_000;
 /// A group's leader hands over leadership for balance at most this often.
-pub const STEP_DOWN_COOLDOWN_MS: u64 = 15_000;
+pub(crate) const STEP_DOWN_COOLDOWN_MS: u64 = 15_000;
 /// How often `leave` checks whether the node still holds replicas.
-pub const LEAVE_POLL_MS: u64 = 500;
+pub(crate) const LEAVE_POLL_MS: u64 = 500;
 
-pub struct Controller {
+pub(crate) struct Controller {
     cluster: Arc<Cluster>,
     peer_addr: String,
     client_addr: String,
 }
 
 impl Controller {
-    pub fn new(cluster: Arc<Cluster>, peer_addr: String, client_addr: String) -> Arc<Self> {
+    pub(crate) fn new(cluster: Arc<Cluster>, peer_addr: String, client_addr: String) -> Arc<Self> {
         Arc::new(Controller {
             cluster,
             peer_addr,
@@ -50,7 +50,7 @@ impl Controller {
     }
 
     /// Starts the control loop (it stops with the cluster's shutdown).
-    pub fn spawn(self: &Arc<Self>) {
+    pub(crate) fn spawn(self: &Arc<Self>) {
         let shutdown = self.cluster.shutdown();
         let me = self.clone();
         shutdown.spawn(async move {
@@ -256,7 +256,7 @@ impl Controller {
 
     /// Drains this node: marks it leaving, waits until no group holds a replica here, then
     /// marks it left.
-    pub async fn leave(&self) -> Result<(), RouteError> {
+    pub(crate) async fn leave(&self) -> Result<(), RouteError> {
         let c = &self.cluster;
         c.meta_write(MetaOp::SetNodeState {
             node_id: c.node_id,

@@ -27,24 +27,24 @@ use crate::shard::command::{ShardOp, ShardResponse};
 use crate::shutdown::Shutdown;
 
 /// Forwarded writes waiting for a peer's writer task; past it, callers wait.
-pub const FORWARD_QUEUE_MAX: usize = 4096;
+pub(crate) const FORWARD_QUEUE_MAX: usize = 4096;
 /// Most commands in one forwarded batch (the receiver refuses longer ones).
-pub const FORWARD_BATCH_MAX: usize = 256;
+pub(crate) const FORWARD_BATCH_MAX: usize = 256;
 /// About the most bytes of commands in one forwarded batch (it ends with the command that
 /// reaches it), far below the 16 MiB frame.
-pub const FORWARD_BATCH_BYTES_MAX: usize = 2 << 20;
+pub(crate) const FORWARD_BATCH_BYTES_MAX: usize = 2 << 20;
 /// Batches to one peer in flight at once: the first commands of an idle peer go at once,
 /// later ones gather while these are answered.
-pub const FORWARD_BATCHES_IN_FLIGHT_MAX: usize = 4;
+pub(crate) const FORWARD_BATCHES_IN_FLIGHT_MAX: usize = 4;
 /// Bound of one batch call (every command's own deadline is enforced by its caller too).
-pub const FORWARD_BATCH_TIMEOUT_MS: u64 = 10_000;
+pub(crate) const FORWARD_BATCH_TIMEOUT_MS: u64 = 10_000;
 
 /// One forwarded command in a batch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ForwardedWrite {
-    pub group: GroupId,
-    pub trace_id: String,
-    pub op: ShardOp,
+pub(crate) struct ForwardedWrite {
+    pub(crate) group: GroupId,
+    pub(crate) trace_id: String,
+    pub(crate) op: ShardOp,
 }
 
 type WriteResult = Result<ShardResponse, RouteError>;
@@ -56,7 +56,7 @@ struct Item {
 }
 
 /// The per-peer writer tasks of this node.
-pub struct WriteForwarder {
+pub(crate) struct WriteForwarder {
     transport: PeerTransport,
     /// One writer per peer node (bounded by the cluster's size).
     peers: Mutex<HashMap<NodeId, mpsc::Sender<Item>>>,
@@ -65,7 +65,7 @@ pub struct WriteForwarder {
 }
 
 impl WriteForwarder {
-    pub fn new(transport: PeerTransport, shutdown: Shutdown) -> Self {
+    pub(crate) fn new(transport: PeerTransport, shutdown: Shutdown) -> Self {
         Self {
             transport,
             peers: Mutex::new(HashMap::new()),
@@ -75,7 +75,7 @@ impl WriteForwarder {
 
     /// Forwards `write` to node `target` at `addr` and waits for its answer: the leader's
     /// `serve_write` result, or `Err` with why the batch did not get there (network).
-    pub async fn write(
+    pub(crate) async fn write(
         &self,
         target: NodeId,
         addr: &str,

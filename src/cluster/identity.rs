@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::command::{ClusterSettings, MetaState};
 use crate::transport::{JoinGrant, NodeCredentials};
 
-pub const IDENTITY_FILE: &str = "cluster.json";
-pub const JOIN_TOKEN_FILE: &str = "join-token";
+pub(crate) const IDENTITY_FILE: &str = "cluster.json";
+pub(crate) const JOIN_TOKEN_FILE: &str = "join-token";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -32,15 +32,15 @@ pub enum IdentityError {
 }
 
 #[derive(Clone, Serialize, Deserialize)]
-pub struct Identity {
-    pub cluster_id: String,
-    pub node_id: u64,
+pub(crate) struct Identity {
+    pub(crate) cluster_id: String,
+    pub(crate) node_id: u64,
     /// This node created the cluster (it alone ever initializes groups).
-    pub creator: bool,
-    pub credentials: NodeCredentials,
-    pub ca_key_pem: String,
-    pub join_secret: Vec<u8>,
-    pub settings: ClusterSettings,
+    pub(crate) creator: bool,
+    pub(crate) credentials: NodeCredentials,
+    pub(crate) ca_key_pem: String,
+    pub(crate) join_secret: Vec<u8>,
+    pub(crate) settings: ClusterSettings,
 }
 
 impl std::fmt::Debug for Identity {
@@ -55,9 +55,9 @@ impl std::fmt::Debug for Identity {
 
 /// What a member hands a joiner besides its certificate (the grant's `app` bytes).
 #[derive(Serialize, Deserialize)]
-pub struct JoinWelcome {
-    pub settings: ClusterSettings,
-    pub meta: MetaState,
+pub(crate) struct JoinWelcome {
+    pub(crate) settings: ClusterSettings,
+    pub(crate) meta: MetaState,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
@@ -68,7 +68,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
 }
 
 /// Writes `bytes` to `path` readable by the owner only, atomically (temp file + rename).
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
     let tmp = path.with_extension("tmp");
     {
         let mut opts = std::fs::OpenOptions::new();
@@ -100,7 +100,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
 }
 
 /// Makes `dir`'s entries (a file created or renamed in it) durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -110,7 +110,7 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl Identity {
-    pub fn load(data_dir: &Path) -> Result<Option<Identity>, IdentityError> {
+    pub(crate) fn load(data_dir: &Path) -> Result<Option<Identity>, IdentityError> {
         let path = data_dir.join(IDENTITY_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -122,7 +122,7 @@ impl Identity {
             .map_err(|source| IdentityError::Json { path, source })
     }
 
-    pub fn save(&self, data_dir: &Path) -> Result<(), IdentityError> {
+    pub(crate) fn save(&self, data_dir: &Path) -> Result<(), IdentityError> {
         let path = data_dir.join(IDENTITY_FILE);
         let bytes = serde_json::to_vec_pretty(self).map_err(|source| IdentityError::Json {
             path: path.clone(),
@@ -132,7 +132,7 @@ impl Identity {
     }
 
     /// The identity of a node admitted by `grant`.
-    pub fn from_grant(grant: &JoinGrant) -> Result<(Identity, MetaState), IdentityError> {
+    pub(crate) fn from_grant(grant: &JoinGrant) -> Result<(Identity, MetaState), IdentityError> {
         let welcome: JoinWelcome =
             crate::codec::decode(&grant.app).map_err(|e| IdentityError::Grant(e.to_string()))?;
         Ok((

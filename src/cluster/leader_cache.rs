@@ -13,29 +13,29 @@ use crate::ids::GroupId;
 /// Leader of each group as last learned; at most one entry per group (bounded by the
 /// number of groups).
 #[derive(Default)]
-pub struct LeaderCache {
+pub(crate) struct LeaderCache {
     leaders: Mutex<HashMap<GroupId, NodeId>>,
 }
 
 impl LeaderCache {
-    pub fn get(&self, group: GroupId) -> Option<NodeId> {
+    pub(crate) fn get(&self, group: GroupId) -> Option<NodeId> {
         self.leaders.lock().get(&group).copied()
     }
 
     /// `node` answered for `group` as its leader, or was named as its leader.
-    pub fn learn(&self, group: GroupId, node: NodeId) {
+    pub(crate) fn learn(&self, group: GroupId, node: NodeId) {
         self.leaders.lock().insert(group, node);
     }
 
     /// The cached leader did not serve: ask around again.
-    pub fn forget(&self, group: GroupId) {
+    pub(crate) fn forget(&self, group: GroupId) {
         self.leaders.lock().remove(&group);
     }
 }
 
 impl Cluster {
     /// Whether this node's Raft of `group` is its leader right now.
-    pub fn is_local_leader(&self, group: GroupId) -> bool {
+    pub(crate) fn is_local_leader(&self, group: GroupId) -> bool {
         self.groups
             .group(group)
             .map(|g| g.raft.metrics().borrow().state == ServerState::Leader)

@@ -12,32 +12,32 @@ use super::{RouteError, UnavailableCause};
 use crate::ids::GroupId;
 
 /// How long one request may wait for its write or read barrier before `unavailable`.
-pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const REQUEST_TIMEOUT_MS: u64 = 5_000;
 
 /// The groups this node holds, by id.
-pub struct LocalGroups {
+pub(crate) struct LocalGroups {
     groups: HashMap<GroupId, GroupHandle>,
 }
 
 impl LocalGroups {
-    pub fn new(groups: impl IntoIterator<Item = GroupHandle>) -> Self {
+    pub(crate) fn new(groups: impl IntoIterator<Item = GroupHandle>) -> Self {
         LocalGroups {
             groups: groups.into_iter().map(|g| (g.group, g)).collect(),
         }
     }
 
-    pub fn group(&self, group: GroupId) -> Result<&GroupHandle, RouteError> {
+    pub(crate) fn group(&self, group: GroupId) -> Result<&GroupHandle, RouteError> {
         self.groups
             .get(&group)
             .ok_or(RouteError::NoSuchGroup(group))
     }
 
-    pub fn groups(&self) -> impl Iterator<Item = &GroupHandle> {
+    pub(crate) fn groups(&self) -> impl Iterator<Item = &GroupHandle> {
         self.groups.values()
     }
 
     /// Proposes `req` to `group` and waits for it to be committed and applied.
-    pub async fn write(&self, group: GroupId, req: Request) -> Result<Response, RouteError> {
+    pub(crate) async fn write(&self, group: GroupId, req: Request) -> Result<Response, RouteError> {
         let handle = self.group(group)?;
         let fut = handle.raft.client_write(req);
         match tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), fut).await {
@@ -52,7 +52,7 @@ impl LocalGroups {
 
     /// Waits until the local state machine of `group` reflects every write acknowledged
     /// before this call (read index on the leader, G7).
-    pub async fn read_barrier(&self, group: GroupId) -> Result<(), RouteError> {
+    pub(crate) async fn read_barrier(&self, group: GroupId) -> Result<(), RouteError> {
         let handle = self.group(group)?;
         let fut = handle.raft.ensure_linearizable();
         match tokio::time::timeout(Duration::from_millis(REQUEST_TIMEOUT_MS), fut).await {

@@ -20,7 +20,7 @@ const KEY_SETTINGS: &[u8] = &[0x01];
 const KEY_STATE: &[u8] = &[0x02];
 
 /// Most nodes a cluster admits (a bound on the meta state and on fan-out).
-pub const NODES_MAX: usize = 64;
+pub(crate) const NODES_MAX: usize = 64;
 
 /// Decodes the stored meta state, also in its format from before the secrets.
 fn decode_state(bytes: &[u8]) -> Result<MetaState, StorageError> {
@@ -45,7 +45,7 @@ fn meta_response(state: MetaState, node_id: Option<NodeId>) -> Response {
 
 /// Applies a meta command. `InitCluster` is first-wins: a later one returns the stored
 /// settings unchanged.
-pub fn apply_meta(txn: &mut SmTxn<'_>, op: &MetaOp) -> Result<Response, StorageError> {
+pub(crate) fn apply_meta(txn: &mut SmTxn<'_>, op: &MetaOp) -> Result<Response, StorageError> {
     if let MetaOp::InitCluster(settings) = op {
         if let Some(existing) = txn.get(KEY_SETTINGS)? {
             return Ok(Response::Meta(decode(&existing)?));
@@ -127,7 +127,7 @@ pub fn apply_meta(txn: &mut SmTxn<'_>, op: &MetaOp) -> Result<Response, StorageE
 }
 
 /// Reads the stored settings (blocking).
-pub fn read_settings(store: &Store) -> Result<Option<ClusterSettings>, StorageError> {
+pub(crate) fn read_settings(store: &Store) -> Result<Option<ClusterSettings>, StorageError> {
     Ok(store
         .sm_get(META_GROUP, KEY_SETTINGS)?
         .map(|v| decode(&v))
@@ -135,7 +135,7 @@ pub fn read_settings(store: &Store) -> Result<Option<ClusterSettings>, StorageEr
 }
 
 /// Reads this node's copy of the meta state (blocking; possibly behind the leader's).
-pub fn read_state(store: &Store) -> Result<MetaState, StorageError> {
+pub(crate) fn read_state(store: &Store) -> Result<MetaState, StorageError> {
     Ok(match store.sm_get(META_GROUP, KEY_STATE)? {
         Some(v) => decode_state(&v)?,
         None => MetaState::default(),
@@ -145,7 +145,7 @@ pub fn read_state(store: &Store) -> Result<MetaState, StorageError> {
 /// Serves `q` from this node's state of `group` (the caller passed the read barrier): the
 /// meta state for [`ShardQuery::Meta`] (which a shard does not know), the shard reader for
 /// every other query.
-pub async fn serve_query(
+pub(crate) async fn serve_query(
     reader: &ShardReader,
     group: GroupId,
     q: ShardQuery,

@@ -12,23 +12,23 @@ use crate::cluster::command::{MetaState, NodeState};
 
 /// Cheap to clone: all clones share one value.
 #[derive(Clone)]
-pub struct MetaView {
+pub(crate) struct MetaView {
     tx: Arc<watch::Sender<Arc<MetaState>>>,
 }
 
 impl MetaView {
-    pub fn new(initial: MetaState) -> Self {
+    pub(crate) fn new(initial: MetaState) -> Self {
         MetaView {
             tx: Arc::new(watch::channel(Arc::new(initial)).0),
         }
     }
 
-    pub fn get(&self) -> Arc<MetaState> {
+    pub(crate) fn get(&self) -> Arc<MetaState> {
         self.tx.borrow().clone()
     }
 
     /// Replaces the view with `m` (subscribers are woken only when it differs).
-    pub fn publish(&self, m: MetaState) {
+    pub(crate) fn publish(&self, m: MetaState) {
         self.tx.send_if_modified(|cur| {
             if **cur == m {
                 return false;
@@ -39,12 +39,12 @@ impl MetaView {
     }
 
     /// Changes from now on.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<MetaState>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<MetaState>> {
         self.tx.subscribe()
     }
 
     /// Whether `node` left the cluster (its certificate no longer counts).
-    pub fn node_left(&self, node: u64) -> bool {
+    pub(crate) fn node_left(&self, node: u64) -> bool {
         self.tx
             .borrow()
             .nodes
@@ -53,7 +53,7 @@ impl MetaView {
     }
 
     /// The peer address the meta state gives `node`.
-    pub fn peer_addr(&self, node: u64) -> Option<String> {
+    pub(crate) fn peer_addr(&self, node: u64) -> Option<String> {
         self.tx
             .borrow()
             .nodes

@@ -19,36 +19,36 @@
 //!   (the delivery layer moves them to connections).
 //! - `local_groups`, `batcher`, `outbox`: the groups held here (writes, read barriers),
 //!   proposal batching, cross-shard updates.
-pub mod balance;
-pub mod batcher;
-pub mod command;
-pub mod controller;
-pub mod forward;
-pub mod identity;
-pub mod leader_cache;
-pub mod local_groups;
-pub mod meta;
-pub mod meta_view;
-pub mod outbox;
-pub mod peer;
-pub mod placement;
-pub mod push;
-pub mod route;
-pub mod route_error;
+pub(crate) mod balance;
+pub(crate) mod batcher;
+pub(crate) mod command;
+pub(crate) mod controller;
+pub(crate) mod forward;
+pub(crate) mod identity;
+pub(crate) mod leader_cache;
+pub(crate) mod local_groups;
+pub(crate) mod meta;
+pub(crate) mod meta_view;
+pub(crate) mod outbox;
+pub(crate) mod peer;
+pub(crate) mod placement;
+pub(crate) mod push;
+pub(crate) mod route;
+pub(crate) mod route_error;
 pub mod secrets;
-pub mod serve;
-pub mod status;
-pub mod trace;
-pub mod transfer;
+pub(crate) mod serve;
+pub(crate) mod status;
+pub(crate) mod trace;
+pub(crate) mod transfer;
 
-pub use batcher::ProposalBatcher;
-pub use controller::Controller;
-pub use local_groups::LocalGroups;
-pub use meta_view::MetaView;
-pub use outbox::OutboxRelay;
+pub(crate) use batcher::ProposalBatcher;
+pub(crate) use controller::Controller;
+pub(crate) use local_groups::LocalGroups;
+pub(crate) use meta_view::MetaView;
+pub(crate) use outbox::OutboxRelay;
 pub use placement::ShardMap;
-pub use route::Cluster;
-pub use route_error::{RouteError, UnavailableCause};
+pub(crate) use route::Cluster;
+pub(crate) use route_error::{RouteError, UnavailableCause};
 
 /// `first` and whatever else is queued in `rx` right now, at most `max` items in all.
 #[cfg(test)]

@@ -20,20 +20,20 @@ use crate::shard::ShardReader;
 
 /// The `sender_device` of the `member_removed` event that takes back a membership over the
 /// memberships cap.
-pub const OVER_CAP_DEVICE: &str = "server-memberships-cap";
+pub(crate) const OVER_CAP_DEVICE: &str = "server-memberships-cap";
 
 /// How often the background loop looks for undelivered entries.
-pub const OUTBOX_SWEEP_INTERVAL_MS: u64 = 1_000;
+pub(crate) const OUTBOX_SWEEP_INTERVAL_MS: u64 = 1_000;
 
 #[derive(Debug, thiserror::Error)]
-pub enum OutboxError {
+pub(crate) enum OutboxError {
     #[error(transparent)]
     Route(#[from] RouteError),
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
 }
 
-pub struct OutboxRelay {
+pub(crate) struct OutboxRelay {
     cluster: Arc<Cluster>,
     shard_map: Arc<ShardMap>,
     reader: ShardReader,
@@ -45,7 +45,7 @@ pub struct OutboxRelay {
 }
 
 impl OutboxRelay {
-    pub fn new(
+    pub(crate) fn new(
         cluster: Arc<Cluster>,
         shard_map: Arc<ShardMap>,
         reader: ShardReader,
@@ -63,7 +63,7 @@ impl OutboxRelay {
 
     /// Delivers every pending outbox entry of `group`: here if this node leads it,
     /// otherwise by asking its leader.
-    pub async fn drain(&self, group: GroupId) -> Result<(), OutboxError> {
+    pub(crate) async fn drain(&self, group: GroupId) -> Result<(), OutboxError> {
         if !self.cluster.is_local_leader(group) {
             return Ok(self.cluster.drain_outbox_at_leader(group).await?);
         }
@@ -71,7 +71,7 @@ impl OutboxRelay {
     }
 
     /// Delivers every pending outbox entry of `group` from this node (its leader).
-    pub async fn drain_here(&self, group: GroupId) -> Result<(), OutboxError> {
+    pub(crate) async fn drain_here(&self, group: GroupId) -> Result<(), OutboxError> {
         let Some(lock) = self.locks.get(&group) else {
             return Ok(());
         };
@@ -140,7 +140,7 @@ impl OutboxRelay {
     }
 
     /// Drains every shard periodically, until the cluster's shutdown.
-    pub fn spawn_background(self: &Arc<Self>) {
+    pub(crate) fn spawn_background(self: &Arc<Self>) {
         let relay = self.clone();
         self.cluster.shutdown().spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(OUTBOX_SWEEP_INTERVAL_MS));

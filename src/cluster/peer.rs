@@ -24,10 +24,10 @@ use crate::shard::command::{ShardOp, ShardResponse};
 use crate::shard::query::ShardQuery;
 use crate::transport::{FrameHeader, Handler, Transport, TransportError};
 
-pub use crate::ids::NodeId;
+pub(crate) use crate::ids::NodeId;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum PeerRequest {
+pub(crate) enum PeerRequest {
     /// A Raft RPC of the header's group.
     Raft(RaftRpc),
     /// A shard command for the header's group, proposed by the receiver if it leads it.
@@ -53,7 +53,7 @@ pub enum PeerRequest {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub enum PeerReply {
+pub(crate) enum PeerReply {
     Raft(RaftRpcReply),
     Write(Result<ShardResponse, RouteError>),
     Meta(Result<Response, RouteError>),
@@ -68,11 +68,11 @@ pub enum PeerReply {
 }
 
 /// The node's transport.
-pub type PeerTransport = Transport<PeerRequest, PeerReply>;
+pub(crate) type PeerTransport = Transport<PeerRequest, PeerReply>;
 
 /// Serves peer requests with this node's groups.
-pub struct PeerService {
-    pub cluster: Arc<Cluster>,
+pub(crate) struct PeerService {
+    pub(crate) cluster: Arc<Cluster>,
 }
 
 impl Handler<PeerRequest, PeerReply> for PeerService {
@@ -125,17 +125,17 @@ impl Handler<PeerRequest, PeerReply> for PeerService {
 }
 
 /// Raft RPCs over the node's transport (`raft::PeerNetwork`).
-pub struct RaftNet {
+pub(crate) struct RaftNet {
     /// Set once the transport is open. The groups start before it: a creating node learns
     /// its cluster id, hence its certificate, from its own (single-voter) meta group, and
     /// until then its groups have no peer to call.
-    pub transport: OnceLock<PeerTransport>,
+    pub(crate) transport: OnceLock<PeerTransport>,
     /// The current address of a node (the meta state), preferred over the address openraft
     /// stored in the group's membership (which may be older).
-    pub meta: MetaView,
+    pub(crate) meta: MetaView,
 }
 
-pub fn peer_error(e: TransportError) -> PeerError {
+pub(crate) fn peer_error(e: TransportError) -> PeerError {
     match e {
         TransportError::Unreachable(m) => PeerError::Unreachable(m),
         TransportError::Timeout => PeerError::Timeout,

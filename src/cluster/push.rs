@@ -12,7 +12,7 @@ use crate::shard::push::Push;
 
 /// One push between nodes. The variants' order is their encoding: append only.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum PushItem {
+pub(crate) enum PushItem {
     Message(Pushed),
     Receipt(ReceiptState),
     Typing {
@@ -52,7 +52,7 @@ impl From<Push> for PushItem {
 impl PushItem {
     /// About how many bytes this item takes in a push request: what push batches and peer
     /// queues are bounded by.
-    pub fn size_estimate(&self) -> usize {
+    pub(crate) fn size_estimate(&self) -> usize {
         const FIXED: usize = 64;
         let list = |v: &[UserId]| v.iter().map(|s| s.len() + 2).sum::<usize>();
         FIXED
@@ -85,7 +85,7 @@ impl PushItem {
 
 /// Where the peer service hands pushes received from other nodes (implemented by
 /// the delivery layer). Must not wait: it runs in the request handler.
-pub trait PushSink: Send + Sync {
+pub(crate) trait PushSink: Send + Sync {
     /// A batch from peer `from`, in the order it produced them.
     fn receive(&self, from: NodeId, items: Vec<PushItem>);
     /// Pushes `p` to this node's connections now, uncommitted and untracked: broken on

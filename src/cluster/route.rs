@@ -32,30 +32,30 @@ use crate::shard::ShardReader;
 use crate::shutdown::Shutdown;
 
 /// First pause after a failed attempt; doubles up to [`RETRY_BACKOFF_MAX_MS`].
-pub const RETRY_BACKOFF_MIN_MS: u64 = 20;
-pub const RETRY_BACKOFF_MAX_MS: u64 = 400;
+pub(crate) const RETRY_BACKOFF_MIN_MS: u64 = 20;
+pub(crate) const RETRY_BACKOFF_MAX_MS: u64 = 400;
 /// Most hops one request follows (leader hints and retries) before giving up.
-pub const ROUTE_ATTEMPTS_MAX: u32 = 64;
+pub(crate) const ROUTE_ATTEMPTS_MAX: u32 = 64;
 
 /// What a `Cluster` is made of; every part exists before it (see `Node::start`).
-pub struct ClusterParts {
-    pub node_id: NodeId,
-    pub cluster_id: String,
-    pub groups: Arc<LocalGroups>,
-    pub proposals: Arc<ProposalBatcher>,
-    pub reader: ShardReader,
-    pub transport: PeerTransport,
-    pub meta: MetaView,
-    pub shard_map: Arc<super::ShardMap>,
+pub(crate) struct ClusterParts {
+    pub(crate) node_id: NodeId,
+    pub(crate) cluster_id: String,
+    pub(crate) groups: Arc<LocalGroups>,
+    pub(crate) proposals: Arc<ProposalBatcher>,
+    pub(crate) reader: ShardReader,
+    pub(crate) transport: PeerTransport,
+    pub(crate) meta: MetaView,
+    pub(crate) shard_map: Arc<super::ShardMap>,
     /// Where pushes received from peers go (delivery).
-    pub pushes: Arc<dyn PushSink>,
-    pub secrets: Arc<LocalSecrets>,
-    pub shutdown: Shutdown,
+    pub(crate) pushes: Arc<dyn PushSink>,
+    pub(crate) secrets: Arc<LocalSecrets>,
+    pub(crate) shutdown: Shutdown,
 }
 
-pub struct Cluster {
-    pub node_id: NodeId,
-    pub cluster_id: String,
+pub(crate) struct Cluster {
+    pub(crate) node_id: NodeId,
+    pub(crate) cluster_id: String,
     pub(super) groups: Arc<LocalGroups>,
     pub(super) proposals: Arc<ProposalBatcher>,
     pub(super) reader: ShardReader,
@@ -70,14 +70,14 @@ pub struct Cluster {
     pub(super) transfers: Transfers,
     /// Set once the relay exists: the relay writes through this cluster, and a peer's
     /// `DrainOutbox` reaches the relay through it (the one cycle left; see `Node::start`).
-    pub relay: OnceLock<Arc<super::OutboxRelay>>,
+    pub(crate) relay: OnceLock<Arc<super::OutboxRelay>>,
     /// The cluster's secrets as this node holds them; fed by every meta state set here.
     secrets: Arc<LocalSecrets>,
     shutdown: Shutdown,
 }
 
 impl Cluster {
-    pub fn new(p: ClusterParts) -> Arc<Self> {
+    pub(crate) fn new(p: ClusterParts) -> Arc<Self> {
         Arc::new(Cluster {
             node_id: p.node_id,
             cluster_id: p.cluster_id,
@@ -98,43 +98,34 @@ impl Cluster {
     }
 
     /// The groups this node holds.
-    pub fn local_groups(&self) -> &Arc<LocalGroups> {
+    pub(crate) fn local_groups(&self) -> &Arc<LocalGroups> {
         &self.groups
     }
 
-    pub fn transport(&self) -> &PeerTransport {
+    pub(crate) fn transport(&self) -> &PeerTransport {
         &self.transport
     }
 
     /// The node's stop signal (every loop working for this cluster listens to it).
-    pub fn shutdown(&self) -> &Shutdown {
+    pub(crate) fn shutdown(&self) -> &Shutdown {
         &self.shutdown
     }
 
-    pub fn meta(&self) -> Arc<MetaState> {
+    pub(crate) fn meta(&self) -> Arc<MetaState> {
         self.meta.get()
-    }
-
-    pub fn meta_view(&self) -> &MetaView {
-        &self.meta
     }
 
     /// Takes `m` as the latest meta state, and its secrets (at once, for the caller's next
     /// step; states the applier publishes reach the secrets through `Node`'s follower).
-    pub fn set_meta(&self, m: MetaState) {
+    pub(crate) fn set_meta(&self, m: MetaState) {
         self.secrets.observe(&m.secrets);
         self.meta.publish(m);
-    }
-
-    /// Whether `node` left the cluster (its certificate no longer counts).
-    pub fn node_left(&self, node: NodeId) -> bool {
-        self.meta.node_left(node)
     }
 
     /// The peer address of `node`: from the meta state, else from any group's Raft
     /// membership (a restarted node whose meta replica is behind, or was removed and is never
     /// caught up, still has to reach the meta leader to learn the meta state).
-    pub fn address_of(&self, node: NodeId) -> Option<String> {
+    pub(crate) fn address_of(&self, node: NodeId) -> Option<String> {
         if let Some(addr) = self.meta.peer_addr(node) {
             return Some(addr);
         }
@@ -150,7 +141,13 @@ impl Cluster {
         if let Some(l) = self.leaders.get(group) {
             return l;
         }
-        if let Some(l) = self.local_leader_view(group) {
+        // A replica may name itself as leader from its persisted vote while it is not
+        // leading (a restarted node that was removed): trusting that would send every
+        // attempt to this node's own "not leader" and never ask anyone else.
+        if let Some(l) = self
+            .local_leader_view(group)
+            .filter(|l| *l != self.node_id || self.is_local_leader(group))
+        {
             return l;
         }
         let meta = self.meta();
@@ -247,7 +244,11 @@ impl Cluster {
     }
 
     /// Writes a shard command through the group's leader.
-    pub async fn write(&self, group: GroupId, op: ShardOp) -> Result<ShardResponse, RouteError> {
+    pub(crate) async fn write(
+        &self,
+        group: GroupId,
+        op: ShardOp,
+    ) -> Result<ShardResponse, RouteError> {
         match self.route(group, PeerRequest::Write(op)).await? {
             PeerReply::Write(r) => r,
             other => Err(mismatch(group, &other)),
@@ -255,7 +256,7 @@ impl Cluster {
     }
 
     /// Writes a meta command through the meta leader.
-    pub async fn meta_write(&self, op: MetaOp) -> Result<Response, RouteError> {
+    pub(crate) async fn meta_write(&self, op: MetaOp) -> Result<Response, RouteError> {
         match self.route(META_GROUP, PeerRequest::Meta(op)).await? {
             PeerReply::Meta(r) => r,
             other => Err(mismatch(META_GROUP, &other)),
@@ -263,16 +264,20 @@ impl Cluster {
     }
 
     /// A linearizable read of `group`, served by its leader.
-    pub async fn query(&self, group: GroupId, q: ShardQuery) -> Result<QueryResult, RouteError> {
-        #[cfg(feature = "fault-injection")]
-        if crate::sabotage::on(crate::sabotage::Switch::FollowerReads)
-            && matches!(q, ShardQuery::History { .. } | ShardQuery::After { .. })
-            && self.groups.group(group).is_ok()
-        {
-            return self.reader.query(group, q).await.map_err(|e| {
-                RouteError::unavailable(group, UnavailableCause::Storage(e.to_string()))
-            });
-        }
+    pub(crate) async fn query(
+        &self,
+        group: GroupId,
+        q: ShardQuery,
+    ) -> Result<QueryResult, RouteError> {
+        crate::sabotage!(FollowerReads => {
+            if matches!(q, ShardQuery::History { .. } | ShardQuery::After { .. })
+                && self.groups.group(group).is_ok()
+            {
+                return self.reader.query(group, q).await.map_err(|e| {
+                    RouteError::unavailable(group, UnavailableCause::Storage(e.to_string()))
+                });
+            }
+        });
         match self.route(group, PeerRequest::Query(q)).await? {
             PeerReply::Query(r) => r,
             other => Err(mismatch(group, &other)),
@@ -280,7 +285,7 @@ impl Cluster {
     }
 
     /// Asks the leader of `group` to deliver its outbox now.
-    pub async fn drain_outbox_at_leader(&self, group: GroupId) -> Result<(), RouteError> {
+    pub(crate) async fn drain_outbox_at_leader(&self, group: GroupId) -> Result<(), RouteError> {
         match self.route(group, PeerRequest::DrainOutbox).await? {
             PeerReply::Drained(r) => r,
             other => Err(mismatch(group, &other)),
@@ -288,7 +293,7 @@ impl Cluster {
     }
 
     /// The meta state as the meta leader has it (linearizable).
-    pub async fn read_meta(&self) -> Result<MetaState, RouteError> {
+    pub(crate) async fn read_meta(&self) -> Result<MetaState, RouteError> {
         match self
             .route(META_GROUP, PeerRequest::Query(ShardQuery::Meta))
             .await?
@@ -300,7 +305,7 @@ impl Cluster {
     }
 
     /// Pushes received from a peer.
-    pub fn receive_push(&self, from: NodeId, items: Vec<PushItem>) {
+    pub(crate) fn receive_push(&self, from: NodeId, items: Vec<PushItem>) {
         self.pushes.receive(from, items);
     }
 }

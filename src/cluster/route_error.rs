@@ -8,7 +8,7 @@ use crate::ids::GroupId;
 
 /// Why a request could not be served by its group.
 #[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
-pub enum RouteError {
+pub(crate) enum RouteError {
     #[error("not the leader of group {group}; leader hint: {leader_hint:?}")]
     NotLeader {
         group: GroupId,
@@ -27,7 +27,7 @@ pub enum RouteError {
 
 /// Why a group is unavailable; its text is what clients have always been shown.
 #[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
-pub enum UnavailableCause {
+pub(crate) enum UnavailableCause {
     /// Every attempt within the deadline failed without a more telling error.
     #[error("no leader reachable")]
     NoLeaderReachable,
@@ -67,7 +67,7 @@ pub enum UnavailableCause {
 }
 
 impl RouteError {
-    pub fn unavailable(group: GroupId, cause: UnavailableCause) -> Self {
+    pub(crate) fn unavailable(group: GroupId, cause: UnavailableCause) -> Self {
         RouteError::Unavailable { group, cause }
     }
 }

@@ -20,19 +20,19 @@ use crate::transport::{JoinSecret, JoinToken};
 /// The admin token's file in the data dir.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// Admin tokens look like `chatnode-admin-v1.<base64url of 32 random bytes>`.
-pub const ADMIN_TOKEN_PREFIX: &str = "chatnode-admin-v1.";
+pub(crate) const ADMIN_TOKEN_PREFIX: &str = "chatnode-admin-v1.";
 /// Random bytes in an admin token.
-pub const ADMIN_TOKEN_BYTES: usize = 32;
+pub(crate) const ADMIN_TOKEN_BYTES: usize = 32;
 
 /// A fresh admin token.
-pub fn generate_admin_token() -> String {
+pub(crate) fn generate_admin_token() -> String {
     let mut raw = [0u8; ADMIN_TOKEN_BYTES];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     format!("{ADMIN_TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw))
 }
 
 /// A fresh join secret.
-pub fn generate_join_secret() -> SecretBytes {
+pub(crate) fn generate_join_secret() -> SecretBytes {
     let mut raw = [0u8; JOIN_SECRET_BYTES];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     SecretBytes(raw.to_vec())
@@ -48,18 +48,19 @@ fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+#[cfg(test)]
 /// Whether `given` is `expected`, compared in constant time (as SHA-256 digests, so neither
 /// the position of the first difference nor the expected length shows in the timing).
-pub fn token_matches(expected: &str, given: &str) -> bool {
+pub(crate) fn token_matches(expected: &str, given: &str) -> bool {
     !expected.is_empty() && digests_equal(&digest(expected.as_bytes()), &digest(given.as_bytes()))
 }
 
 /// [`token_matches`] for raw secrets.
-pub fn token_matches_bytes(expected: &[u8], given: &[u8]) -> bool {
+pub(crate) fn token_matches_bytes(expected: &[u8], given: &[u8]) -> bool {
     !expected.is_empty() && digests_equal(&digest(expected), &digest(given))
 }
 
-pub struct LocalSecrets {
+pub(crate) struct LocalSecrets {
     data_dir: PathBuf,
     ca_fingerprint: [u8; 32],
     join: Arc<JoinSecret>,
@@ -73,7 +74,11 @@ pub struct LocalSecrets {
 impl LocalSecrets {
     /// `join_secret` is the secret to admit joiners with until the replicated secrets are
     /// known (a data dir from before they were replicated).
-    pub fn new(data_dir: &Path, ca_fingerprint: [u8; 32], join_secret: [u8; 32]) -> Arc<Self> {
+    pub(crate) fn new(
+        data_dir: &Path,
+        ca_fingerprint: [u8; 32],
+        join_secret: [u8; 32],
+    ) -> Arc<Self> {
         Arc::new(LocalSecrets {
             data_dir: data_dir.to_path_buf(),
             ca_fingerprint,
@@ -87,7 +92,7 @@ impl LocalSecrets {
     /// Takes the secrets of a meta state this node saw (never blocks: files are written by
     /// the task of [`Self::spawn_file_writer`]). Older secrets than the ones held (a lagging
     /// replica's meta state) are ignored.
-    pub fn observe(&self, s: &ClusterSecrets) {
+    pub(crate) fn observe(&self, s: &ClusterSecrets) {
         if !s.is_initialized() {
             return;
         }
@@ -104,12 +109,12 @@ impl LocalSecrets {
     }
 
     /// The join secret the transport checks joiners against.
-    pub fn join_secret(&self) -> Arc<JoinSecret> {
+    pub(crate) fn join_secret(&self) -> Arc<JoinSecret> {
         self.join.clone()
     }
 
     /// The current join token (current secret + the cluster CA's fingerprint).
-    pub fn join_token(&self) -> JoinToken {
+    pub(crate) fn join_token(&self) -> JoinToken {
         JoinToken {
             secret: self.join.get(),
             ca_fingerprint: self.ca_fingerprint,
@@ -117,12 +122,12 @@ impl LocalSecrets {
     }
 
     /// Whether the replicated secrets are known here (until then `/admin/*` refuses all).
-    pub fn known(&self) -> bool {
+    pub(crate) fn known(&self) -> bool {
         self.admin_digest.read().is_some()
     }
 
     /// Whether `given` is the cluster's admin token (constant time).
-    pub fn admin_matches(&self, given: &str) -> bool {
+    pub(crate) fn admin_matches(&self, given: &str) -> bool {
         match *self.admin_digest.read() {
             Some(expected) => digests_equal(&expected, &digest(given.as_bytes())),
             None => false,
@@ -130,14 +135,14 @@ impl LocalSecrets {
     }
 
     /// Writes `<data-dir>/join-token` and `<data-dir>/admin-token` (blocking).
-    pub fn write_files(&self) -> Result<(), IdentityError> {
+    pub(crate) fn write_files(&self) -> Result<(), IdentityError> {
         let s = self.current.lock().clone();
         write_files(&self.data_dir, &self.join_token(), &s)
     }
 
     /// Rewrites the files whenever the secrets change, until `shutdown` (or until this
     /// `LocalSecrets`, the sender, is dropped).
-    pub fn spawn_file_writer(&self, shutdown: &crate::shutdown::Shutdown) {
+    pub(crate) fn spawn_file_writer(&self, shutdown: &crate::shutdown::Shutdown) {
         let mut rx = self.changed.subscribe();
         rx.mark_unchanged();
         let (dir, fingerprint) = (self.data_dir.clone(), self.ca_fingerprint);

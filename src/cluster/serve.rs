@@ -28,7 +28,7 @@ impl Cluster {
     }
 
     /// Proposes `op` here (batched); `NotLeader` with a hint if another node leads.
-    pub async fn serve_write(
+    pub(crate) async fn serve_write(
         &self,
         group: GroupId,
         op: ShardOp,
@@ -42,14 +42,15 @@ impl Cluster {
         if let Err(r) = check_forwarded(&self.shard_map, group, &op) {
             return Ok(ShardResponse::Rejected(r));
         }
-        #[cfg(feature = "fault-injection")]
-        if let Some(r) = self.sabotaged_write(group, &op).await {
-            return r;
-        }
+        crate::sabotage!(any => {
+            if let Some(r) = self.sabotaged_write(group, &op).await {
+                return r;
+            }
+        });
         self.proposals.write(group, op).await
     }
 
-    pub async fn serve_meta(&self, op: MetaOp) -> Result<Response, RouteError> {
+    pub(crate) async fn serve_meta(&self, op: MetaOp) -> Result<Response, RouteError> {
         if !self.is_local_leader(META_GROUP) || self.is_transferring(META_GROUP) {
             return Err(self.not_leader(META_GROUP));
         }
@@ -57,7 +58,7 @@ impl Cluster {
     }
 
     /// Reads `q` here after the group's read barrier (G7).
-    pub async fn serve_query(
+    pub(crate) async fn serve_query(
         &self,
         group: GroupId,
         q: ShardQuery,
@@ -73,7 +74,7 @@ impl Cluster {
             .map_err(|e| RouteError::unavailable(group, UnavailableCause::Storage(e.to_string())))
     }
 
-    pub async fn serve_drain(&self, group: GroupId) -> Result<(), RouteError> {
+    pub(crate) async fn serve_drain(&self, group: GroupId) -> Result<(), RouteError> {
         if !self.is_local_leader(group) {
             return Err(self.not_leader(group));
         }
@@ -90,7 +91,7 @@ impl Cluster {
 /// What a leader checks of a shard command before proposing it: its fields
 /// (`shard::validate::check_op`) and that `group` is the shard its key lives in (a command
 /// routed to the wrong shard would write where no read looks).
-pub fn check_forwarded(
+pub(crate) fn check_forwarded(
     shard_map: &super::ShardMap,
     group: GroupId,
     op: &ShardOp,

@@ -3,13 +3,13 @@
 //! with a group's leader. The types are the client library's `/admin/status` schema, so the
 //! server and its readers share one definition.
 
-pub use chatnode_client::status::{GroupState, GroupStatus, NodeStatus};
+pub(crate) use chatnode_client::status::{GroupState, GroupStatus, NodeStatus};
 use openraft::{RaftMetrics, ServerState};
 
 use crate::ids::GroupId;
 
 /// A replica's role from openraft's (a foreign type on both sides, so a function, not `From`).
-pub fn group_state(s: ServerState) -> GroupState {
+pub(crate) fn group_state(s: ServerState) -> GroupState {
     match s {
         ServerState::Leader => GroupState::Leader,
         ServerState::Follower => GroupState::Follower,
@@ -20,7 +20,10 @@ pub fn group_state(s: ServerState) -> GroupState {
 }
 
 /// One replica's status from its Raft metrics.
-pub fn group_status(group: GroupId, m: &RaftMetrics<u64, openraft::BasicNode>) -> GroupStatus {
+pub(crate) fn group_status(
+    group: GroupId,
+    m: &RaftMetrics<u64, openraft::BasicNode>,
+) -> GroupStatus {
     let membership = m.membership_config.membership();
     let mut matched: Vec<(u64, u64)> = m
         .replication
@@ -52,7 +55,7 @@ impl super::Cluster {
     /// replica of knows its leader. A replica the placement moved away is left out: if it
     /// was down or cut off when it was removed, it never learns that and still sees itself
     /// as a voter without a leader.
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         if !self.meta.get().nodes.contains_key(&self.node_id) {
             return false;
         }
@@ -65,7 +68,7 @@ impl super::Cluster {
 
     /// Whether the placement wants a replica of `group` on this node (yes while there is no
     /// placement for it yet).
-    pub fn wanted_here(&self, group: GroupId) -> bool {
+    pub(crate) fn wanted_here(&self, group: GroupId) -> bool {
         self.meta
             .get()
             .replicas
@@ -74,7 +77,7 @@ impl super::Cluster {
     }
 
     /// Every group as this node's replica sees it.
-    pub fn local_status(&self) -> NodeStatus {
+    pub(crate) fn local_status(&self) -> NodeStatus {
         let groups = self
             .groups
             .groups()
@@ -88,7 +91,7 @@ impl super::Cluster {
     }
 
     /// Asks `node` for its status.
-    pub async fn peer_status(
+    pub(crate) async fn peer_status(
         &self,
         node: u64,
         timeout: std::time::Duration,

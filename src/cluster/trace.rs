@@ -8,12 +8,12 @@ tokio::task_local! {
 }
 
 /// Runs `fut` with `trace_id` as the current trace id.
-pub fn scope<F: Future>(trace_id: String, fut: F) -> impl Future<Output = F::Output> {
+pub(crate) fn scope<F: Future>(trace_id: String, fut: F) -> impl Future<Output = F::Output> {
     TRACE_ID.scope(trace_id, fut)
 }
 
 /// Serves a request from another node under its trace id (and in a span naming it).
-pub fn remote_scope<F: Future>(trace_id: String, fut: F) -> impl Future<Output = F::Output> {
+pub(crate) fn remote_scope<F: Future>(trace_id: String, fut: F) -> impl Future<Output = F::Output> {
     use tracing::Instrument;
     let span = if trace_id.is_empty() {
         tracing::Span::none()
@@ -24,6 +24,6 @@ pub fn remote_scope<F: Future>(trace_id: String, fut: F) -> impl Future<Output =
 }
 
 /// The current request's trace id, or "" outside of a request.
-pub fn current() -> String {
+pub(crate) fn current() -> String {
     TRACE_ID.try_with(|t| t.clone()).unwrap_or_default()
 }

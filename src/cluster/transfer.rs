@@ -16,12 +16,12 @@ use crate::ids::GroupId;
 
 /// How long a leadership transfer may take before everything is re-enabled.
 /// Longer than the election timeout, so that the target's timer fires inside it.
-pub const TRANSFER_WINDOW_MS: u64 = 4_000;
+pub(crate) const TRANSFER_WINDOW_MS: u64 = 4_000;
 
 /// The transfers this node takes part in, each until when (one entry per group in each map,
 /// so both are bounded by the number of groups).
 #[derive(Default)]
-pub struct Transfers {
+pub(crate) struct Transfers {
     /// Groups whose leadership this node is handing over.
     handing_over: Mutex<HashMap<GroupId, Instant>>,
     /// Groups in which this node does not campaign.
@@ -36,7 +36,7 @@ fn active(map: &Mutex<HashMap<GroupId, Instant>>, group: GroupId) -> bool {
 
 impl Cluster {
     /// Hands leadership of `g` (led here) to `to` (see the module comment).
-    pub async fn transfer_leadership(&self, g: &GroupHandle, to: NodeId, others: &[NodeId]) {
+    pub(crate) async fn transfer_leadership(&self, g: &GroupHandle, to: NodeId, others: &[NodeId]) {
         let group = g.group;
         let hold = Duration::from_millis(TRANSFER_WINDOW_MS);
         for n in others {
@@ -77,7 +77,7 @@ impl Cluster {
     }
 
     /// This node does not campaign in `group` for `hold_ms` (a transfer to another voter).
-    pub fn hold_elections(&self, group: GroupId, hold_ms: u64) {
+    pub(crate) fn hold_elections(&self, group: GroupId, hold_ms: u64) {
         let Ok(g) = self.groups.group(group) else {
             return;
         };
@@ -90,14 +90,14 @@ impl Cluster {
     }
 
     /// Campaigns for `group` now (the target of a leadership transfer).
-    pub async fn elect_now(&self, group: GroupId) {
+    pub(crate) async fn elect_now(&self, group: GroupId) {
         if let Ok(g) = self.groups.group(group) {
             let _ = g.raft.trigger().elect().await;
         }
     }
 
     /// Whether a transfer asked this node not to campaign in `group` right now.
-    pub fn elections_held(&self, group: GroupId) -> bool {
+    pub(crate) fn elections_held(&self, group: GroupId) -> bool {
         active(&self.transfers.elections_held, group)
     }
 

@@ -27,7 +27,7 @@ use crate::shard::push::Push;
 
 /// Gap-fill answers waiting for the consumer (the fill tasks wait for room; they are at most
 /// one per tracked conversation).
-pub const FILLS_QUEUED_MAX: usize = 1_024;
+pub(crate) const FILLS_QUEUED_MAX: usize = 1_024;
 
 /// The messages read for one gap.
 pub(super) struct Filled {

@@ -28,21 +28,21 @@ use crate::protocol::{MessageView, ServerFrame};
 use crate::shard::command::{Pushed, ReceiptState, UserId};
 
 /// Offline is announced this long after a user's last connection closed.
-pub const PRESENCE_OFFLINE_AFTER_MS: u64 = 30_000;
+pub(crate) const PRESENCE_OFFLINE_AFTER_MS: u64 = 30_000;
 /// A typing `start` not refreshed within this long expires (a `stop` is pushed).
-pub const TYPING_EXPIRY_MS: u64 = 10_000;
+pub(crate) const TYPING_EXPIRY_MS: u64 = 10_000;
 /// At most one receipt push per (user, conversation) per this interval.
-pub const RECEIPT_COALESCE_MS: u64 = 500;
+pub(crate) const RECEIPT_COALESCE_MS: u64 = 500;
 /// Bounds of the hub's ephemeral maps.
-pub const TYPING_ENTRIES_MAX: usize = 100_000;
-pub const RECEIPT_ENTRIES_MAX: usize = 200_000;
-pub const PRESENCE_SUBSCRIPTIONS_PER_CONN_MAX: usize = 1_000;
+pub(crate) const TYPING_ENTRIES_MAX: usize = 100_000;
+pub(crate) const RECEIPT_ENTRIES_MAX: usize = 200_000;
+pub(crate) const PRESENCE_SUBSCRIPTIONS_PER_CONN_MAX: usize = 1_000;
 /// How often the sweeper runs (receipt flush, typing expiry, offline announcements).
 const SWEEP_INTERVAL_MS: u64 = 100;
 
 /// A frame queued towards a connection: serialized once, shared by every recipient.
 #[derive(Debug, Clone)]
-pub enum OutFrame {
+pub(crate) enum OutFrame {
     Text(Arc<str>),
     /// A WebSocket ping (heartbeat).
     Ping,
@@ -50,12 +50,12 @@ pub enum OutFrame {
     Close,
 }
 
-pub type ConnId = u64;
+pub(crate) type ConnId = u64;
 
 /// What the session keeps to talk to its hub entry.
-pub struct ConnHandle {
-    pub id: ConnId,
-    pub kill: Arc<Notify>,
+pub(crate) struct ConnHandle {
+    pub(crate) id: ConnId,
+    pub(crate) kill: Arc<Notify>,
 }
 
 struct Conn {
@@ -98,23 +98,23 @@ struct State {
 }
 
 /// Users whose presence on other nodes a hub remembers.
-pub const REMOTE_PRESENCE_USERS_MAX: usize = 200_000;
+pub(crate) const REMOTE_PRESENCE_USERS_MAX: usize = 200_000;
 /// A remote "online" without a refresh expires after this long (the node died or left).
-pub const REMOTE_PRESENCE_TTL_MS: u64 = 30_000;
+pub(crate) const REMOTE_PRESENCE_TTL_MS: u64 = 30_000;
 /// How often a node re-announces its online users to the others.
-pub const PRESENCE_REFRESH_MS: u64 = 10_000;
+pub(crate) const PRESENCE_REFRESH_MS: u64 = 10_000;
 
 /// Called with (user, online, last_seen) when a user's presence on this node changes, and
 /// periodically for every user online here: delivery carries it to the other nodes. Must
 /// not wait (see `Inbox::presence_out`).
-pub type PresenceOut = Box<dyn Fn(Vec<(UserId, bool, u64)>) + Send + Sync>;
+pub(crate) type PresenceOut = Box<dyn Fn(Vec<(UserId, bool, u64)>) + Send + Sync>;
 
 /// Refusal to register a connection.
 #[derive(Debug, thiserror::Error)]
 #[error("user already has {0} connected devices")]
-pub struct TooManyDevices(pub usize);
+pub(crate) struct TooManyDevices(pub(crate) usize);
 
-pub struct Hub {
+pub(crate) struct Hub {
     state: Mutex<State>,
     presence_out: PresenceOut,
     next_conn: AtomicU64,
@@ -128,7 +128,7 @@ fn text(frame: &ServerFrame) -> OutFrame {
 
 impl Hub {
     /// A hub whose local presence changes go to `presence_out`.
-    pub fn new(
+    pub(crate) fn new(
         devices_per_user: usize,
         metrics: Arc<Metrics>,
         presence_out: PresenceOut,
@@ -163,7 +163,7 @@ impl Hub {
     }
 
     /// Another node says `user` is (or is no longer) online there.
-    pub fn remote_presence(&self, node: u64, user: &str, online: bool, last_seen: u64) {
+    pub(crate) fn remote_presence(&self, node: u64, user: &str, online: bool, last_seen: u64) {
         let mut st = self.state.lock();
         let before = Self::effective_presence(&st, user).0;
         if online {
@@ -189,7 +189,7 @@ impl Hub {
     }
 
     /// Starts the sweeper; it stops at `shutdown` or when the hub is dropped.
-    pub fn spawn_sweeper(self: &Arc<Self>, shutdown: &crate::shutdown::Shutdown) {
+    pub(crate) fn spawn_sweeper(self: &Arc<Self>, shutdown: &crate::shutdown::Shutdown) {
         let weak = Arc::downgrade(self);
         shutdown.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(SWEEP_INTERVAL_MS));
@@ -233,7 +233,7 @@ impl Hub {
 
     /// Registers a connection of `user` and queues `first` (the `auth_ok`) before any push;
     /// a connection with the same device id is replaced.
-    pub fn register(
+    pub(crate) fn register(
         &self,
         user: &str,
         device: &str,
@@ -284,7 +284,7 @@ impl Hub {
         Ok(ConnHandle { id, kill })
     }
 
-    pub fn unregister(&self, user: &str, conn: ConnId, now_ms: u64) {
+    pub(crate) fn unregister(&self, user: &str, conn: ConnId, now_ms: u64) {
         let mut st = self.state.lock();
         if let Some(conns) = st.users.get_mut(user) {
             conns.retain(|c| c.id != conn);
@@ -314,7 +314,7 @@ impl Hub {
 
     /// Pushes a committed message to every connection of every recipient except the
     /// sending connection.
-    pub fn push_message(&self, pushed: &Pushed) {
+    pub(crate) fn push_message(&self, pushed: &Pushed) {
         let frame = text(&ServerFrame::Message(MessageView::from(&pushed.message)));
         let m = &pushed.message;
         let st = self.state.lock();
@@ -354,7 +354,7 @@ impl Hub {
 
     /// A receipt watermark moved: pushed to every member, at most once per 500 ms per
     /// (user, conversation); the latest watermarks win.
-    pub fn push_receipt(&self, r: &ReceiptState) {
+    pub(crate) fn push_receipt(&self, r: &ReceiptState) {
         if !r.changed {
             return;
         }
@@ -389,7 +389,7 @@ impl Hub {
     }
 
     /// Typing is pushed to the other members and the typist's other devices; never stored.
-    pub fn typing(
+    pub(crate) fn typing(
         &self,
         conversation_id: &str,
         user: &str,
@@ -422,7 +422,7 @@ impl Hub {
     }
 
     /// Subscribes a connection to presence of `users` and returns their current status.
-    pub fn subscribe_presence(
+    pub(crate) fn subscribe_presence(
         &self,
         user: &str,
         conn: ConnId,
@@ -482,7 +482,7 @@ impl Hub {
 
     /// Asks every connection to reconnect elsewhere (or later) and closes it: the node is
     /// draining.
-    pub fn drain_all(&self, retry_after_ms: u64) {
+    pub(crate) fn drain_all(&self, retry_after_ms: u64) {
         let frame = text(&ServerFrame::Reconnect { retry_after_ms });
         let st = self.state.lock();
         for c in st.users.values().flatten() {
@@ -490,11 +490,6 @@ impl Hub {
             let _ = c.tx.try_send(OutFrame::Close);
             c.kill.notify_one();
         }
-    }
-
-    /// Whether any connection of `user` is on this node.
-    pub fn is_online(&self, user: &str) -> bool {
-        self.state.lock().users.contains_key(user)
     }
 
     fn sweep(&self, now: Instant) {
@@ -599,7 +594,7 @@ impl Hub {
 }
 
 /// Whether presence of `user` is known to be online (for tests and status).
-pub fn presence_status(online: bool) -> &'static str {
+pub(crate) fn presence_status(online: bool) -> &'static str {
     if online {
         "online"
     } else {

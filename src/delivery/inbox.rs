@@ -27,7 +27,7 @@ use crate::shard::command::Pushed;
 use crate::shard::push::Push;
 
 /// Batches waiting in delivery's inbox before new ones are dropped (and refilled).
-pub const INBOX_ITEMS_MAX: usize = 16_384;
+pub(crate) const INBOX_ITEMS_MAX: usize = 16_384;
 
 /// One entry of the inbox.
 pub(super) enum Inbound {
@@ -47,9 +47,9 @@ pub(super) enum Inbound {
 #[derive(Default, Debug, PartialEq)]
 pub(super) struct Lost {
     /// From this node's apply: refilled here and, when this node leads, by its peers.
-    pub applied: BTreeSet<GroupId>,
+    pub(crate) applied: BTreeSet<GroupId>,
     /// From a peer: refilled here.
-    pub received: BTreeSet<GroupId>,
+    pub(crate) received: BTreeSet<GroupId>,
 }
 
 impl Lost {
@@ -78,7 +78,7 @@ impl Overflow {
 
 /// The sending side of the inbox; cheap to clone.
 #[derive(Clone)]
-pub struct Inbox {
+pub(crate) struct Inbox {
     pub(super) tx: mpsc::Sender<Inbound>,
     pub(super) overflow: Arc<Overflow>,
     /// Set by [`super::start`]: until then (the start-up replay of every group) what apply
@@ -88,13 +88,13 @@ pub struct Inbox {
 }
 
 /// The receiving side, for [`super::start`].
-pub struct InboxReceiver {
+pub(crate) struct InboxReceiver {
     pub(super) rx: mpsc::Receiver<Inbound>,
     pub(super) overflow: Arc<Overflow>,
 }
 
 /// A new inbox of [`INBOX_ITEMS_MAX`] batches.
-pub fn inbox(metrics: Arc<Metrics>) -> (Inbox, InboxReceiver) {
+pub(crate) fn inbox(metrics: Arc<Metrics>) -> (Inbox, InboxReceiver) {
     let (inbox, receiver) = inbox_of(INBOX_ITEMS_MAX, metrics);
     inbox.open.store(false, Ordering::Release);
     (inbox, receiver)
@@ -121,7 +121,7 @@ pub(super) fn inbox_of(capacity: usize, metrics: Arc<Metrics>) -> (Inbox, InboxR
 impl Inbox {
     /// What `group`'s apply committed (called on the apply thread, in log order). Never
     /// waits: see the module doc for a full inbox.
-    pub fn applied(&self, group: GroupId, pushes: Vec<Push>) {
+    pub(crate) fn applied(&self, group: GroupId, pushes: Vec<Push>) {
         if pushes.is_empty() || !self.open.load(Ordering::Acquire) {
             return;
         }
@@ -156,7 +156,7 @@ impl Inbox {
     }
 
     /// The sink the peer service hands received pushes to.
-    pub fn peer_sink(&self, shard_map: Arc<ShardMap>) -> Arc<dyn PushSink> {
+    pub(crate) fn peer_sink(&self, shard_map: Arc<ShardMap>) -> Arc<dyn PushSink> {
         Arc::new(PeerSink {
             inbox: self.clone(),
             shard_map,

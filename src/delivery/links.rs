@@ -17,26 +17,26 @@ use crate::ids::*;
 use crate::shard::command::*;
 use crate::shard::query::{QueryResult, ShardQuery};
 
-pub use crate::cluster::peer::NodeId;
+pub(crate) use crate::cluster::peer::NodeId;
 
 /// Time for one push request.
-pub const PUSH_TIMEOUT_MS: u64 = 2_000;
+pub(crate) const PUSH_TIMEOUT_MS: u64 = 2_000;
 /// A replica whose log is at most this many entries behind the leader's pushes the group's
 /// messages to its own connections when it applies them; the leader does not send it its
 /// copy (see [`replicas_pushing_by_apply`]).
-pub const PUSH_BY_APPLY_LAG_MAX: u64 = 64;
+pub(crate) const PUSH_BY_APPLY_LAG_MAX: u64 = 64;
 
 /// How the leader of a group sees its replicas' logs.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Replication {
+pub(crate) struct Replication {
     /// The leader's last log index.
-    pub last_log_index: u64,
+    pub(crate) last_log_index: u64,
     /// Each other replica and the last index known to match the leader's log.
-    pub matched: Vec<(NodeId, Option<u64>)>,
+    pub(crate) matched: Vec<(NodeId, Option<u64>)>,
 }
 
 /// The other nodes, and sending them a batch of pushes.
-pub trait Peers: Send + Sync + 'static {
+pub(crate) trait Peers: Send + Sync + 'static {
     /// The other nodes that are not gone: where pushes go.
     fn peers(&self) -> Vec<NodeId>;
     /// When this node leads `group` right now: how far its replicas are (else `None`).
@@ -46,7 +46,7 @@ pub trait Peers: Send + Sync + 'static {
 }
 
 /// Reading what a gateway missed.
-pub trait GapRead: Send + Sync + 'static {
+pub(crate) trait GapRead: Send + Sync + 'static {
     /// The messages of `conversation` after `after_seq`, at most up to `last_seq` and
     /// `limit` of them, read linearizably from the leader of `group`.
     fn read_after(
@@ -64,7 +64,7 @@ pub trait GapRead: Send + Sync + 'static {
 /// messages to their connections, so the leader's fan-out skips them; a replica further
 /// behind (catching up, maybe through a snapshot whose messages are never applied one by
 /// one) still gets the pushes.
-pub fn replicas_pushing_by_apply(r: &Replication) -> BTreeSet<NodeId> {
+pub(crate) fn replicas_pushing_by_apply(r: &Replication) -> BTreeSet<NodeId> {
     r.matched
         .iter()
         .filter(|(_, matched)| {
@@ -75,10 +75,10 @@ pub fn replicas_pushing_by_apply(r: &Replication) -> BTreeSet<NodeId> {
 }
 
 /// Both traits over the cluster. Weak: delivery's tasks do not keep the cluster alive.
-pub struct ClusterLink(pub Weak<Cluster>);
+pub(crate) struct ClusterLink(pub(crate) Weak<Cluster>);
 
 impl ClusterLink {
-    pub fn new(cluster: &Arc<Cluster>) -> Arc<Self> {
+    pub(crate) fn new(cluster: &Arc<Cluster>) -> Arc<Self> {
         Arc::new(ClusterLink(Arc::downgrade(cluster)))
     }
 }

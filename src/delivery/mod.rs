@@ -15,28 +15,28 @@
 //! - `hub`: the connection registry; pushes into connections; presence, typing expiry.
 //! - `out_queue`: a connection's outbound queue, bounded in frames and bytes.
 //! - `presence`, `leadership`: typing and presence publishing; `LeaderChanged`.
-pub mod fanout;
-pub mod hub;
-pub mod inbox;
+pub(crate) mod fanout;
+pub(crate) mod hub;
+pub(crate) mod inbox;
 mod leadership;
-pub mod links;
-pub mod out_queue;
-pub mod peer_queue;
+pub(crate) mod links;
+pub(crate) mod out_queue;
+pub(crate) mod peer_queue;
 mod presence;
-pub mod tracker;
+pub(crate) mod tracker;
 
 use std::sync::Arc;
 
-pub use hub::Hub;
-pub use inbox::{inbox, Inbox, InboxReceiver};
-pub use links::{ClusterLink, GapRead, NodeId, Peers};
+pub(crate) use hub::Hub;
+pub(crate) use inbox::{inbox, Inbox, InboxReceiver};
+pub(crate) use links::{ClusterLink, NodeId};
 
 use crate::cluster::command::GroupHandle;
 use crate::cluster::ShardMap;
 use crate::shutdown::Shutdown;
 
 /// Starts delivery: the inbox's consumer, and one leadership watcher per group of `groups`.
-pub fn start(
+pub(crate) fn start(
     node_id: NodeId,
     hub: Arc<Hub>,
     shard_map: Arc<ShardMap>,

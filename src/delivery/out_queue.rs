@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::hub::OutFrame;
 
-pub use tokio::sync::mpsc::error::TrySendError;
+pub(crate) use tokio::sync::mpsc::error::TrySendError;
 
 struct Shared {
     /// Bytes of the frames in the channel.
@@ -27,20 +27,20 @@ struct Shared {
 
 /// The sending side; cheap to clone (the hub and the session each hold one).
 #[derive(Clone)]
-pub struct OutQueue {
+pub(crate) struct OutQueue {
     tx: mpsc::Sender<OutFrame>,
     shared: Arc<Shared>,
 }
 
 /// The writer's side.
-pub struct OutReceiver {
+pub(crate) struct OutReceiver {
     rx: mpsc::Receiver<OutFrame>,
     shared: Arc<Shared>,
 }
 
 /// Why a reply could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SendError {
+pub(crate) enum SendError {
     #[error("the connection is closed")]
     Closed,
     #[error("no room in the outbound queue in time")]
@@ -48,7 +48,7 @@ pub enum SendError {
 }
 
 /// Bytes a frame counts for.
-pub fn frame_bytes(f: &OutFrame) -> usize {
+pub(crate) fn frame_bytes(f: &OutFrame) -> usize {
     match f {
         OutFrame::Text(t) => t.len(),
         OutFrame::Ping | OutFrame::Close => 0,
@@ -56,7 +56,7 @@ pub fn frame_bytes(f: &OutFrame) -> usize {
 }
 
 /// A queue of at most `frames_max` frames and `bytes_max` bytes.
-pub fn out_queue(frames_max: usize, bytes_max: usize) -> (OutQueue, OutReceiver) {
+pub(crate) fn out_queue(frames_max: usize, bytes_max: usize) -> (OutQueue, OutReceiver) {
     let (tx, rx) = mpsc::channel(frames_max.max(1));
     let shared = Arc::new(Shared {
         bytes: AtomicUsize::new(0),
@@ -92,7 +92,7 @@ impl Shared {
 
 impl OutQueue {
     /// Enqueues without waiting; `Full` when either bound would be passed.
-    pub fn try_send(&self, frame: OutFrame) -> Result<(), TrySendError<OutFrame>> {
+    pub(crate) fn try_send(&self, frame: OutFrame) -> Result<(), TrySendError<OutFrame>> {
         let n = frame_bytes(&frame);
         if !self.shared.reserve(n) {
             if self.tx.is_closed() {
@@ -106,7 +106,11 @@ impl OutQueue {
     }
 
     /// Enqueues, waiting at most `wait` for room under both bounds.
-    pub async fn send_timeout(&self, frame: OutFrame, wait: Duration) -> Result<(), SendError> {
+    pub(crate) async fn send_timeout(
+        &self,
+        frame: OutFrame,
+        wait: Duration,
+    ) -> Result<(), SendError> {
         let deadline = tokio::time::Instant::now() + wait;
         let n = frame_bytes(&frame);
         loop {
@@ -137,20 +141,21 @@ impl OutQueue {
         }
     }
 
+    #[cfg(test)]
     /// Bytes queued now (tests, metrics).
-    pub fn queued_bytes(&self) -> usize {
+    pub(crate) fn queued_bytes(&self) -> usize {
         self.shared.bytes.load(Ordering::Acquire)
     }
 }
 
 impl OutReceiver {
-    pub async fn recv(&mut self) -> Option<OutFrame> {
+    pub(crate) async fn recv(&mut self) -> Option<OutFrame> {
         let f = self.rx.recv().await?;
         self.shared.release(frame_bytes(&f));
         Some(f)
     }
 
-    pub fn try_recv(&mut self) -> Option<OutFrame> {
+    pub(crate) fn try_recv(&mut self) -> Option<OutFrame> {
         let f = self.rx.try_recv().ok()?;
         self.shared.release(frame_bytes(&f));
         Some(f)

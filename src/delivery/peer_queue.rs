@@ -18,14 +18,14 @@ use crate::ids::GroupId;
 
 /// Items queued for one peer before new ones are dropped (the peer is then told to refill
 /// the groups it lost messages of, see [`PeerQueues::broadcast_except`]).
-pub const PEER_QUEUE_ITEMS_MAX: usize = 65_536;
+pub(crate) const PEER_QUEUE_ITEMS_MAX: usize = 65_536;
 /// Estimated bytes queued for one peer before new items are dropped (same rule).
-pub const PEER_QUEUE_BYTES_MAX: usize = 64 << 20;
+pub(crate) const PEER_QUEUE_BYTES_MAX: usize = 64 << 20;
 /// Items per push request.
-pub const PUSH_BATCH_ITEMS_MAX: usize = 1_024;
+pub(crate) const PUSH_BATCH_ITEMS_MAX: usize = 1_024;
 /// About the most bytes per push request (it ends with the item that reaches it): far below
 /// the transport's 16 MiB frame.
-pub const PUSH_BATCH_BYTES_MAX: usize = 2 << 20;
+pub(crate) const PUSH_BATCH_BYTES_MAX: usize = 2 << 20;
 
 /// One peer's ordered push queue, bounded in items and bytes.
 struct PeerQueue {

@@ -10,7 +10,7 @@ use crate::shard::command::UserId;
 impl Inbox {
     /// `user` (on `device`) started or stopped typing in `conversation_id`; `recipients` are
     /// its members. Dropped when the inbox is full.
-    pub fn typing(
+    pub(crate) fn typing(
         &self,
         conversation_id: String,
         user_id: UserId,
@@ -29,7 +29,7 @@ impl Inbox {
 
     /// Where the hub reports presence changes of this node's users: (user, online,
     /// last_seen), carried to the other nodes. Only queues: the hub calls it freely.
-    pub fn presence_out(&self) -> PresenceOut {
+    pub(crate) fn presence_out(&self) -> PresenceOut {
         let inbox = self.clone();
         Box::new(move |changes| {
             let items = changes

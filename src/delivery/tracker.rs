@@ -14,13 +14,13 @@ use crate::ids::*;
 use crate::shard::command::*;
 
 /// Conversations whose last delivered seq a gateway remembers.
-pub const TRACKED_CONVERSATIONS_MAX: usize = 100_000;
+pub(crate) const TRACKED_CONVERSATIONS_MAX: usize = 100_000;
 /// Pushes held back per conversation while a gap is being filled.
-pub const HELD_PUSHES_PER_CONVERSATION_MAX: usize = 1_000;
+pub(crate) const HELD_PUSHES_PER_CONVERSATION_MAX: usize = 1_000;
 /// Most messages read to fill one gap: their reply must fit one frame even with bodies of
 /// `shard::validate::BODY_BYTES_MAX` (200 × 64 KiB ≈ 13 MiB < 16 MiB); a longer gap is
 /// left to the clients' sync (G8).
-pub const GAP_FILL_MESSAGES_MAX: u64 = 200;
+pub(crate) const GAP_FILL_MESSAGES_MAX: u64 = 200;
 
 struct Track {
     group: GroupId,

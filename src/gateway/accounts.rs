@@ -37,36 +37,36 @@ use crate::shard::command::{AuthState, ShardOp, ShardResponse};
 use crate::storage::blocking;
 
 /// Largest account request body.
-pub const ACCOUNT_BODY_BYTES_MAX: usize = 16 * 1024;
+pub(crate) const ACCOUNT_BODY_BYTES_MAX: usize = 16 * 1024;
 /// The window of `[accounts] login_failures_per_15min`.
-pub const LOGIN_FAILURE_WINDOW_MS: u64 = 15 * 60 * 1000;
+pub(crate) const LOGIN_FAILURE_WINDOW_MS: u64 = 15 * 60 * 1000;
 /// The window of `[accounts] registrations_per_ip_per_hour`.
-pub const REGISTRATION_WINDOW_MS: u64 = 60 * 60 * 1000;
+pub(crate) const REGISTRATION_WINDOW_MS: u64 = 60 * 60 * 1000;
 /// Keys (IPs or usernames) one throttle remembers; see [`Throttle`] for what happens past it.
-pub const THROTTLE_KEYS_MAX: usize = 100_000;
+pub(crate) const THROTTLE_KEYS_MAX: usize = 100_000;
 /// Registrations hashing at once: the other hashing slots stay free for logins, so a flood
 /// of registrations cannot make logins wait behind it.
-pub const REGISTER_HASHES_IN_FLIGHT_MAX: usize = 1;
+pub(crate) const REGISTER_HASHES_IN_FLIGHT_MAX: usize = 1;
 /// Users whose token epoch and sessions a node caches for the checks of live WebSockets.
-pub const SESSION_CACHE_USERS_MAX: usize = 200_000;
+pub(crate) const SESSION_CACHE_USERS_MAX: usize = 200_000;
 /// Longest invite use count.
-pub const INVITE_USES_MAX: u32 = 10_000;
+pub(crate) const INVITE_USES_MAX: u32 = 10_000;
 /// Suggested wait after `overloaded` from the hashing queue.
-pub const HASH_RETRY_AFTER_MS: u64 = 1_000;
+pub(crate) const HASH_RETRY_AFTER_MS: u64 = 1_000;
 
 /// Counts events per key in fixed windows, for a bounded number of keys.
 ///
 /// When `THROTTLE_KEYS_MAX` keys are held, expired windows are dropped first, then windows
 /// that are not (yet) throttling; if every key is throttling, a new key is not tracked (fails
 /// open for it while every throttled key stays throttled).
-pub struct Throttle {
+pub(crate) struct Throttle {
     limit: u32,
     window_ms: u64,
     entries: Mutex<HashMap<String, (u64, u32)>>,
 }
 
 impl Throttle {
-    pub fn new(limit: u32, window_ms: u64) -> Self {
+    pub(crate) fn new(limit: u32, window_ms: u64) -> Self {
         Throttle {
             limit,
             window_ms,
@@ -81,7 +81,7 @@ impl Throttle {
     }
 
     /// `Err(ms to wait)` when `key` used up its window.
-    pub fn check(&self, key: &str, now: u64) -> Result<(), u64> {
+    pub(crate) fn check(&self, key: &str, now: u64) -> Result<(), u64> {
         match self.lock().get(key) {
             Some(&(start, n)) if now < start + self.window_ms && n >= self.limit => {
                 Err((start + self.window_ms - now).max(1))
@@ -91,7 +91,7 @@ impl Throttle {
     }
 
     /// Counts one event of `key`.
-    pub fn record(&self, key: &str, now: u64) {
+    pub(crate) fn record(&self, key: &str, now: u64) {
         let mut m = self.lock();
         if !m.contains_key(key) && m.len() >= THROTTLE_KEYS_MAX {
             let (window, limit) = (self.window_ms, self.limit);
@@ -111,20 +111,20 @@ impl Throttle {
     }
 
     /// Checks, then counts (for limits on attempts rather than failures).
-    pub fn hit(&self, key: &str, now: u64) -> Result<(), u64> {
+    pub(crate) fn hit(&self, key: &str, now: u64) -> Result<(), u64> {
         self.check(key, now)?;
         self.record(key, now);
         Ok(())
     }
 
-    pub fn clear(&self, key: &str) {
+    pub(crate) fn clear(&self, key: &str) {
         self.lock().remove(key);
     }
 }
 
 /// Who waits for a password hashing slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HashKind {
+pub(crate) enum HashKind {
     Login,
     Register,
 }
@@ -133,7 +133,7 @@ pub enum HashKind {
 /// gateway's `password_hashing` semaphore), of which `REGISTER_HASHES_IN_FLIGHT_MAX` may be
 /// registrations; at most `password_hash_queue_max` waiters per kind, each for at most
 /// `password_hash_wait_ms`. Past either: `overloaded` at once.
-pub struct HashQueue {
+pub(crate) struct HashQueue {
     register_slots: Semaphore,
     waiting_login: AtomicUsize,
     waiting_register: AtomicUsize,
@@ -142,7 +142,7 @@ pub struct HashQueue {
 }
 
 /// A hashing slot; released on drop.
-pub struct HashPermit<'a> {
+pub(crate) struct HashPermit<'a> {
     _slot: SemaphorePermit<'a>,
     _register: Option<SemaphorePermit<'a>>,
 }
@@ -163,7 +163,7 @@ fn overloaded() -> ProtocolError {
 }
 
 impl HashQueue {
-    pub fn new(queue_max: usize, wait_ms: u64) -> Self {
+    pub(crate) fn new(queue_max: usize, wait_ms: u64) -> Self {
         HashQueue {
             register_slots: Semaphore::new(REGISTER_HASHES_IN_FLIGHT_MAX),
             waiting_login: AtomicUsize::new(0),
@@ -173,7 +173,7 @@ impl HashQueue {
         }
     }
 
-    pub async fn acquire<'a>(
+    pub(crate) async fn acquire<'a>(
         &'a self,
         slots: &'a Semaphore,
         kind: HashKind,
@@ -209,14 +209,14 @@ impl HashQueue {
 /// Per-node cache of users' token epochs and sessions, for the periodic checks of live
 /// WebSockets: one read per user per `max_age`, whatever the number of that user's
 /// connections (concurrent misses for one user wait for one read).
-pub struct SessionCache {
+pub(crate) struct SessionCache {
     max_age: Duration,
     #[allow(clippy::type_complexity)]
     users: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<(Instant, AuthState)>>>>>,
 }
 
 impl SessionCache {
-    pub fn new(max_age: Duration) -> Self {
+    pub(crate) fn new(max_age: Duration) -> Self {
         SessionCache {
             max_age,
             users: Mutex::new(HashMap::new()),
@@ -233,7 +233,7 @@ impl SessionCache {
     }
 
     /// Forgets a user (after a logout on this node).
-    pub fn invalidate(&self, user_id: &str) {
+    pub(crate) fn invalidate(&self, user_id: &str) {
         self.users
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -241,7 +241,7 @@ impl SessionCache {
     }
 
     /// The user's state, read now (`fresh`) or at most `max_age` ago.
-    pub async fn get(
+    pub(crate) async fn get(
         &self,
         gw: &Gateway,
         user_id: &str,
@@ -261,24 +261,24 @@ impl SessionCache {
 }
 
 /// The node's account machinery (a field of [`Gateway`]).
-pub struct AccountsState {
-    pub registration: Registration,
-    pub invite_ttl_secs: u64,
-    pub refresh_ttl_ms: u64,
+pub(crate) struct AccountsState {
+    pub(crate) registration: Registration,
+    pub(crate) invite_ttl_secs: u64,
+    pub(crate) refresh_ttl_ms: u64,
     /// How often a live WebSocket re-checks its token.
-    pub session_check_interval: Duration,
-    pub failures_by_ip: Throttle,
-    pub failures_by_username: Throttle,
-    pub registrations_by_ip: Throttle,
-    pub hashing: HashQueue,
-    pub sessions: SessionCache,
+    pub(crate) session_check_interval: Duration,
+    pub(crate) failures_by_ip: Throttle,
+    pub(crate) failures_by_username: Throttle,
+    pub(crate) registrations_by_ip: Throttle,
+    pub(crate) hashing: HashQueue,
+    pub(crate) sessions: SessionCache,
     /// Whether a request without the peer's address was seen (logged once).
     no_peer_address_logged: AtomicBool,
 }
 
 impl AccountsState {
     /// Also warns, loudly, when anyone on a non-loopback network may register.
-    pub fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config) -> Self {
         let a = &config.accounts;
         let registration = a.registration_for(config.listen);
         if registration == Registration::Open && !config.listen.ip().is_loopback() {
@@ -317,7 +317,7 @@ impl AccountsState {
 /// The client's address as the throttles see it: IPv4 as is, IPv6 by its /64 (one host
 /// usually holds a whole /64). `None` when the server was started without connection info
 /// (then only the per-username throttle applies).
-pub fn client_ip(extensions: &axum::http::Extensions) -> Option<IpAddr> {
+pub(crate) fn client_ip(extensions: &axum::http::Extensions) -> Option<IpAddr> {
     extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip())
@@ -452,7 +452,7 @@ struct RegisterBody {
     invite: Option<String>,
 }
 
-pub async fn register(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+pub(crate) async fn register(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let result = async {
         let (ip, _, body) = body_of(req).await?;
         do_register(&gw, ip, &body).await
@@ -617,7 +617,7 @@ struct LoginBody {
     password: String,
 }
 
-pub async fn login(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+pub(crate) async fn login(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let result = async {
         let (ip, _, body) = body_of(req).await?;
         do_login(&gw, ip, &body).await
@@ -726,7 +726,7 @@ fn revoked(message: &str) -> ProtocolError {
     ProtocolError::unauthorized(message)
 }
 
-pub async fn refresh(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+pub(crate) async fn refresh(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let result = async {
         let (_, _, body) = body_of(req).await?;
         let b: RefreshBody = parse(&body)?;
@@ -805,11 +805,11 @@ fn session_of(
     Ok((c.user_id, Some(c.session_id)))
 }
 
-pub async fn logout(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+pub(crate) async fn logout(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     revoke(gw, req, false).await
 }
 
-pub async fn logout_all(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+pub(crate) async fn logout_all(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     revoke(gw, req, true).await
 }
 
@@ -849,14 +849,14 @@ async fn revoke(gw: Arc<Gateway>, req: Request, all: bool) -> Response {
 /// `POST /admin/invites?uses=<n>&ttl_secs=<s>` (called by `admin::invites` once the request
 /// is authorized): a fresh invite code.
 #[derive(Deserialize, Default)]
-pub struct InviteParams {
+pub(crate) struct InviteParams {
     #[serde(default)]
-    pub uses: Option<u32>,
+    pub(crate) uses: Option<u32>,
     #[serde(default)]
-    pub ttl_secs: Option<u64>,
+    pub(crate) ttl_secs: Option<u64>,
 }
 
-pub async fn create_invite(gw: &Gateway, p: InviteParams) -> Response {
+pub(crate) async fn create_invite(gw: &Gateway, p: InviteParams) -> Response {
     let uses = p.uses.unwrap_or(1);
     let ttl = p.ttl_secs.unwrap_or(gw.accounts.invite_ttl_secs);
     if !(1..=INVITE_USES_MAX).contains(&uses) || ttl == 0 || ttl > INVITE_TTL_SECS_MAX {
@@ -890,7 +890,10 @@ pub async fn create_invite(gw: &Gateway, p: InviteParams) -> Response {
 /// cluster's tokens) the user's token epoch and session, read linearizably now. When the
 /// user's shard cannot be read (no leader), the token is let in on its signature: the
 /// periodic re-check closes the socket once the state is readable again.
-pub async fn verify_ws_token(gw: &Gateway, token: &str) -> Result<AccessClaims, ProtocolError> {
+pub(crate) async fn verify_ws_token(
+    gw: &Gateway,
+    token: &str,
+) -> Result<AccessClaims, ProtocolError> {
     let c = gw
         .tokens
         .verify_access(token)
@@ -909,7 +912,7 @@ pub async fn verify_ws_token(gw: &Gateway, token: &str) -> Result<AccessClaims, 
 
 /// The periodic check of a live WebSocket's token: expiry locally, the session through the
 /// node's cache. A failed read keeps the connection (it is checked again next time).
-pub async fn recheck_ws_token(gw: &Gateway, c: &AccessClaims) -> Result<(), ProtocolError> {
+pub(crate) async fn recheck_ws_token(gw: &Gateway, c: &AccessClaims) -> Result<(), ProtocolError> {
     let now = now_ms();
     if now >= c.expires_at {
         return Err(ProtocolError::unauthorized("token expired"));
@@ -927,7 +930,11 @@ pub async fn recheck_ws_token(gw: &Gateway, c: &AccessClaims) -> Result<(), Prot
 }
 
 /// Whether a token of this cluster is still good against its user's state.
-pub fn still_valid(c: &AccessClaims, state: &AuthState, now: u64) -> Result<(), &'static str> {
+pub(crate) fn still_valid(
+    c: &AccessClaims,
+    state: &AuthState,
+    now: u64,
+) -> Result<(), &'static str> {
     if now >= c.expires_at {
         return Err("token expired");
     }

@@ -33,12 +33,12 @@ use super::Gateway;
 use crate::cluster::command::{MetaOp, NodeState, Response as MetaResponse};
 
 /// Time to wait for one peer's status.
-pub const PEER_STATUS_TIMEOUT_MS: u64 = 1_000;
+pub(crate) const PEER_STATUS_TIMEOUT_MS: u64 = 1_000;
 /// Suggested wait when no checksum has been computed yet.
-pub const CHECKSUM_RETRY_AFTER_MS: u64 = 1_000;
+pub(crate) const CHECKSUM_RETRY_AFTER_MS: u64 = 1_000;
 
 /// Whether the request carries the cluster's admin token (constant-time comparison).
-pub fn authorized(gw: &Gateway, headers: &HeaderMap) -> bool {
+pub(crate) fn authorized(gw: &Gateway, headers: &HeaderMap) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -51,7 +51,7 @@ pub fn authorized(gw: &Gateway, headers: &HeaderMap) -> bool {
 }
 
 /// The answer to a request without the admin token.
-pub fn unauthorized() -> Response {
+pub(crate) fn unauthorized() -> Response {
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -73,7 +73,7 @@ fn forbidden(message: &str) -> Response {
         .into_response()
 }
 
-pub async fn status(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+pub(crate) async fn status(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if !authorized(&gw, &headers) {
         return unauthorized();
     }
@@ -127,11 +127,11 @@ fn member_state(s: NodeState) -> MemberState {
 }
 
 #[derive(Deserialize)]
-pub struct ShardParams {
+pub(crate) struct ShardParams {
     conversation_id: String,
 }
 
-pub async fn shard(
+pub(crate) async fn shard(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
     p: Result<axum::extract::Query<ShardParams>, axum::extract::rejection::QueryRejection>,
@@ -160,7 +160,7 @@ pub async fn shard(
 }
 
 /// The last checksums of this node's replicas; never scans on the request path.
-pub async fn checksum(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+pub(crate) async fn checksum(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if !authorized(&gw, &headers) {
         return unauthorized();
     }
@@ -193,7 +193,7 @@ pub async fn checksum(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Res
     }
 }
 
-pub async fn leave(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+pub(crate) async fn leave(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if !authorized(&gw, &headers) {
         return unauthorized();
     }
@@ -216,16 +216,16 @@ pub async fn leave(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respon
 }
 
 #[derive(Deserialize)]
-pub struct FaultRequest {
+pub(crate) struct FaultRequest {
     /// "block", "unblock", "delay" or "heal".
-    pub action: String,
+    pub(crate) action: String,
     #[serde(default)]
-    pub peer: u64,
+    pub(crate) peer: u64,
     #[serde(default)]
-    pub delay_ms: u64,
+    pub(crate) delay_ms: u64,
 }
 
-pub async fn faults(
+pub(crate) async fn faults(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -252,7 +252,7 @@ pub async fn faults(
 
 /// `POST /admin/invites?uses=<n>&ttl_secs=<s>` (same auth): creates an invite code for
 /// `[accounts] registration = "invite"` (`chatnode invite`).
-pub async fn invites(
+pub(crate) async fn invites(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
     axum::extract::Query(p): axum::extract::Query<super::accounts::InviteParams>,
@@ -266,7 +266,10 @@ pub async fn invites(
 /// Replaces the join secret through the meta group (the new secret is chosen here, so apply
 /// stays deterministic); every node takes it from the meta state and rewrites its
 /// `<data-dir>/join-token`. Answers with the new join token.
-pub async fn rotate_join_token(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+pub(crate) async fn rotate_join_token(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> Response {
     if !authorized(&gw, &headers) {
         return unauthorized();
     }

@@ -12,12 +12,12 @@ use crate::config::ExternalAuth;
 use crate::protocol::is_valid_id;
 
 /// Longest user id accepted from any token: direct conversation ids are built from two.
-pub const USER_ID_CHARS_MAX: usize = 60;
+pub(crate) const USER_ID_CHARS_MAX: usize = 60;
 /// Username rules: 1..=32 of `[A-Za-z0-9_.-]`.
-pub const USERNAME_CHARS_MAX: usize = 32;
+pub(crate) const USERNAME_CHARS_MAX: usize = 32;
 /// Password length bounds (bytes), so hashing cost is bounded.
-pub const PASSWORD_BYTES_MIN: usize = 8;
-pub const PASSWORD_BYTES_MAX: usize = 256;
+pub(crate) const PASSWORD_BYTES_MIN: usize = 8;
+pub(crate) const PASSWORD_BYTES_MAX: usize = 256;
 
 const ISSUER: &str = "chatnode";
 /// The issuer of refresh tokens: never accepted where an access token is expected, and the
@@ -55,24 +55,24 @@ struct Claims {
 
 /// What a verified access token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccessClaims {
-    pub user_id: String,
-    pub external: bool,
-    pub session_id: Option<String>,
-    pub epoch: u64,
+pub(crate) struct AccessClaims {
+    pub(crate) user_id: String,
+    pub(crate) external: bool,
+    pub(crate) session_id: Option<String>,
+    pub(crate) epoch: u64,
     /// Expiry, ms since the epoch.
-    pub expires_at: u64,
+    pub(crate) expires_at: u64,
 }
 
 /// What a verified refresh token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefreshClaims {
-    pub user_id: String,
-    pub session_id: String,
-    pub generation: u64,
+pub(crate) struct RefreshClaims {
+    pub(crate) user_id: String,
+    pub(crate) session_id: String,
+    pub(crate) generation: u64,
 }
 
-pub fn valid_username(name: &str) -> bool {
+pub(crate) fn valid_username(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= USERNAME_CHARS_MAX
         && name
@@ -80,12 +80,12 @@ pub fn valid_username(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
-pub fn valid_password(pw: &str) -> bool {
+pub(crate) fn valid_password(pw: &str) -> bool {
     (PASSWORD_BYTES_MIN..=PASSWORD_BYTES_MAX).contains(&pw.len())
 }
 
 /// argon2id with the crate's default (OWASP) parameters. CPU-heavy: call off the workers.
-pub fn hash_password(password: &str) -> Result<String, AuthError> {
+pub(crate) fn hash_password(password: &str) -> Result<String, AuthError> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
@@ -94,7 +94,7 @@ pub fn hash_password(password: &str) -> Result<String, AuthError> {
 }
 
 /// CPU-heavy: call off the workers.
-pub fn verify_password(password: &str, hash: &str) -> bool {
+pub(crate) fn verify_password(password: &str, hash: &str) -> bool {
     match PasswordHash::new(hash) {
         Ok(parsed) => Argon2::default()
             .verify_password(password.as_bytes(), &parsed)
@@ -110,7 +110,7 @@ struct ExternalVerifier {
 }
 
 /// Issues and verifies tokens.
-pub struct TokenAuthority {
+pub(crate) struct TokenAuthority {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
@@ -120,7 +120,11 @@ pub struct TokenAuthority {
 }
 
 impl TokenAuthority {
-    pub fn new(secret: &[u8], ttl_secs: u64, external: &ExternalAuth) -> Result<Self, AuthError> {
+    pub(crate) fn new(
+        secret: &[u8],
+        ttl_secs: u64,
+        external: &ExternalAuth,
+    ) -> Result<Self, AuthError> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);
         validation.leeway = 5;
@@ -137,11 +141,6 @@ impl TokenAuthority {
         })
     }
 
-    /// The lifetime of access tokens, in seconds.
-    pub fn ttl_secs(&self) -> u64 {
-        self.ttl_secs
-    }
-
     fn sign(&self, claims: &Claims) -> Result<String, AuthError> {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
             .map_err(|e| AuthError::InvalidToken(e.to_string()))
@@ -149,7 +148,7 @@ impl TokenAuthority {
 
     /// An access token of session `session_id` at token epoch `epoch`; returns it and its
     /// expiry in ms.
-    pub fn issue_access(
+    pub(crate) fn issue_access(
         &self,
         user_id: &str,
         session_id: &str,
@@ -172,7 +171,7 @@ impl TokenAuthority {
 
     /// A refresh token of generation `generation` of a session, valid until `expires_at`
     /// (ms).
-    pub fn issue_refresh(
+    pub(crate) fn issue_refresh(
         &self,
         user_id: &str,
         session_id: &str,
@@ -194,7 +193,7 @@ impl TokenAuthority {
 
     /// A refresh token this cluster signed and that has not expired (whether its session
     /// still allows it is decided at apply).
-    pub fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, AuthError> {
+    pub(crate) fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.refresh_validation)
             .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
         let c = data.claims;
@@ -213,7 +212,7 @@ impl TokenAuthority {
     }
 
     /// Like [`TokenAuthority::verify`], with the session, epoch and expiry.
-    pub fn verify_access(&self, token: &str) -> Result<AccessClaims, AuthError> {
+    pub(crate) fn verify_access(&self, token: &str) -> Result<AccessClaims, AuthError> {
         let (claims, external) = self.decode_access(token)?;
         Ok(AccessClaims {
             user_id: claims.sub,
@@ -224,8 +223,9 @@ impl TokenAuthority {
         })
     }
 
+    #[cfg(test)]
     /// A token for `user_id`; returns it and its expiry in ms.
-    pub fn issue(&self, user_id: &str, now_ms: u64) -> Result<(String, u64), AuthError> {
+    pub(crate) fn issue(&self, user_id: &str, now_ms: u64) -> Result<(String, u64), AuthError> {
         let iat = now_ms / 1000;
         let exp = iat + self.ttl_secs;
         let claims = Claims {
@@ -240,8 +240,9 @@ impl TokenAuthority {
         Ok((self.sign(&claims)?, exp * 1000))
     }
 
+    #[cfg(test)]
     /// The user id of a valid token, and whether it came from the external issuer.
-    pub fn verify(&self, token: &str) -> Result<(String, bool), AuthError> {
+    pub(crate) fn verify(&self, token: &str) -> Result<(String, bool), AuthError> {
         let (claims, external) = self.decode_access(token)?;
         Ok((claims.sub, external))
     }

@@ -19,14 +19,14 @@ use crate::cluster::Cluster;
 use crate::storage::Store;
 
 /// One computed answer.
-pub struct Checksums {
+pub(crate) struct Checksums {
     /// Wall-clock time the scan started (ms since the epoch).
-    pub computed_at_ms: u64,
+    pub(crate) computed_at_ms: u64,
     /// `[{group, applied_index, checksum, keys}]`, or the error of the scan.
-    pub groups: Result<Vec<Value>, String>,
+    pub(crate) groups: Result<Vec<Value>, String>,
 }
 
-pub struct ChecksumCache {
+pub(crate) struct ChecksumCache {
     interval: Duration,
     last: Mutex<Option<Arc<Checksums>>>,
     wake: Arc<tokio::sync::Notify>,
@@ -42,7 +42,7 @@ impl Drop for ChecksumCache {
 
 impl ChecksumCache {
     /// The cache and its background task (spawned on the current runtime).
-    pub fn spawn(cluster: Arc<Cluster>, store: Arc<Store>, interval_ms: u64) -> Arc<Self> {
+    pub(crate) fn spawn(cluster: Arc<Cluster>, store: Arc<Store>, interval_ms: u64) -> Arc<Self> {
         let wake = Arc::new(tokio::sync::Notify::new());
         let cache = Arc::new(ChecksumCache {
             interval: Duration::from_millis(interval_ms),
@@ -58,22 +58,22 @@ impl ChecksumCache {
 
     /// The last result (None before the first scan finished), and asks for a new one (taken
     /// by the task once the interval since the last scan has passed).
-    pub fn request(&self) -> Option<Arc<Checksums>> {
+    pub(crate) fn request(&self) -> Option<Arc<Checksums>> {
         self.wake.notify_one();
         self.last.lock().clone()
     }
 
     /// Scans so far (an attack test counts them).
-    pub fn scans(&self) -> u64 {
+    pub(crate) fn scans(&self) -> u64 {
         self.scans.load(Ordering::Relaxed)
     }
 
-    pub fn interval_ms(&self) -> u64 {
+    pub(crate) fn interval_ms(&self) -> u64 {
         self.interval.as_millis() as u64
     }
 
     /// Ends the background task.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         self.wake.notify_one();
     }

@@ -15,7 +15,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 /// Largest certificate chain or key file read (a chain is a few KiB).
-pub const TLS_FILE_BYTES_MAX: u64 = 1024 * 1024;
+pub(crate) const TLS_FILE_BYTES_MAX: u64 = 1024 * 1024;
 
 /// Errors loading the client certificate or key.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, ClientTlsError> {
 }
 
 /// Reads a PEM chain and key and checks that they belong together.
-pub fn load_certified_key(
+pub(crate) fn load_certified_key(
     cert_file: &Path,
     key_file: &Path,
     provider: &CryptoProvider,
@@ -110,13 +110,13 @@ impl ReloadableCert {
     }
 
     /// The certificate chain new handshakes present.
-    pub fn current(&self) -> Arc<CertifiedKey> {
+    pub(crate) fn current(&self) -> Arc<CertifiedKey> {
         self.current.read().clone()
     }
 
     /// The rustls server config of the client port: TLS 1.3 and 1.2 (rustls prefers 1.3),
     /// no client certificates, ALPN `http/1.1` (the port speaks HTTP/1.1 only).
-    pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, ClientTlsError> {
+    pub(crate) fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, ClientTlsError> {
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| ClientTlsError::Config(e.to_string()))?

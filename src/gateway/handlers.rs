@@ -13,17 +13,14 @@ use crate::protocol::{
 };
 use crate::shard::command::*;
 
-/// Messages per conversation in one `sync` reply.
-pub use super::replies::SYNC_PAGE_MAX;
-
 /// The authenticated side of a connection.
-pub struct Session {
-    pub user_id: String,
-    pub device_id: String,
-    pub conn_id: ConnId,
-    pub tx: OutQueue,
+pub(crate) struct Session {
+    pub(crate) user_id: String,
+    pub(crate) device_id: String,
+    pub(crate) conn_id: ConnId,
+    pub(crate) tx: OutQueue,
     /// Notified by the hub when this connection is replaced or too slow.
-    pub kill: std::sync::Arc<tokio::sync::Notify>,
+    pub(crate) kill: std::sync::Arc<tokio::sync::Notify>,
 }
 
 type Reply = Result<Vec<ServerFrame>, ProtocolError>;
@@ -34,7 +31,7 @@ fn one(frame: ServerFrame) -> Reply {
 
 /// A direct conversation's id is derived from its two members, so it exists once. The first
 /// id's length is spelled out, so ids that contain `-` cannot make two pairs collide.
-pub fn direct_conversation_id(a: &str, b: &str) -> String {
+pub(crate) fn direct_conversation_id(a: &str, b: &str) -> String {
     let (x, y) = if a <= b { (a, b) } else { (b, a) };
     format!("d{}-{x}-{y}", x.len())
 }
@@ -68,7 +65,7 @@ fn misrouted() -> ProtocolError {
 
 impl Gateway {
     /// Writes a shard command; a deterministic rejection becomes its protocol error.
-    pub async fn write_shard(
+    pub(crate) async fn write_shard(
         &self,
         group: GroupId,
         op: ShardOp,
@@ -81,7 +78,7 @@ impl Gateway {
 
     /// The conversation, read linearizably, if `user` is a member; `forbidden` otherwise
     /// (also when it does not exist: no existence leak).
-    pub async fn member_conversation(
+    pub(crate) async fn member_conversation(
         &self,
         user: &str,
         conversation_id: &str,
@@ -197,7 +194,12 @@ impl Gateway {
 
     /// Handles one authenticated request; returns the frames to answer with (in order).
     /// Each frame family has its own function below.
-    pub async fn handle(&self, s: &Session, id: Option<RequestId>, frame: ClientFrame) -> Reply {
+    pub(crate) async fn handle(
+        &self,
+        s: &Session,
+        id: Option<RequestId>,
+        frame: ClientFrame,
+    ) -> Reply {
         // Before any read or write: a refused frame costs nothing but this check.
         self.check_rate(&s.user_id, &frame)?;
         match frame {

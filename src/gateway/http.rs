@@ -15,15 +15,15 @@ use super::{session, Gateway};
 use crate::protocol::{ErrorCode, ProtocolError, ServerFrame};
 
 /// Largest HTTP request body (register/login are tiny).
-pub const HTTP_BODY_BYTES_MAX: usize = 16 * 1024;
+pub(crate) const HTTP_BODY_BYTES_MAX: usize = 16 * 1024;
 /// WebSocket read buffer per connection (grows for a large frame, up to the frame limit).
-pub const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+pub(crate) const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Bytes the WebSocket writer gathers before writing to the socket.
-pub const WS_WRITE_BUFFER_BYTES: usize = 4 * 1024;
+pub(crate) const WS_WRITE_BUFFER_BYTES: usize = 4 * 1024;
 /// Suggested wait for a client refused by admission control.
-pub const ADMISSION_RETRY_AFTER_MS: u64 = 1_000;
+pub(crate) const ADMISSION_RETRY_AFTER_MS: u64 = 1_000;
 
-pub fn routes(gw: Arc<Gateway>) -> Router {
+pub(crate) fn routes(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/register", post(super::accounts::register))
         .route("/v1/login", post(super::accounts::login))
@@ -60,7 +60,7 @@ async fn ready(State(gw): State<Arc<Gateway>>) -> StatusCode {
     }
 }
 
-pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+pub(crate) async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     let text = gw.metrics.render((gw.synced_writes)());
     (
         [(

@@ -52,29 +52,29 @@ use tower_service::Service;
 use crate::config::Limits;
 
 /// Connections past a cap being answered 503 at once; past this they are closed unanswered.
-pub const REFUSALS_IN_FLIGHT_MAX: usize = 256;
+pub(crate) const REFUSALS_IN_FLIGHT_MAX: usize = 256;
 /// The whole refusal (TLS handshake, request head, the 503) must fit in this long.
-pub const REFUSAL_TIMEOUT_MS: u64 = 2_000;
+pub(crate) const REFUSAL_TIMEOUT_MS: u64 = 2_000;
 /// `Retry-After` of a refusal, in seconds (HTTP's unit).
-pub const REFUSAL_RETRY_AFTER_SECS: u64 = 1;
+pub(crate) const REFUSAL_RETRY_AFTER_SECS: u64 = 1;
 /// A request body must have arrived this long after its head (bodies here are ≤ 16 KiB).
-pub const HTTP_BODY_TIMEOUT_MS: u64 = 10_000;
+pub(crate) const HTTP_BODY_TIMEOUT_MS: u64 = 10_000;
 /// Largest request head hyper buffers (hyper's minimum is 8 KiB).
-pub const HTTP_HEAD_BUFFER_BYTES_MAX: usize = 16 * 1024;
+pub(crate) const HTTP_HEAD_BUFFER_BYTES_MAX: usize = 16 * 1024;
 /// Pause after a failed `accept` (out of file descriptors): retrying at once would spin.
-pub const ACCEPT_ERROR_PAUSE_MS: u64 = 100;
+pub(crate) const ACCEPT_ERROR_PAUSE_MS: u64 = 100;
 /// How long shutdown waits for HTTP connections to finish their request.
-pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+pub(crate) const SHUTDOWN_GRACE_MS: u64 = 5_000;
 /// Bits of an IPv6 address that name one source for `connections_per_ip`.
-pub const IPV6_SOURCE_PREFIX_BITS: u32 = 64;
+pub(crate) const IPV6_SOURCE_PREFIX_BITS: u32 = 64;
 
 /// The accept loop's bounds (from `[limits]`).
 #[derive(Debug, Clone)]
-pub struct ListenerLimits {
-    pub connections_max: usize,
-    pub connections_per_ip: usize,
-    pub header_timeout: Duration,
-    pub idle_timeout: Duration,
+pub(crate) struct ListenerLimits {
+    pub(crate) connections_max: usize,
+    pub(crate) connections_per_ip: usize,
+    pub(crate) header_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
 }
 
 impl From<&Limits> for ListenerLimits {
@@ -132,7 +132,7 @@ struct Admission {
 
 /// A connection's place under the caps; released when the socket (or the WebSocket it was
 /// upgraded to) is dropped.
-pub struct ConnectionPermit {
+pub(crate) struct ConnectionPermit {
     _global: OwnedSemaphorePermit,
     source: Source,
     admission: Arc<Admission>,
@@ -325,7 +325,7 @@ fn http1(header_timeout: Duration) -> hyper::server::conn::http1::Builder {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves (see the module doc).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ListenerLimits,
@@ -541,7 +541,7 @@ async fn refuse(
 }
 
 /// The client port's routes without `/metrics` (served on `metrics_listen` instead).
-pub fn without_metrics(app: Router) -> Router {
+pub(crate) fn without_metrics(app: Router) -> Router {
     app.layer(axum::middleware::from_fn(
         |req: axum::extract::Request, next: axum::middleware::Next| async move {
             if req.uri().path() == "/metrics" {

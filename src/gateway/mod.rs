@@ -10,35 +10,35 @@
 //! - `listener`: the client port's accept loop (timeouts, connection caps, TLS);
 //!   `client_tls`: the client certificate, reloadable.
 
-pub mod accounts;
-pub mod admin;
-pub mod auth;
-pub mod checksum;
-pub mod handlers;
-pub mod http;
-pub mod ratelimit;
-pub mod reads;
-pub mod receipts;
-pub mod replies;
-pub mod session;
+pub(crate) mod accounts;
+pub(crate) mod admin;
+pub(crate) mod auth;
+pub(crate) mod checksum;
+pub(crate) mod handlers;
+pub(crate) mod http;
+pub(crate) mod ratelimit;
+pub(crate) mod reads;
+pub(crate) mod receipts;
+pub(crate) mod replies;
+pub(crate) mod session;
 // listener (issue 12 points 4, 6)
 pub mod client_tls;
-pub mod listener;
+pub(crate) mod listener;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::cluster::{Cluster, Controller, LocalGroups, RouteError, ShardMap};
+use crate::cluster::{Cluster, Controller, RouteError, ShardMap};
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::protocol::{ProtocolError, TextLimits};
 use crate::shard::command::Rejection;
 use crate::storage::{StorageError, TaskFailed};
 
-pub use crate::delivery::Hub;
+pub(crate) use crate::delivery::Hub;
 
 /// argon2id hashes (register, login) running at once on a node.
-pub const PASSWORD_HASHES_IN_FLIGHT_MAX: usize = 2;
+pub(crate) const PASSWORD_HASHES_IN_FLIGHT_MAX: usize = 2;
 
 /// Milliseconds since the Unix epoch (server time for `ts`).
 pub fn now_ms() -> u64 {
@@ -49,47 +49,44 @@ pub fn now_ms() -> u64 {
 }
 
 /// Everything a request handler needs; shared by all connections of a node.
-pub struct Gateway {
-    /// This node's groups (status, readiness).
-    pub local_groups: Arc<LocalGroups>,
+pub(crate) struct Gateway {
     /// Writes and reads, routed to each group's leader (batched into few Raft entries there).
-    pub cluster: Arc<Cluster>,
-    pub controller: Arc<Controller>,
+    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) controller: Arc<Controller>,
     /// `/admin/faults` works only when the config enables it (tests).
-    pub fault_injection: bool,
+    pub(crate) fault_injection: bool,
     /// Notified when the node should stop (after `leave`).
-    pub stop: Arc<tokio::sync::Notify>,
-    pub store: Arc<crate::storage::Store>,
-    pub shard_map: Arc<ShardMap>,
-    pub hub: Arc<Hub>,
+    pub(crate) stop: Arc<tokio::sync::Notify>,
+    pub(crate) shard_map: Arc<ShardMap>,
+    pub(crate) hub: Arc<Hub>,
     /// Typing leaves through delivery (to the other nodes and this one's connections).
-    pub delivery: crate::delivery::Inbox,
-    pub tokens: auth::TokenAuthority,
-    pub limits: Limits,
-    pub text_limits: TextLimits,
-    pub metrics: Arc<Metrics>,
-    pub user_rate: ratelimit::RateLimiter<String>,
-    pub conversation_rate: ratelimit::RateLimiter<String>,
-    pub connect_rate: ratelimit::RateLimiter<()>,
-    pub connections: Arc<tokio::sync::Semaphore>,
-    pub relay: Arc<crate::cluster::OutboxRelay>,
-    pub receipts: receipts::ReceiptBatcher,
+    pub(crate) delivery: crate::delivery::Inbox,
+    pub(crate) tokens: auth::TokenAuthority,
+    pub(crate) limits: Limits,
+    pub(crate) text_limits: TextLimits,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) user_rate: ratelimit::RateLimiter<String>,
+    pub(crate) conversation_rate: ratelimit::RateLimiter<String>,
+    pub(crate) connect_rate: ratelimit::RateLimiter<()>,
+    pub(crate) connections: Arc<tokio::sync::Semaphore>,
+    pub(crate) relay: Arc<crate::cluster::OutboxRelay>,
+    pub(crate) receipts: receipts::ReceiptBatcher,
     /// argon2id hashes running at once (each takes ~19 MiB and a core for tens of ms):
     /// bounds CPU and memory under a burst of registrations or logins.
-    pub password_hashing: tokio::sync::Semaphore,
+    pub(crate) password_hashing: tokio::sync::Semaphore,
     /// Synced writes so far (for `/metrics`).
-    pub synced_writes: Box<dyn Fn() -> u64 + Send + Sync>,
+    pub(crate) synced_writes: Box<dyn Fn() -> u64 + Send + Sync>,
     // accounts
     /// Registration mode, throttles, the password hashing queue, the session cache.
-    pub accounts: accounts::AccountsState,
+    pub(crate) accounts: accounts::AccountsState,
     // ratelimit
     /// Per-user budgets of every frame type other than sends, and of creations per hour.
-    pub frame_rates: ratelimit::FrameRates,
+    pub(crate) frame_rates: ratelimit::FrameRates,
     // secrets (issue 12 point 5)
     /// The admin token `/admin/*` requires, and the join token (never accepted here).
-    pub secrets: Arc<crate::cluster::secrets::LocalSecrets>,
+    pub(crate) secrets: Arc<crate::cluster::secrets::LocalSecrets>,
     /// `/admin/checksum`'s last result, computed in the background.
-    pub checksums: Arc<checksum::ChecksumCache>,
+    pub(crate) checksums: Arc<checksum::ChecksumCache>,
 }
 
 /// Maps a routing failure onto the protocol: all are retryable `unavailable`.

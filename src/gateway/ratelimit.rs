@@ -8,7 +8,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 /// Most keys a limiter tracks; past it, full (idle) buckets are dropped first.
-pub const RATE_LIMIT_KEYS_MAX: usize = 200_000;
+pub(crate) const RATE_LIMIT_KEYS_MAX: usize = 200_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -17,7 +17,7 @@ struct Bucket {
 }
 
 /// `capacity` tokens, refilled at `per_minute / 60` per second.
-pub struct RateLimiter<K> {
+pub(crate) struct RateLimiter<K> {
     capacity: f64,
     refill_per_sec: f64,
     buckets: Mutex<HashMap<K, Bucket>>,
@@ -25,7 +25,7 @@ pub struct RateLimiter<K> {
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// Up to `per_minute` at once, refilled evenly over a minute.
-    pub fn per_minute(per_minute: u32) -> Self {
+    pub(crate) fn per_minute(per_minute: u32) -> Self {
         Self::new(
             f64::from(per_minute.max(1)),
             f64::from(per_minute.max(1)) / 60.0,
@@ -33,7 +33,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     }
 
     /// Up to `per_hour` at once, refilled evenly over an hour.
-    pub fn per_hour(per_hour: u32) -> Self {
+    pub(crate) fn per_hour(per_hour: u32) -> Self {
         Self::new(
             f64::from(per_hour.max(1)),
             f64::from(per_hour.max(1)) / 3600.0,
@@ -41,7 +41,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     }
 
     /// Up to `per_second` at once, refilled evenly over a second.
-    pub fn per_second(per_second: u32) -> Self {
+    pub(crate) fn per_second(per_second: u32) -> Self {
         Self::new(f64::from(per_second.max(1)), f64::from(per_second.max(1)))
     }
 
@@ -54,7 +54,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     }
 
     /// Takes one token for `key`, or says how long until one is available (ms).
-    pub fn check(&self, key: &K, now: Instant) -> Result<(), u64> {
+    pub(crate) fn check(&self, key: &K, now: Instant) -> Result<(), u64> {
         let mut buckets = self.buckets.lock();
         if buckets.len() >= RATE_LIMIT_KEYS_MAX && !buckets.contains_key(key) {
             self.evict_full(&mut buckets, now);
@@ -76,7 +76,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     }
 
     /// Gives back a token taken by `check` (the request was refused by a later limit).
-    pub fn refund(&self, key: &K) {
+    pub(crate) fn refund(&self, key: &K) {
         if let Some(b) = self.buckets.lock().get_mut(key) {
             b.tokens = (b.tokens + 1.0).min(self.capacity);
         }
@@ -96,7 +96,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 /// The budget a client frame is charged to (sends, edits and deletes are charged by
 /// `check_send_rate`, which keeps their idempotency).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameKind {
+pub(crate) enum FrameKind {
     Typing,
     Receipt,
     PresenceSubscription,
@@ -106,8 +106,9 @@ pub enum FrameKind {
 }
 
 impl FrameKind {
+    #[cfg(test)]
     /// Every kind, for tests and docs.
-    pub const ALL: [FrameKind; 6] = [
+    pub(crate) const ALL: [FrameKind; 6] = [
         FrameKind::Typing,
         FrameKind::Receipt,
         FrameKind::PresenceSubscription,
@@ -117,7 +118,7 @@ impl FrameKind {
     ];
 
     /// The human part of the `rate_limited` error.
-    pub fn refusal(self) -> &'static str {
+    pub(crate) fn refusal(self) -> &'static str {
         match self {
             FrameKind::Typing => "too many typing frames from this user",
             FrameKind::Receipt => "too many receipts from this user",
@@ -130,7 +131,7 @@ impl FrameKind {
 }
 
 /// One per-user bucket per [`FrameKind`], plus the hourly conversation-creation budget.
-pub struct FrameRates {
+pub(crate) struct FrameRates {
     typing: RateLimiter<String>,
     receipts: RateLimiter<String>,
     presence: RateLimiter<String>,
@@ -138,11 +139,11 @@ pub struct FrameRates {
     membership: RateLimiter<String>,
     pings: RateLimiter<String>,
     /// Conversations created per user per hour.
-    pub creations: RateLimiter<String>,
+    pub(crate) creations: RateLimiter<String>,
 }
 
 impl FrameRates {
-    pub fn new(limits: &crate::config::Limits) -> Self {
+    pub(crate) fn new(limits: &crate::config::Limits) -> Self {
         FrameRates {
             typing: RateLimiter::per_minute(limits.typing_per_minute),
             receipts: RateLimiter::per_minute(limits.receipts_per_minute),
@@ -166,7 +167,7 @@ impl FrameRates {
     }
 
     /// Takes one token of `user`'s `kind` budget, or says how long to wait (ms).
-    pub fn check(&self, kind: FrameKind, user: &str, now: Instant) -> Result<(), u64> {
+    pub(crate) fn check(&self, kind: FrameKind, user: &str, now: Instant) -> Result<(), u64> {
         self.bucket(kind).check(&user.to_string(), now)
     }
 }

@@ -33,7 +33,7 @@ impl Gateway {
             .map_err(|r| ProtocolError::internal(format!("unexpected read result {r:?}")))
     }
 
-    pub async fn read_conversation(
+    pub(crate) async fn read_conversation(
         &self,
         group: GroupId,
         conversation_id: &str,
@@ -46,7 +46,7 @@ impl Gateway {
     }
 
     /// Several conversations of one shard with `user`'s receipt watermarks, in order.
-    pub async fn read_conversations(
+    pub(crate) async fn read_conversations(
         &self,
         group: GroupId,
         conversation_ids: Vec<ConversationId>,
@@ -60,7 +60,7 @@ impl Gateway {
             .await
     }
 
-    pub async fn read_history(
+    pub(crate) async fn read_history(
         &self,
         group: GroupId,
         conv: &ConversationState,
@@ -77,7 +77,7 @@ impl Gateway {
             .await
     }
 
-    pub async fn read_after(
+    pub(crate) async fn read_after(
         &self,
         group: GroupId,
         conv: &ConversationState,
@@ -94,7 +94,7 @@ impl Gateway {
             .await
     }
 
-    pub async fn read_dedup(
+    pub(crate) async fn read_dedup(
         &self,
         group: GroupId,
         conversation_id: &str,
@@ -110,7 +110,10 @@ impl Gateway {
             .await
     }
 
-    pub async fn read_user(&self, user_id: &str) -> Result<Option<UserRecord>, ProtocolError> {
+    pub(crate) async fn read_user(
+        &self,
+        user_id: &str,
+    ) -> Result<Option<UserRecord>, ProtocolError> {
         let group = self.shard_map.shard_for_user(user_id);
         let q = ShardQuery::User {
             user_id: user_id.to_string(),
@@ -119,7 +122,10 @@ impl Gateway {
             .await
     }
 
-    pub async fn read_username(&self, username: &str) -> Result<Option<UserId>, ProtocolError> {
+    pub(crate) async fn read_username(
+        &self,
+        username: &str,
+    ) -> Result<Option<UserId>, ProtocolError> {
         let group = self.shard_map.shard_for_username(username);
         let q = ShardQuery::Username {
             username: username.to_string(),
@@ -128,26 +134,9 @@ impl Gateway {
             .await
     }
 
-    /// The conversations `user` was ever put in (a hint: membership is checked after).
-    pub async fn read_user_conversations(
-        &self,
-        user: &str,
-    ) -> Result<Vec<ConversationId>, ProtocolError> {
-        let group = self.shard_map.shard_for_user(user);
-        let q = ShardQuery::UserConversations {
-            user_id: user.to_string(),
-        };
-        self.read(
-            group,
-            q,
-            answer!(QueryResult::UserConversations(ids) => ids),
-        )
-        .await
-    }
-
     /// One page of `user`'s conversation index after `after` (exclusive), at most `limit`,
     /// and whether more follow.
-    pub async fn read_user_conversations_page(
+    pub(crate) async fn read_user_conversations_page(
         &self,
         user: &str,
         after: Option<&str>,
@@ -164,7 +153,7 @@ impl Gateway {
     }
 
     /// `user_id`'s token epoch and sessions (accounts: token checks).
-    pub async fn read_auth_state(&self, user_id: &str) -> Result<AuthState, ProtocolError> {
+    pub(crate) async fn read_auth_state(&self, user_id: &str) -> Result<AuthState, ProtocolError> {
         let group = self.shard_map.shard_for_user(user_id);
         let q = ShardQuery::AuthState {
             user_id: user_id.to_string(),
@@ -177,7 +166,7 @@ impl Gateway {
 
     /// `(count, indexed)`: how many conversations `user`'s index holds, and whether it holds
     /// `conversation_id` (linearizable, on the user's shard).
-    pub async fn read_user_memberships(
+    pub(crate) async fn read_user_memberships(
         &self,
         user: &str,
         conversation_id: &str,

@@ -15,9 +15,9 @@ use crate::protocol::ProtocolError;
 use crate::shard::command::ShardOp;
 
 /// How long receipts gather before they are proposed.
-pub const RECEIPT_FLUSH_INTERVAL_MS: u64 = 50;
+pub(crate) const RECEIPT_FLUSH_INTERVAL_MS: u64 = 50;
 /// Most (user, conversation) pairs waiting for a flush; past it, `overloaded`.
-pub const RECEIPT_PENDING_MAX: usize = 100_000;
+pub(crate) const RECEIPT_PENDING_MAX: usize = 100_000;
 /// Suggested wait when the batcher is full.
 const RECEIPT_RETRY_AFTER_MS: u64 = 200;
 
@@ -39,13 +39,13 @@ fn max_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 }
 
 #[derive(Default)]
-pub struct ReceiptBatcher {
+pub(crate) struct ReceiptBatcher {
     pending: Mutex<HashMap<(String, String), Pending>>,
 }
 
 impl ReceiptBatcher {
     /// Queues watermarks of `user` in `conversation_id`; resolves when they are applied.
-    pub fn submit(
+    pub(crate) fn submit(
         &self,
         conversation_id: &str,
         user_id: &str,
@@ -90,7 +90,7 @@ impl ReceiptBatcher {
     }
 
     /// Flushes every interval until the node's shutdown or the gateway is gone.
-    pub fn spawn_flusher(gw: &Arc<Gateway>) {
+    pub(crate) fn spawn_flusher(gw: &Arc<Gateway>) {
         let weak = Arc::downgrade(gw);
         gw.cluster.shutdown().spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(RECEIPT_FLUSH_INTERVAL_MS));

@@ -16,16 +16,16 @@ use crate::protocol::{
 use crate::shard::command::*;
 
 /// Messages per conversation in one `sync` reply (fewer when the byte budget runs out).
-pub const SYNC_PAGE_MAX: u64 = 100;
+pub(crate) const SYNC_PAGE_MAX: u64 = 100;
 /// Index entries (the user's conversations) covered by one `sync` reply; the conversations
 /// named in the request come on top, at most `SYNC_CONVERSATIONS_MAX`. Both bound the
 /// entries' own bytes (≈ 230 each) to a third of the budget, so messages always fit.
-pub const SYNC_PAGE_CONVERSATIONS_MAX: u32 = 500;
+pub(crate) const SYNC_PAGE_CONVERSATIONS_MAX: u32 = 500;
 /// Index entries read per step by `list_conversations` and `subscribe_presence`.
-pub const INDEX_PAGE_MAX: u32 = 200;
+pub(crate) const INDEX_PAGE_MAX: u32 = 200;
 /// Index entries one `list_conversations` reply walks at most (entries of conversations the
 /// user left are skipped but cost a read); past it the reply ends with `has_more`.
-pub const LIST_INDEX_ENTRIES_PER_REPLY_MAX: usize = 2_000;
+pub(crate) const LIST_INDEX_ENTRIES_PER_REPLY_MAX: usize = 2_000;
 
 type Reply = Result<Vec<ServerFrame>, ProtocolError>;
 
@@ -69,7 +69,7 @@ impl Gateway {
     /// found by walking the subscriber's index page by page) answered in ONE `presence`
     /// frame; the other users' statuses follow as id-less `presence` frames, so that a v1
     /// client that read one frame per user still learns every status.
-    pub async fn subscribe_presence(
+    pub(crate) async fn subscribe_presence(
         &self,
         s: &Session,
         id: Option<RequestId>,
@@ -138,7 +138,7 @@ impl Gateway {
     }
 
     /// `history`: one page, newest first, cut to the byte budget (`has_more` then true).
-    pub async fn history(
+    pub(crate) async fn history(
         &self,
         s: &Session,
         id: Option<RequestId>,
@@ -187,7 +187,7 @@ impl Gateway {
     /// with the messages after the requested seq (ascending, gapless, at most 100) until the
     /// reply's byte budget is spent; entries past the budget come without messages and with
     /// `has_more` (G8: a client syncs again from the last seq it holds).
-    pub async fn sync(
+    pub(crate) async fn sync(
         &self,
         s: &Session,
         id: Option<RequestId>,
@@ -290,7 +290,7 @@ impl Gateway {
 
     /// `list_conversations`: the user's conversations in index order after `cursor`, as many
     /// as fit the byte budget; `has_more` and `cursor` when more follow.
-    pub async fn list_conversations(
+    pub(crate) async fn list_conversations(
         &self,
         s: &Session,
         id: Option<RequestId>,

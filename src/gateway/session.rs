@@ -17,21 +17,21 @@ use crate::protocol::{decode_client_frame, ClientFrame, ErrorCode, ProtocolError
 use crate::shard::command::ShardOp;
 
 /// The first frame must be `auth`, within this long.
-pub const AUTH_TIMEOUT_MS: u64 = 10_000;
+pub(crate) const AUTH_TIMEOUT_MS: u64 = 10_000;
 /// Requests of one connection being handled at once; more wait (backpressure on the socket).
-pub const REQUESTS_IN_FLIGHT_PER_CONN_MAX: usize = 256;
+pub(crate) const REQUESTS_IN_FLIGHT_PER_CONN_MAX: usize = 256;
 /// The server pings an idle connection this often...
-pub const HEARTBEAT_INTERVAL_MS: u64 = 20_000;
+pub(crate) const HEARTBEAT_INTERVAL_MS: u64 = 20_000;
 /// ...and closes it when nothing (not even a pong) came for this long; presence then counts
 /// the user's device as gone.
-pub const HEARTBEAT_TIMEOUT_MS: u64 = 60_000;
+pub(crate) const HEARTBEAT_TIMEOUT_MS: u64 = 60_000;
 /// Frames the writer sends before one flush.
 const WRITE_BATCH_FRAMES_MAX: usize = 64;
 /// Requests of one connection that may build a large reply (sync, history,
 /// list_conversations, subscribe_presence; each up to `REPLY_BYTES_MAX`) at once, from their
 /// read until the reply is queued: with the byte-bounded queue, this bounds what a client
 /// that does not read can make the node hold (4 MiB queued + 4 replies being built).
-pub const LARGE_REPLIES_IN_FLIGHT_PER_CONN_MAX: usize = 4;
+pub(crate) const LARGE_REPLIES_IN_FLIGHT_PER_CONN_MAX: usize = 4;
 
 fn queue(tx: &OutQueue, frame: &ServerFrame) -> bool {
     tx.try_send(OutFrame::Text(Arc::from(frame.to_json())))
@@ -40,7 +40,7 @@ fn queue(tx: &OutQueue, frame: &ServerFrame) -> bool {
 
 /// How long a reply may wait for room in a full outbound queue before the client counts as
 /// too slow and is disconnected (it reconnects and syncs).
-pub const REPLY_QUEUE_WAIT_MS: u64 = 5_000;
+pub(crate) const REPLY_QUEUE_WAIT_MS: u64 = 5_000;
 
 /// Queues a reply, waiting a bounded time for room; a client that does not read is killed.
 async fn queue_reply(session: &Session, frame: &ServerFrame) -> bool {
@@ -93,7 +93,7 @@ async fn writer(
 }
 
 /// Runs one connection to its end. `_permit` holds a slot of the node's connection limit.
-pub async fn run(gw: Arc<Gateway>, socket: WebSocket, _permit: OwnedSemaphorePermit) {
+pub(crate) async fn run(gw: Arc<Gateway>, socket: WebSocket, _permit: OwnedSemaphorePermit) {
     let (sink, mut stream) = socket.split();
     let (tx, rx) = out_queue(
         gw.limits.connection_send_queue_max,

@@ -27,7 +27,7 @@ pub(crate) const TAG_COMMITTED: u8 = 3;
 /// (`PeerError::PayloadTooLarge` → openraft's `PayloadTooLarge`). 1 MiB, because openraft
 /// 0.9 bounds every AppendEntries (follower fsync included) by the heartbeat interval
 /// (250 ms): a catch-up RPC must cross a loaded machine well within it.
-pub const APPEND_ENTRIES_BYTES_MAX: usize = 1 << 20;
+pub(crate) const APPEND_ENTRIES_BYTES_MAX: usize = 1 << 20;
 
 fn io(e: StorageIOError<NodeId>) -> SError {
     SError::IO { source: e }
@@ -35,7 +35,7 @@ fn io(e: StorageIOError<NodeId>) -> SError {
 
 /// One group's log store: a cheap, cloneable handle (it is also its own log reader).
 #[derive(Debug)]
-pub struct LogStore<C> {
+pub(crate) struct LogStore<C> {
     group: GroupId,
     store: Arc<Store>,
     /// The last committed log id openraft reported, also queued for the log writer.
@@ -57,17 +57,13 @@ impl<C> Clone for LogStore<C> {
 }
 
 impl<C: GroupTypes> LogStore<C> {
-    pub fn new(group: GroupId, store: Arc<Store>) -> Self {
+    pub(crate) fn new(group: GroupId, store: Arc<Store>) -> Self {
         Self {
             group,
             store,
             committed: Arc::new(parking_lot::Mutex::new(None)),
             types: PhantomData,
         }
-    }
-
-    pub fn group(&self) -> GroupId {
-        self.group
     }
 
     /// Reads and decodes one of this group's `raft` CF values (vote, committed log id).
@@ -162,9 +158,9 @@ impl<C: GroupTypes> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SError> {
-        if crate::sabotage::on(crate::sabotage::Switch::ForgetVote) {
+        crate::sabotage!(ForgetVote => {
             return Ok(None);
-        }
+        });
         self.read_raft_value(TAG_VOTE)
             .await
             .map_err(|e| io(StorageIOError::read_vote(AnyError::new(&e))))

@@ -24,18 +24,22 @@ use std::sync::Arc;
 use openraft::error::{Fatal, InitializeError, RaftError};
 use openraft::{BasicNode, Config, ConfigError, RaftTypeConfig, SnapshotPolicy};
 
-pub use log_store::{LogStore, APPEND_ENTRIES_BYTES_MAX};
-pub use network::{handle_rpc, NoPeers, PeerError, PeerNetwork, RaftRpc, RaftRpcReply};
-pub use state_machine::StateMachineStore;
+pub(crate) use log_store::LogStore;
+#[cfg(test)]
+pub(crate) use log_store::APPEND_ENTRIES_BYTES_MAX;
+#[cfg(test)]
+pub(crate) use network::NoPeers;
+pub(crate) use network::{handle_rpc, PeerError, PeerNetwork, RaftRpc, RaftRpcReply};
+pub(crate) use state_machine::StateMachineStore;
 
-pub use crate::ids::{GroupId, NodeId};
-pub use crate::storage::SmTxn;
+pub(crate) use crate::ids::{GroupId, NodeId};
+pub(crate) use crate::storage::SmTxn;
 use crate::storage::{StorageError, Store};
 
 /// The openraft type configuration of a node's groups, as far as `raft` fixes it: the
 /// caller chooses the request (`D`) and response (`R`) types; ids, nodes, entries,
 /// snapshots and the runtime are this module's.
-pub trait GroupTypes:
+pub(crate) trait GroupTypes:
     RaftTypeConfig<
     D: Clone + Debug,
     R: Clone + Debug,
@@ -50,12 +54,12 @@ pub trait GroupTypes:
     fn blank_response() -> Self::R;
 }
 
-pub type Entry<C> = openraft::Entry<C>;
+pub(crate) type Entry<C> = openraft::Entry<C>;
 /// A running group's openraft handle.
-pub type Raft<C> = openraft::Raft<C>;
+pub(crate) type Raft<C> = openraft::Raft<C>;
 
 /// Chat (or meta) logic plugged into every group's state machine.
-pub trait Applier<C: GroupTypes>: Send + Sync + 'static {
+pub(crate) trait Applier<C: GroupTypes>: Send + Sync + 'static {
     /// Applies one committed normal entry. Must be deterministic. Reads and writes go
     /// through `txn` only. Deterministic refusals are `Ok` responses; an `Err` is an IO
     /// failure: nothing of the batch is written and the group's Raft stops (fatal).
@@ -72,24 +76,24 @@ pub trait Applier<C: GroupTypes>: Send + Sync + 'static {
 /// size crosses the network in frames far under the transport's 16 MiB limit. The snapshot
 /// itself is built and received in memory (`SnapshotData = Cursor<Vec<u8>>`): its size is
 /// bounded by the group's data, not by the frame limit.
-pub const SNAPSHOT_CHUNK_BYTES_MAX: u64 = 2 << 20;
+pub(crate) const SNAPSHOT_CHUNK_BYTES_MAX: u64 = 2 << 20;
 
 /// Raft timings and log-compaction settings of a group.
 #[derive(Debug, Clone)]
-pub struct RaftTimings {
-    pub heartbeat_ms: u64,
-    pub election_min_ms: u64,
-    pub election_max_ms: u64,
+pub(crate) struct RaftTimings {
+    pub(crate) heartbeat_ms: u64,
+    pub(crate) election_min_ms: u64,
+    pub(crate) election_max_ms: u64,
     /// Timeout of one install-snapshot chunk RPC.
-    pub install_snapshot_timeout_ms: u64,
+    pub(crate) install_snapshot_timeout_ms: u64,
     /// Build a snapshot (and allow purging the log) every this many applied entries.
-    pub snapshot_every_logs: u64,
+    pub(crate) snapshot_every_logs: u64,
     /// Entries kept in the log behind the last snapshot (to replicate without snapshots).
-    pub keep_logs_behind_snapshot: u64,
+    pub(crate) keep_logs_behind_snapshot: u64,
     /// Entries per append-entries RPC.
-    pub max_payload_entries: u64,
+    pub(crate) max_payload_entries: u64,
     /// Purge the log only once at least this many entries can go.
-    pub purge_batch_size: u64,
+    pub(crate) purge_batch_size: u64,
 }
 
 impl Default for RaftTimings {
@@ -112,7 +116,7 @@ impl Default for RaftTimings {
 
 impl RaftTimings {
     /// The validated openraft config for `group`.
-    pub fn to_config(&self, group: GroupId) -> Result<Config, ConfigError> {
+    pub(crate) fn to_config(&self, group: GroupId) -> Result<Config, ConfigError> {
         Config {
             cluster_name: format!("chatnode-group-{group}"),
             heartbeat_interval: self.heartbeat_ms,
@@ -131,7 +135,7 @@ impl RaftTimings {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RaftStartError {
+pub(crate) enum RaftStartError {
     #[error("raft config: {0}")]
     Config(#[from] ConfigError),
     #[error("raft: {0}")]
@@ -141,9 +145,9 @@ pub enum RaftStartError {
 }
 
 /// A running group on this node.
-pub struct GroupHandle<C: GroupTypes> {
-    pub group: GroupId,
-    pub raft: Raft<C>,
+pub(crate) struct GroupHandle<C: GroupTypes> {
+    pub(crate) group: GroupId,
+    pub(crate) raft: Raft<C>,
 }
 
 // Not derived: a derive would ask `C: Clone` of the handle's users.
@@ -157,7 +161,7 @@ impl<C: GroupTypes> Clone for GroupHandle<C> {
 }
 
 /// Creates (or restarts, from what `store` holds) the Raft of `group` on this node.
-pub async fn start_group<C: GroupTypes>(
+pub(crate) async fn start_group<C: GroupTypes>(
     node_id: NodeId,
     group: GroupId,
     store: Arc<Store>,
@@ -175,7 +179,7 @@ pub async fn start_group<C: GroupTypes>(
 
 /// Initializes a group with this node as its single voter if it never was initialized
 /// (no vote, no log); on a restarted or already-joined node this is a no-op.
-pub async fn initialize_single<C: GroupTypes>(
+pub(crate) async fn initialize_single<C: GroupTypes>(
     handle: &GroupHandle<C>,
     node_id: NodeId,
     addr: String,

@@ -26,7 +26,7 @@ use super::{GroupId, GroupTypes, NodeId, Raft};
 /// A Raft RPC for one group.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(bound = "")]
-pub enum RaftRpc<C: GroupTypes> {
+pub(crate) enum RaftRpc<C: GroupTypes> {
     AppendEntries(AppendEntriesRequest<C>),
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<C>),
@@ -34,7 +34,7 @@ pub enum RaftRpc<C: GroupTypes> {
 
 /// The reply of the target node's `Raft` to a [`RaftRpc`] (same variant).
 #[derive(Debug, Serialize, Deserialize)]
-pub enum RaftRpcReply {
+pub(crate) enum RaftRpcReply {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     InstallSnapshot(
@@ -44,7 +44,7 @@ pub enum RaftRpcReply {
 
 /// Transport failures (the RPC may or may not have reached the peer).
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum PeerError {
+pub(crate) enum PeerError {
     /// Peer down / no connection: openraft backs off before retrying.
     #[error("peer unreachable: {0}")]
     Unreachable(String),
@@ -68,7 +68,7 @@ pub(crate) fn entries_hint(entries: usize, bytes: usize, max: usize) -> u64 {
 }
 
 /// Delivers Raft RPCs of any group to peer nodes.
-pub trait PeerNetwork<C: GroupTypes>: Send + Sync + 'static {
+pub(crate) trait PeerNetwork<C: GroupTypes>: Send + Sync + 'static {
     /// Sends `rpc` of `group` to node `target` (whose address is in `node`), waiting at most
     /// `timeout` for the reply.
     fn call(
@@ -81,10 +81,12 @@ pub trait PeerNetwork<C: GroupTypes>: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<RaftRpcReply, PeerError>>;
 }
 
+#[cfg(test)]
 /// Single-node stand-in: every peer is unreachable.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct NoPeers;
+pub(crate) struct NoPeers;
 
+#[cfg(test)]
 impl<C: GroupTypes> PeerNetwork<C> for NoPeers {
     fn call(
         &self,
@@ -103,7 +105,7 @@ impl<C: GroupTypes> PeerNetwork<C> for NoPeers {
 }
 
 /// Serves an RPC received from a peer with the local `Raft` of its group.
-pub async fn handle_rpc<C: GroupTypes>(raft: &Raft<C>, rpc: RaftRpc<C>) -> RaftRpcReply {
+pub(crate) async fn handle_rpc<C: GroupTypes>(raft: &Raft<C>, rpc: RaftRpc<C>) -> RaftRpcReply {
     match rpc {
         RaftRpc::AppendEntries(r) => RaftRpcReply::AppendEntries(raft.append_entries(r).await),
         RaftRpc::Vote(r) => RaftRpcReply::Vote(raft.vote(r).await),

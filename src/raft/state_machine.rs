@@ -106,7 +106,7 @@ impl<C: GroupTypes> SmJob for ApplyJob<C> {
 }
 
 /// One group's state machine: a cheap, cloneable handle (also its own snapshot builder).
-pub struct StateMachineStore<C: GroupTypes> {
+pub(crate) struct StateMachineStore<C: GroupTypes> {
     group: GroupId,
     store: Arc<Store>,
     applier: Arc<dyn Applier<C>>,
@@ -124,16 +124,12 @@ impl<C: GroupTypes> Clone for StateMachineStore<C> {
 }
 
 impl<C: GroupTypes> StateMachineStore<C> {
-    pub fn new(group: GroupId, store: Arc<Store>, applier: Arc<dyn Applier<C>>) -> Self {
+    pub(crate) fn new(group: GroupId, store: Arc<Store>, applier: Arc<dyn Applier<C>>) -> Self {
         Self {
             group,
             store,
             applier,
         }
-    }
-
-    pub fn group(&self) -> GroupId {
-        self.group
     }
 }
 

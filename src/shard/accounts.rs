@@ -12,14 +12,14 @@ use crate::ids::GroupId;
 use crate::storage::{SmTxn, StorageError};
 
 /// Sessions one user may hold; opening another drops the oldest.
-pub const SESSIONS_PER_USER_MAX: usize = 64;
+pub(crate) const SESSIONS_PER_USER_MAX: usize = 64;
 
 fn forbidden(m: &str) -> ApplyResult {
     Ok(ShardResponse::Rejected(Rejection::Forbidden(m.to_string())))
 }
 
 /// The user's token epoch (0 until the first `logout_all`).
-pub fn epoch(txn: &SmTxn<'_>, user_id: &str) -> Result<u64, StorageError> {
+pub(crate) fn epoch(txn: &SmTxn<'_>, user_id: &str) -> Result<u64, StorageError> {
     Ok(get(txn, &keys::token_epoch(user_id))?.unwrap_or(0))
 }
 
@@ -34,7 +34,7 @@ fn sessions(txn: &SmTxn<'_>, user_id: &str) -> Result<Vec<SessionRecord>, Storag
 }
 
 /// Applies an account command; `None` if `op` is not one.
-pub fn apply_account(txn: &mut SmTxn<'_>, op: &ShardOp) -> Option<ApplyResult> {
+pub(crate) fn apply_account(txn: &mut SmTxn<'_>, op: &ShardOp) -> Option<ApplyResult> {
     Some(match op {
         ShardOp::CreateInvite {
             code,
@@ -195,7 +195,7 @@ fn revoke_all(txn: &mut SmTxn<'_>, user_id: &str) -> ApplyResult {
 
 /// The user's token epoch and live sessions, from this node's state of `group` (the caller
 /// passed the read barrier). Blocking.
-pub fn read_auth_state(
+pub(crate) fn read_auth_state(
     store: &crate::storage::Store,
     group: GroupId,
     user_id: &str,

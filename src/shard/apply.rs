@@ -11,7 +11,7 @@ use crate::codec::{decode, encode};
 use crate::storage::{SmTxn, StorageError};
 
 /// Most members a conversation can ever have had, creator included.
-pub const MEMBERS_EVER_MAX: u32 = 200;
+pub(crate) const MEMBERS_EVER_MAX: u32 = 200;
 
 pub(super) type ApplyResult = Result<ShardResponse, StorageError>;
 
@@ -39,7 +39,7 @@ pub(super) fn put<T: serde::Serialize>(
 /// (`validate::check_op`) is rejected before any key is built, so no command, however
 /// malformed, panics apply or wedges the group. Each family of commands has its own
 /// dispatch (`validate` checks them along the same seams), each command its own function.
-pub fn apply_shard(txn: &mut SmTxn<'_>, op: &ShardOp) -> ApplyResult {
+pub(crate) fn apply_shard(txn: &mut SmTxn<'_>, op: &ShardOp) -> ApplyResult {
     if let Err(r) = super::validate::check_op(op) {
         return rejected(r);
     }
@@ -323,7 +323,7 @@ fn outbox_queue(
 
 /// Most index entries counted when a user's count key is missing (an index written before
 /// the count existed); such a user is past any sane cap anyway.
-pub const USER_CONVERSATION_COUNT_SCAN_MAX: usize = 100_000;
+pub(crate) const USER_CONVERSATION_COUNT_SCAN_MAX: usize = 100_000;
 
 /// How many conversations `user_id`'s index holds: the count key, or (first time) a count of
 /// the index itself. Deterministic: both are state of this group.
@@ -489,7 +489,7 @@ fn join(conv: &mut ConversationState, user: &str, role: Role) {
 
 fn send(txn: &mut SmTxn<'_>, conversation_id: &str, a: EventArgs<'_>) -> ApplyResult {
     let dedup_key = keys::dedup(conversation_id, a.sender, a.client_msg_id);
-    let dedup_at_apply = !crate::sabotage::on(crate::sabotage::Switch::LeaderMemoryDedup);
+    let dedup_at_apply = !crate::sabotage!(LeaderMemoryDedup);
     if dedup_at_apply {
         if let Some(ack) = get::<Ack>(txn, &dedup_key)? {
             return Ok(ShardResponse::Ack { ack, pushed: None });

@@ -10,11 +10,11 @@
 
 use serde::{Deserialize, Serialize};
 
-pub type UserId = String;
-pub type ConversationId = String;
+pub(crate) type UserId = String;
+pub(crate) type ConversationId = String;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ConvKind {
+pub(crate) enum ConvKind {
     Direct,
     Group,
 }
@@ -30,7 +30,7 @@ impl Role {
     /// The role's word in a stored role-change event's body ("alice made bob admin"), which
     /// clients show as is. Stored text: it is the shard's, not the protocol's wire string,
     /// so that a change of the wire format cannot change stored data.
-    pub fn event_word(self) -> &'static str {
+    pub(crate) fn event_word(self) -> &'static str {
         match self {
             Role::Owner => "owner",
             Role::Admin => "admin",
@@ -51,7 +51,7 @@ pub enum MsgKind {
 
 /// Commands of a shard group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum ShardOp {
+pub(crate) enum ShardOp {
     /// Creates a conversation (no seq consumed). A direct conversation's id is derived from
     /// its two members, so creating it again returns the existing one.
     CreateConversation {
@@ -186,7 +186,7 @@ pub enum ShardOp {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum ShardResponse {
+pub(crate) enum ShardResponse {
     Conversation(ConversationState),
     /// A stored (or deduplicated) sequenced event. `pushed` is the message to fan out and its
     /// recipients; `None` when this was a retry of an already stored message.
@@ -218,7 +218,7 @@ pub enum ShardResponse {
 
 /// A deterministic refusal decided at apply time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     Forbidden(String),
     NotFound(String),
     BadRequest(String),
@@ -227,108 +227,108 @@ pub enum Rejection {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
-    pub conversation_id: ConversationId,
-    pub client_msg_id: String,
-    pub seq: u64,
-    pub msg_id: String,
-    pub ts: u64,
+    pub(crate) conversation_id: ConversationId,
+    pub(crate) client_msg_id: String,
+    pub(crate) seq: u64,
+    pub(crate) msg_id: String,
+    pub(crate) ts: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    pub conversation_id: ConversationId,
-    pub seq: u64,
-    pub msg_id: String,
-    pub sender_id: UserId,
-    pub sender_device: String,
-    pub client_msg_id: String,
-    pub kind: MsgKind,
-    pub body: String,
-    pub ts: u64,
-    pub ref_seq: Option<u64>,
+pub(crate) struct Message {
+    pub(crate) conversation_id: ConversationId,
+    pub(crate) seq: u64,
+    pub(crate) msg_id: String,
+    pub(crate) sender_id: UserId,
+    pub(crate) sender_device: String,
+    pub(crate) client_msg_id: String,
+    pub(crate) kind: MsgKind,
+    pub(crate) body: String,
+    pub(crate) ts: u64,
+    pub(crate) ref_seq: Option<u64>,
 }
 
 /// A committed message and who should see it pushed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pushed {
-    pub message: Message,
-    pub recipients: Vec<UserId>,
+pub(crate) struct Pushed {
+    pub(crate) message: Message,
+    pub(crate) recipients: Vec<UserId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    pub user_id: UserId,
-    pub role: Role,
+pub(crate) struct Member {
+    pub(crate) user_id: UserId,
+    pub(crate) role: Role,
     /// Order of joining, for "the oldest admin becomes owner".
-    pub joined: u64,
+    pub(crate) joined: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConversationState {
-    pub conversation_id: ConversationId,
-    pub kind: ConvKind,
-    pub title: Option<String>,
-    pub members: Vec<Member>,
-    pub last_seq: u64,
+pub(crate) struct ConversationState {
+    pub(crate) conversation_id: ConversationId,
+    pub(crate) kind: ConvKind,
+    pub(crate) title: Option<String>,
+    pub(crate) members: Vec<Member>,
+    pub(crate) last_seq: u64,
     /// Members added over the conversation's life, creator included; a re-added user counts
     /// again (limit: 200, "in all, ever").
-    pub members_ever: u32,
-    pub next_join: u64,
-    pub created_ts: u64,
+    pub(crate) members_ever: u32,
+    pub(crate) next_join: u64,
+    pub(crate) created_ts: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReceiptState {
-    pub conversation_id: ConversationId,
-    pub user_id: UserId,
-    pub delivered_seq: u64,
-    pub read_seq: u64,
+pub(crate) struct ReceiptState {
+    pub(crate) conversation_id: ConversationId,
+    pub(crate) user_id: UserId,
+    pub(crate) delivered_seq: u64,
+    pub(crate) read_seq: u64,
     /// Whether the watermarks moved (only then is a receipt pushed).
-    pub changed: bool,
-    pub recipients: Vec<UserId>,
+    pub(crate) changed: bool,
+    pub(crate) recipients: Vec<UserId>,
 }
 
 /// A user's record, in the shard the user id hashes to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserRecord {
-    pub user_id: UserId,
-    pub username: String,
-    pub password_hash: String,
-    pub created_ts: u64,
+pub(crate) struct UserRecord {
+    pub(crate) user_id: UserId,
+    pub(crate) username: String,
+    pub(crate) password_hash: String,
+    pub(crate) created_ts: u64,
 }
 
 /// A cross-shard update a shard owes to a user's shard ("user joined conversation").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutboxEntry {
-    pub user_id: UserId,
-    pub conversation_id: ConversationId,
+pub(crate) struct OutboxEntry {
+    pub(crate) user_id: UserId,
+    pub(crate) conversation_id: ConversationId,
 }
 
 // accounts
 
 /// An invite code's state, in the shard the code hashes to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Invite {
-    pub expires_at: u64,
-    pub uses_left: u32,
-    pub created_ts: u64,
+pub(crate) struct Invite {
+    pub(crate) expires_at: u64,
+    pub(crate) uses_left: u32,
+    pub(crate) created_ts: u64,
 }
 
 /// A login session (what a refresh token names), in the user's shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionRecord {
-    pub session_id: String,
+pub(crate) struct SessionRecord {
+    pub(crate) session_id: String,
     /// The user's token epoch when the session was opened.
-    pub epoch: u64,
+    pub(crate) epoch: u64,
     /// The refresh token generation that may rotate it next.
-    pub generation: u64,
-    pub expires_at: u64,
-    pub created_ts: u64,
+    pub(crate) generation: u64,
+    pub(crate) expires_at: u64,
+    pub(crate) created_ts: u64,
 }
 
 /// What the WebSocket checks a token against: the user's token epoch and live sessions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuthState {
-    pub epoch: u64,
-    pub sessions: Vec<SessionRecord>,
+pub(crate) struct AuthState {
+    pub(crate) epoch: u64,
+    pub(crate) sessions: Vec<SessionRecord>,
 }

@@ -31,7 +31,7 @@ fn tagged(tag: u8) -> Vec<u8> {
     k
 }
 
-pub fn conversation(conv: &str) -> Vec<u8> {
+pub(crate) fn conversation(conv: &str) -> Vec<u8> {
     let mut k = tagged(TAG_CONVERSATION);
     push_str(&mut k, conv);
     k
@@ -39,26 +39,26 @@ pub fn conversation(conv: &str) -> Vec<u8> {
 
 /// A conversation's `last_seq`, kept apart from its state so that a send writes 8 bytes,
 /// not the member list.
-pub fn last_seq(conv: &str) -> Vec<u8> {
+pub(crate) fn last_seq(conv: &str) -> Vec<u8> {
     let mut k = tagged(TAG_LAST_SEQ);
     push_str(&mut k, conv);
     k
 }
 
 /// The prefix of all messages of a conversation.
-pub fn message_prefix(conv: &str) -> Vec<u8> {
+pub(crate) fn message_prefix(conv: &str) -> Vec<u8> {
     let mut k = tagged(TAG_MESSAGE);
     push_str(&mut k, conv);
     k
 }
 
-pub fn message(conv: &str, seq: u64) -> Vec<u8> {
+pub(crate) fn message(conv: &str, seq: u64) -> Vec<u8> {
     let mut k = message_prefix(conv);
     push_u64(&mut k, seq);
     k
 }
 
-pub fn dedup(conv: &str, sender: &str, client_msg_id: &str) -> Vec<u8> {
+pub(crate) fn dedup(conv: &str, sender: &str, client_msg_id: &str) -> Vec<u8> {
     let mut k = tagged(TAG_DEDUP);
     push_str(&mut k, conv);
     push_str(&mut k, sender);
@@ -66,55 +66,55 @@ pub fn dedup(conv: &str, sender: &str, client_msg_id: &str) -> Vec<u8> {
     k
 }
 
-pub fn receipt(conv: &str, user: &str) -> Vec<u8> {
+pub(crate) fn receipt(conv: &str, user: &str) -> Vec<u8> {
     let mut k = tagged(TAG_RECEIPT);
     push_str(&mut k, conv);
     push_str(&mut k, user);
     k
 }
 
-pub fn user(user_id: &str) -> Vec<u8> {
+pub(crate) fn user(user_id: &str) -> Vec<u8> {
     let mut k = tagged(TAG_USER);
     push_str(&mut k, user_id);
     k
 }
 
-pub fn username(name: &str) -> Vec<u8> {
+pub(crate) fn username(name: &str) -> Vec<u8> {
     let mut k = tagged(TAG_USERNAME);
     push_str(&mut k, name);
     k
 }
 
 /// The prefix of a user's conversation index.
-pub fn user_conversation_prefix(user_id: &str) -> Vec<u8> {
+pub(crate) fn user_conversation_prefix(user_id: &str) -> Vec<u8> {
     let mut k = tagged(TAG_USER_CONVERSATION);
     push_str(&mut k, user_id);
     k
 }
 
-pub fn user_conversation(user_id: &str, conv: &str) -> Vec<u8> {
+pub(crate) fn user_conversation(user_id: &str, conv: &str) -> Vec<u8> {
     let mut k = user_conversation_prefix(user_id);
     push_str(&mut k, conv);
     k
 }
 
-pub fn outbox(id: u64) -> Vec<u8> {
+pub(crate) fn outbox(id: u64) -> Vec<u8> {
     let mut k = tagged(TAG_OUTBOX);
     push_u64(&mut k, id);
     k
 }
 
-pub fn outbox_range() -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn outbox_range() -> (Vec<u8>, Vec<u8>) {
     (tagged(TAG_OUTBOX), tagged(TAG_OUTBOX + 1))
 }
 
-pub fn outbox_next() -> Vec<u8> {
+pub(crate) fn outbox_next() -> Vec<u8> {
     tagged(TAG_OUTBOX_NEXT)
 }
 
 // accounts
 
-pub fn invite(code: &str) -> Vec<u8> {
+pub(crate) fn invite(code: &str) -> Vec<u8> {
     let mut k = tagged(TAG_INVITE);
     push_str(&mut k, code);
     k
@@ -122,27 +122,27 @@ pub fn invite(code: &str) -> Vec<u8> {
 
 /// A user's token epoch (kept apart from the user's record so that records written before
 /// it still decode).
-pub fn token_epoch(user_id: &str) -> Vec<u8> {
+pub(crate) fn token_epoch(user_id: &str) -> Vec<u8> {
     let mut k = tagged(TAG_TOKEN_EPOCH);
     push_str(&mut k, user_id);
     k
 }
 
 /// The prefix of a user's sessions.
-pub fn session_prefix(user_id: &str) -> Vec<u8> {
+pub(crate) fn session_prefix(user_id: &str) -> Vec<u8> {
     let mut k = tagged(TAG_SESSION);
     push_str(&mut k, user_id);
     k
 }
 
-pub fn session(user_id: &str, session_id: &str) -> Vec<u8> {
+pub(crate) fn session(user_id: &str, session_id: &str) -> Vec<u8> {
     let mut k = session_prefix(user_id);
     push_str(&mut k, session_id);
     k
 }
 
 /// The conversation id in a user-conversation index key.
-pub fn conversation_of_user_index(key: &[u8]) -> Result<String, StorageError> {
+pub(crate) fn conversation_of_user_index(key: &[u8]) -> Result<String, StorageError> {
     let mut r = KeyReader::new(key);
     r.u8()?;
     r.str()?;
@@ -150,7 +150,7 @@ pub fn conversation_of_user_index(key: &[u8]) -> Result<String, StorageError> {
 }
 
 /// The id in an outbox key.
-pub fn outbox_id(key: &[u8]) -> Result<u64, StorageError> {
+pub(crate) fn outbox_id(key: &[u8]) -> Result<u64, StorageError> {
     let mut r = KeyReader::new(key);
     r.u8()?;
     r.u64()
@@ -160,7 +160,7 @@ pub fn outbox_id(key: &[u8]) -> Result<u64, StorageError> {
 
 /// How many entries a user's conversation index holds (kept by the apply that writes the
 /// index; absent for an index written before the count existed: it is counted then).
-pub fn user_conversation_count(user_id: &str) -> Vec<u8> {
+pub(crate) fn user_conversation_count(user_id: &str) -> Vec<u8> {
     let mut k = tagged(TAG_USER_CONVERSATION_COUNT);
     push_str(&mut k, user_id);
     k
@@ -169,12 +169,12 @@ pub fn user_conversation_count(user_id: &str) -> Vec<u8> {
 /// An outbox entry that removes a conversation from a user's index (the user left or was
 /// removed). It shares the id sequence of [`outbox`] entries, so both kinds are delivered
 /// in the order apply queued them.
-pub fn outbox_unindex(id: u64) -> Vec<u8> {
+pub(crate) fn outbox_unindex(id: u64) -> Vec<u8> {
     let mut k = tagged(TAG_OUTBOX_UNINDEX);
     push_u64(&mut k, id);
     k
 }
 
-pub fn outbox_unindex_range() -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn outbox_unindex_range() -> (Vec<u8>, Vec<u8>) {
     (tagged(TAG_OUTBOX_UNINDEX), tagged(TAG_OUTBOX_UNINDEX + 1))
 }

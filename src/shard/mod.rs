@@ -3,18 +3,18 @@
 //! Everything here is deterministic and knows nothing of Raft or the network: `apply` turns
 //! one committed command into writes on a [`crate::storage::SmTxn`] and a response; `read`
 //! serves history, sync and lookups from the local state machine.
-pub mod accounts;
-pub mod apply;
-pub mod command;
-pub mod keys;
-pub mod push;
-pub mod query;
-pub mod read;
-pub mod text;
-pub mod validate;
+pub(crate) mod accounts;
+pub(crate) mod apply;
+pub(crate) mod command;
+pub(crate) mod keys;
+pub(crate) mod push;
+pub(crate) mod query;
+pub(crate) mod read;
+pub(crate) mod text;
+pub(crate) mod validate;
 
-pub use apply::apply_shard;
-pub use read::{Page, ShardReader};
+pub(crate) use apply::apply_shard;
+pub(crate) use read::{Page, ShardReader};
 
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@ use super::command::{Pushed, ReceiptState, ShardResponse};
 
 /// One push a committed command implies.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Push {
+pub(crate) enum Push {
     /// A committed message for its recipients' connections.
     Message(Pushed),
     /// A receipt watermark that moved.
@@ -15,7 +15,7 @@ pub enum Push {
 }
 
 /// Appends to `out` what committed response `r` pushes, in the order clients must see it.
-pub fn pushes_of(r: &ShardResponse, out: &mut Vec<Push>) {
+pub(crate) fn pushes_of(r: &ShardResponse, out: &mut Vec<Push>) {
     match r {
         ShardResponse::Ack {
             pushed: Some(p), ..

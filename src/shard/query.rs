@@ -10,12 +10,12 @@ use crate::ids::GroupId;
 use crate::storage::StorageError;
 
 /// Most conversations looked up by one [`ShardQuery::Conversations`].
-pub const CONVERSATIONS_PER_QUERY_MAX: usize = 1_000;
+pub(crate) const CONVERSATIONS_PER_QUERY_MAX: usize = 1_000;
 /// Most entries of one [`ShardQuery::UserConversationsPage`].
-pub const USER_CONVERSATIONS_PAGE_MAX: u32 = 1_000;
+pub(crate) const USER_CONVERSATIONS_PAGE_MAX: u32 = 1_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum ShardQuery {
+pub(crate) enum ShardQuery {
     Conversation {
         conversation_id: ConversationId,
     },
@@ -81,7 +81,7 @@ pub enum ShardQuery {
 /// What a [`ShardQuery`] answers. `M` is the meta group's state (the cluster's type:
 /// `cluster::command::QueryResult` names the whole), which a shard never reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum QueryResult<M> {
+pub(crate) enum QueryResult<M> {
     Conversation(Option<ConversationState>),
     /// In the order asked; `None` for a conversation that does not exist. The pair is
     /// `(delivered_seq, read_seq)` of the user asked about.
@@ -109,7 +109,7 @@ pub enum QueryResult<M> {
 impl ShardReader {
     /// Serves `q` from this node's state of `group` (the caller passed the read barrier).
     /// [`ShardQuery::Meta`] is not a shard's to answer: an error here.
-    pub async fn query<M>(
+    pub(crate) async fn query<M>(
         &self,
         group: GroupId,
         q: ShardQuery,

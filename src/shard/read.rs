@@ -12,37 +12,37 @@ use crate::storage::{blocking, StorageError, Store};
 /// Most entries of the whole-index read [`ShardReader::user_conversations`] (kept for
 /// peers that still send `ShardQuery::UserConversations`); the gateway reads the index in
 /// pages ([`ShardReader::user_conversations_page`]), which cut nothing off.
-pub const USER_CONVERSATIONS_MAX: usize = 10_000;
+pub(crate) const USER_CONVERSATIONS_MAX: usize = 10_000;
 /// Most outbox entries taken in one relay round.
-pub const OUTBOX_BATCH_MAX: usize = 256;
+pub(crate) const OUTBOX_BATCH_MAX: usize = 256;
 
 /// A pending outbox entry: add the conversation to the user's index, or (`unindex`) remove
 /// it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxItem {
-    pub entry: OutboxEntry,
-    pub unindex: bool,
+pub(crate) struct OutboxItem {
+    pub(crate) entry: OutboxEntry,
+    pub(crate) unindex: bool,
 }
 
 /// A page of messages and whether more exist beyond it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Page {
-    pub messages: Vec<Message>,
-    pub has_more: bool,
+pub(crate) struct Page {
+    pub(crate) messages: Vec<Message>,
+    pub(crate) has_more: bool,
 }
 
 /// Blocking reads of one node's shard state; the async wrappers run them on the blocking pool.
 #[derive(Clone)]
-pub struct ShardReader {
+pub(crate) struct ShardReader {
     store: Arc<Store>,
 }
 
 impl ShardReader {
-    pub fn new(store: Arc<Store>) -> Self {
+    pub(crate) fn new(store: Arc<Store>) -> Self {
         ShardReader { store }
     }
 
-    pub fn store(&self) -> &Arc<Store> {
+    pub(crate) fn store(&self) -> &Arc<Store> {
         &self.store
     }
 
@@ -54,7 +54,7 @@ impl ShardReader {
         Ok(store.sm_get(group, key)?.map(|v| decode(&v)).transpose()?)
     }
 
-    pub async fn conversation(
+    pub(crate) async fn conversation(
         &self,
         group: GroupId,
         conversation_id: &str,
@@ -72,7 +72,7 @@ impl ShardReader {
         .await
     }
 
-    pub async fn receipt(
+    pub(crate) async fn receipt(
         &self,
         group: GroupId,
         conversation_id: &str,
@@ -84,7 +84,7 @@ impl ShardReader {
     }
 
     /// Messages with seq in `from..=to`, ascending (`reverse` = descending).
-    pub async fn messages(
+    pub(crate) async fn messages(
         &self,
         group: GroupId,
         conversation_id: &str,
@@ -110,7 +110,7 @@ impl ShardReader {
     }
 
     /// Newest first, below `before_seq` (exclusive; `None` = from the newest).
-    pub async fn history(
+    pub(crate) async fn history(
         &self,
         group: GroupId,
         conversation_id: &str,
@@ -139,7 +139,7 @@ impl ShardReader {
     }
 
     /// Ascending, after `after_seq`, at most `limit`.
-    pub async fn after(
+    pub(crate) async fn after(
         &self,
         group: GroupId,
         conversation_id: &str,
@@ -164,7 +164,7 @@ impl ShardReader {
     }
 
     /// The ack of a stored message, by its dedup key.
-    pub async fn dedup(
+    pub(crate) async fn dedup(
         &self,
         group: GroupId,
         conversation_id: &str,
@@ -176,7 +176,7 @@ impl ShardReader {
         blocking(move || Self::get_value(&store, group, &key)).await
     }
 
-    pub async fn user(
+    pub(crate) async fn user(
         &self,
         group: GroupId,
         user_id: &str,
@@ -186,7 +186,7 @@ impl ShardReader {
         blocking(move || Self::get_value(&store, group, &key)).await
     }
 
-    pub async fn username(
+    pub(crate) async fn username(
         &self,
         group: GroupId,
         username: &str,
@@ -197,7 +197,7 @@ impl ShardReader {
     }
 
     /// The conversations a user was ever put in (a hint: callers check membership).
-    pub async fn user_conversations(
+    pub(crate) async fn user_conversations(
         &self,
         group: GroupId,
         user_id: &str,
@@ -217,7 +217,7 @@ impl ShardReader {
     /// One page of a user's conversation index (key order), after `after` (exclusive), at
     /// most `limit`; and whether more follow. Nothing is cut off: paging by the last id of
     /// each page reaches every entry, however many there are.
-    pub async fn user_conversations_page(
+    pub(crate) async fn user_conversations_page(
         &self,
         group: GroupId,
         user_id: &str,
@@ -253,7 +253,10 @@ impl ShardReader {
     }
 
     /// Pending outbox entries of a shard (index and unindex), oldest first.
-    pub async fn outbox(&self, group: GroupId) -> Result<Vec<(u64, OutboxItem)>, StorageError> {
+    pub(crate) async fn outbox(
+        &self,
+        group: GroupId,
+    ) -> Result<Vec<(u64, OutboxItem)>, StorageError> {
         let store = self.store.clone();
         blocking(move || {
             let mut out = Vec::new();
@@ -279,7 +282,7 @@ impl ShardReader {
 
     /// How many conversations `user_id`'s index holds, and whether `conversation_id` is one
     /// of them (then adding the user there takes no new slot).
-    pub async fn user_memberships(
+    pub(crate) async fn user_memberships(
         &self,
         group: GroupId,
         user_id: &str,

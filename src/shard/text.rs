@@ -27,14 +27,14 @@ pub fn is_valid_id(s: &str) -> bool {
 
 /// The first control character other than tab, LF and CR (C0, DEL and C1), if any: text
 /// holds none.
-pub fn first_control(s: &str) -> Option<char> {
+pub(crate) fn first_control(s: &str) -> Option<char> {
     s.chars()
         .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
 }
 
 /// Why `title` breaks the title rules (too long, or a control character), as the
 /// protocol's error message says it.
-pub fn title_error(title: &str) -> Option<String> {
+pub(crate) fn title_error(title: &str) -> Option<String> {
     if title.chars().take(TITLE_CHARS_MAX + 1).count() > TITLE_CHARS_MAX {
         return Some(format!("title is over {TITLE_CHARS_MAX} characters"));
     }
@@ -42,6 +42,6 @@ pub fn title_error(title: &str) -> Option<String> {
 }
 
 /// `"<field> contains control character U+XXXX"` for the first control character of `s`.
-pub fn control_error(field: &str, s: &str) -> Option<String> {
+pub(crate) fn control_error(field: &str, s: &str) -> Option<String> {
     first_control(s).map(|c| format!("{field} contains control character U+{:04X}", c as u32))
 }

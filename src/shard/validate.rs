@@ -19,17 +19,18 @@ use super::text::{first_control, is_valid_client_msg_id, is_valid_id, title_erro
 
 /// Most bytes of a message body at apply (4 bytes per code point of the largest
 /// `max_body_chars` a node accepts).
-pub const BODY_BYTES_MAX: usize = 64 << 10;
+pub(crate) const BODY_BYTES_MAX: usize = 64 << 10;
 /// Most bytes of a stored password hash (an argon2id PHC string is about 100).
-pub const PASSWORD_HASH_BYTES_MAX: usize = 512;
+pub(crate) const PASSWORD_HASH_BYTES_MAX: usize = 512;
 /// Most bytes of a username (the gateway allows 32 characters of `[A-Za-z0-9_.-]`).
-pub const USERNAME_BYTES_MAX: usize = 64;
+pub(crate) const USERNAME_BYTES_MAX: usize = 64;
 /// Most user ids in one command's member list.
-pub const MEMBERS_PER_OP_MAX: usize = MEMBERS_EVER_MAX as usize;
+pub(crate) const MEMBERS_PER_OP_MAX: usize = MEMBERS_EVER_MAX as usize;
 /// Most outbox ids one `OutboxDone` drops (the relay sends one outbox page).
-pub const OUTBOX_IDS_PER_OP_MAX: usize = OUTBOX_BATCH_MAX;
+pub(crate) const OUTBOX_IDS_PER_OP_MAX: usize = OUTBOX_BATCH_MAX;
+#[cfg(test)]
 /// Most bytes a valid command can have, as [`ShardOp::size_estimate`] counts them.
-pub const OP_BYTES_MAX: usize = BODY_BYTES_MAX + MEMBERS_PER_OP_MAX * 130 + 4096;
+pub(crate) const OP_BYTES_MAX: usize = BODY_BYTES_MAX + MEMBERS_PER_OP_MAX * 130 + 4096;
 
 fn bad(what: impl Into<String>) -> Rejection {
     Rejection::BadRequest(what.into())
@@ -73,7 +74,7 @@ fn body(kind: MsgKind, v: &str) -> Result<(), Rejection> {
 }
 
 /// Checks `op`'s fields; `Err` is the rejection to answer instead of applying it.
-pub fn check_op(op: &ShardOp) -> Result<(), Rejection> {
+pub(crate) fn check_op(op: &ShardOp) -> Result<(), Rejection> {
     match op {
         ShardOp::CreateConversation { .. }
         | ShardOp::Send { .. }
@@ -279,7 +280,7 @@ fn check_user_op(op: &ShardOp) -> Result<(), Rejection> {
 impl ShardOp {
     /// About how many bytes this command takes on the wire and in the log (its strings and
     /// lists, plus a fixed allowance): what proposal and forwarding batches are cut by.
-    pub fn size_estimate(&self) -> usize {
+    pub(crate) fn size_estimate(&self) -> usize {
         const FIXED: usize = 64;
         let list = |v: &[String]| v.iter().map(|s| s.len() + 2).sum::<usize>();
         FIXED

@@ -4,11 +4,11 @@
 /// The blocking task panicked or was cancelled (the runtime is shutting down).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("blocking task failed: {0}")]
-pub struct TaskFailed(pub String);
+pub(crate) struct TaskFailed(pub(crate) String);
 
 /// Runs `f` on the blocking pool and waits for it; a task that did not finish becomes the
 /// caller's error through `From<TaskFailed>`.
-pub async fn blocking<T, E, F>(f: F) -> Result<T, E>
+pub(crate) async fn blocking<T, E, F>(f: F) -> Result<T, E>
 where
     T: Send + 'static,
     E: From<TaskFailed> + Send + 'static,

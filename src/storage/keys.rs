@@ -15,21 +15,24 @@
 use super::StorageError;
 use crate::ids::GroupId;
 
+#[cfg(test)]
 /// The longest string `push_str` can encode.
-pub const MAX_KEY_STR: usize = u16::MAX as usize;
+pub(crate) const MAX_KEY_STR: usize = u16::MAX as usize;
 
 /// First byte of the reserved part of a group's `sm` range (applied log id, membership…).
-pub const SM_RESERVED_PREFIX: u8 = 0x00;
+pub(crate) const SM_RESERVED_PREFIX: u8 = 0x00;
 
-pub fn push_u8(buf: &mut Vec<u8>, v: u8) {
+#[cfg(test)]
+pub(crate) fn push_u8(buf: &mut Vec<u8>, v: u8) {
     buf.push(v);
 }
 
-pub fn push_u32(buf: &mut Vec<u8>, v: u32) {
+#[cfg(test)]
+pub(crate) fn push_u32(buf: &mut Vec<u8>, v: u32) {
     buf.extend_from_slice(&v.to_be_bytes());
 }
 
-pub fn push_u64(buf: &mut Vec<u8>, v: u64) {
+pub(crate) fn push_u64(buf: &mut Vec<u8>, v: u64) {
     buf.extend_from_slice(&v.to_be_bytes());
 }
 
@@ -38,14 +41,14 @@ pub fn push_u64(buf: &mut Vec<u8>, v: u64) {
 /// # Panics
 /// If `s` is longer than [`MAX_KEY_STR`] bytes: callers must validate lengths first (ids are
 /// bounded by the gateway), or use [`try_push_str`].
-pub fn push_str(buf: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_str(buf: &mut Vec<u8>, s: &str) {
     if let Err(e) = try_push_str(buf, s) {
         panic!("{e}");
     }
 }
 
 /// Appends a length-prefixed string, failing if it is longer than [`MAX_KEY_STR`] bytes.
-pub fn try_push_str(buf: &mut Vec<u8>, s: &str) -> Result<(), StorageError> {
+pub(crate) fn try_push_str(buf: &mut Vec<u8>, s: &str) -> Result<(), StorageError> {
     let len = u16::try_from(s.len()).map_err(|_| StorageError::KeyTooLong(s.len()))?;
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(s.as_bytes());
@@ -54,12 +57,12 @@ pub fn try_push_str(buf: &mut Vec<u8>, s: &str) -> Result<(), StorageError> {
 
 /// Decodes keys written with the `push_*` functions, in the same order.
 #[derive(Debug, Clone)]
-pub struct KeyReader<'a> {
+pub(crate) struct KeyReader<'a> {
     buf: &'a [u8],
 }
 
 impl<'a> KeyReader<'a> {
-    pub fn new(buf: &'a [u8]) -> Self {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
         Self { buf }
     }
 
@@ -75,42 +78,39 @@ impl<'a> KeyReader<'a> {
         Ok(head)
     }
 
-    pub fn u8(&mut self) -> Result<u8, StorageError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, StorageError> {
         Ok(self.take(1)?[0])
     }
 
-    pub fn u32(&mut self) -> Result<u32, StorageError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, StorageError> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    pub fn u64(&mut self) -> Result<u64, StorageError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, StorageError> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_be_bytes(a))
     }
 
-    pub fn str(&mut self) -> Result<&'a str, StorageError> {
+    pub(crate) fn str(&mut self) -> Result<&'a str, StorageError> {
         let b = self.take(2)?;
         let len = u16::from_be_bytes([b[0], b[1]]) as usize;
         let s = self.take(len)?;
         std::str::from_utf8(s).map_err(|e| StorageError::Corrupt(format!("key string: {e}")))
     }
 
+    #[cfg(test)]
     /// The bytes not read yet.
-    pub fn rest(&self) -> &'a [u8] {
+    pub(crate) fn rest(&self) -> &'a [u8] {
         self.buf
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
     }
 }
 
 /// The smallest key greater than every key starting with `prefix`, or `None` if there is
 /// none (the prefix is empty or all `0xff`).
-pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut v = prefix.to_vec();
     while let Some(last) = v.pop() {
         if last < 0xff {
@@ -122,12 +122,12 @@ pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// `(group)`: the prefix of all of a group's keys in every column family.
-pub fn group_prefix(group: GroupId) -> [u8; 4] {
+pub(crate) fn group_prefix(group: GroupId) -> [u8; 4] {
     group.to_be_bytes()
 }
 
 /// `log` CF key: `(group, index)`.
-pub fn log_key(group: GroupId, index: u64) -> [u8; 12] {
+pub(crate) fn log_key(group: GroupId, index: u64) -> [u8; 12] {
     let mut k = [0u8; 12];
     k[..4].copy_from_slice(&group.to_be_bytes());
     k[4..].copy_from_slice(&index.to_be_bytes());
@@ -135,7 +135,7 @@ pub fn log_key(group: GroupId, index: u64) -> [u8; 12] {
 }
 
 /// Decodes a `log` CF key.
-pub fn parse_log_key(key: &[u8]) -> Result<(GroupId, u64), StorageError> {
+pub(crate) fn parse_log_key(key: &[u8]) -> Result<(GroupId, u64), StorageError> {
     if key.len() != 12 {
         return Err(StorageError::Corrupt(format!(
             "log key of {} bytes",
@@ -147,7 +147,7 @@ pub fn parse_log_key(key: &[u8]) -> Result<(GroupId, u64), StorageError> {
 }
 
 /// `raft` CF key: `(group, tag)`.
-pub fn raft_key(group: GroupId, tag: u8) -> [u8; 5] {
+pub(crate) fn raft_key(group: GroupId, tag: u8) -> [u8; 5] {
     let mut k = [0u8; 5];
     k[..4].copy_from_slice(&group.to_be_bytes());
     k[4] = tag;
@@ -155,16 +155,17 @@ pub fn raft_key(group: GroupId, tag: u8) -> [u8; 5] {
 }
 
 /// `sm` CF key: `(group, user key)`.
-pub fn sm_key(group: GroupId, key: &[u8]) -> Vec<u8> {
+pub(crate) fn sm_key(group: GroupId, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + key.len());
     k.extend_from_slice(&group.to_be_bytes());
     k.extend_from_slice(key);
     k
 }
 
+#[cfg(test)]
 /// Bounds `[start, end)` of all of a group's keys in a column family. `end` is `None` for
 /// the last possible group.
-pub fn group_range(group: GroupId) -> (Vec<u8>, Option<Vec<u8>>) {
+pub(crate) fn group_range(group: GroupId) -> (Vec<u8>, Option<Vec<u8>>) {
     let p = group_prefix(group);
     (p.to_vec(), prefix_successor(&p))
 }

@@ -24,13 +24,13 @@ use crate::ids::GroupId;
 
 /// Capacity of the log-writer queue (requests). Submitters wait (asynchronously) when it is
 /// full: that is the backpressure on log IO.
-pub const LOG_WRITE_QUEUE_MAX: usize = 1024;
+pub(crate) const LOG_WRITE_QUEUE_MAX: usize = 1024;
 
 /// At most this many operations (log entries count one each) are merged into one batch.
-pub const LOG_BATCH_OPS_MAX: usize = 4096;
+pub(crate) const LOG_BATCH_OPS_MAX: usize = 4096;
 
 /// Called once the request's batch was written (or failed).
-pub type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send + 'static>;
+pub(crate) type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send + 'static>;
 
 /// Encoded log entries awaiting their synced write, by `(group, index)`; the value carries
 /// the submission sequence number so that a newer entry at the same index (after a
@@ -70,9 +70,9 @@ impl LogOp {
 }
 
 pub(crate) struct LogWriteReq {
-    pub seq: u64,
-    pub op: LogOp,
-    pub done: Completion,
+    pub(crate) seq: u64,
+    pub(crate) op: LogOp,
+    pub(crate) done: Completion,
 }
 
 pub(crate) fn spawn(shared: Arc<Shared>) -> Result<QueueThread<LogWriteReq>, StorageError> {
@@ -81,12 +81,12 @@ pub(crate) fn spawn(shared: Arc<Shared>) -> Result<QueueThread<LogWriteReq>, Sto
 
 fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<LogWriteReq>) {
     let mut sync = WriteOptions::default();
-    if crate::sabotage::on(crate::sabotage::Switch::UnsyncedAppends) {
+    sync.set_sync(true);
+    crate::sabotage!(UnsyncedAppends => {
         // Broken on purpose: in memory until the writeback thread flushes it.
+        sync.set_sync(false);
         sync.disable_wal(true);
-    } else {
-        sync.set_sync(true);
-    }
+    });
     let mut reqs: Vec<LogWriteReq> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut ops = first.op.ops();

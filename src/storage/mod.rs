@@ -18,7 +18,7 @@
 //! `spawn_blocking` (the `async` methods only wait on the log writer and never block).
 
 mod blocking;
-pub mod keys;
+pub(crate) mod keys;
 mod log_writer;
 mod queue_thread;
 mod sm_cache;
@@ -37,11 +37,10 @@ use rocksdb::{
 };
 use tokio::sync::oneshot;
 
-pub use blocking::{blocking, TaskFailed};
-pub use log_writer::{Completion, LOG_BATCH_OPS_MAX, LOG_WRITE_QUEUE_MAX};
-pub use sm_cache::SM_CACHE_BYTES_MAX;
-pub use sm_writer::{SmJob, SM_APPLY_QUEUE_MAX, SM_ROUND_JOBS_MAX};
-pub use txn::SmTxn;
+pub(crate) use blocking::{blocking, TaskFailed};
+pub(crate) use log_writer::Completion;
+pub(crate) use sm_writer::SmJob;
+pub(crate) use txn::SmTxn;
 
 use crate::ids::GroupId;
 use keys::{group_prefix, log_key, parse_log_key, raft_key, sm_key};
@@ -49,15 +48,15 @@ use log_writer::{LogOp, LogWriteReq, PendingLog};
 use queue_thread::QueueThread;
 use sm_cache::SmCache;
 
-pub const CF_LOG: &str = "log";
-pub const CF_RAFT: &str = "raft";
-pub const CF_SM: &str = "sm";
+pub(crate) const CF_LOG: &str = "log";
+pub(crate) const CF_RAFT: &str = "raft";
+pub(crate) const CF_SM: &str = "sm";
 /// Background writes (flushes, compactions) are written back every this many bytes.
-pub const FLUSH_SYNC_EVERY_BYTES: u64 = 1024 * 1024;
+pub(crate) const FLUSH_SYNC_EVERY_BYTES: u64 = 1024 * 1024;
 /// Size of one memtable of each column family.
-pub const MEMTABLE_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MEMTABLE_BYTES: usize = 16 * 1024 * 1024;
 /// The block cache shared by the column families.
-pub const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Errors of the storage layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -129,7 +128,7 @@ impl Shared {
 /// The node's storage: one RocksDB instance, its log-writer thread and its state-machine
 /// apply thread. Share it as `Arc<Store>`; dropping the last handle stops both threads
 /// (after the log writer wrote everything queued) and closes the DB.
-pub struct Store {
+pub(crate) struct Store {
     shared: Arc<Shared>,
     writer: QueueThread<LogWriteReq>,
     /// `None` only if its thread could not be started (then `open` fails).
@@ -171,7 +170,7 @@ fn sm_bounds(group: GroupId, start: &[u8], end: &[u8]) -> (Vec<u8>, Option<Vec<u
 
 impl Store {
     /// Opens (creating if needed) the RocksDB instance in `dir` and starts the log writer.
-    pub fn open(dir: &Path) -> Result<Arc<Store>, StorageError> {
+    pub(crate) fn open(dir: &Path) -> Result<Arc<Store>, StorageError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -201,12 +200,11 @@ impl Store {
             cf_opts.set_write_buffer_size(MEMTABLE_BYTES);
             ColumnFamilyDescriptor::new(name, cf_opts)
         });
-        let unsynced = crate::sabotage::on(crate::sabotage::Switch::UnsyncedAppends);
-        if unsynced {
+        crate::sabotage!(UnsyncedAppends => {
             // The writeback flushes log and vote together (atomic flush excludes pipelining).
             opts.set_enable_pipelined_write(false);
             opts.set_atomic_flush(true);
-        }
+        });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let shared = Arc::new(Shared {
             db,
@@ -215,10 +213,9 @@ impl Store {
             next_seq: AtomicU64::new(1),
         });
         let writer = log_writer::spawn(shared.clone())?;
-        #[cfg(feature = "fault-injection")]
-        if unsynced {
+        crate::sabotage!(UnsyncedAppends => {
             log_writer::spawn_writeback(Arc::downgrade(&shared));
-        }
+        });
         let mut spawn_error = None;
         let store = Arc::new_cyclic(|weak| Store {
             shared,
@@ -236,14 +233,15 @@ impl Store {
         }
     }
 
+    #[cfg(test)]
     /// Number of state-machine writes so far (metrics; one per apply round).
-    pub fn sm_writes(&self) -> u64 {
+    pub(crate) fn sm_writes(&self) -> u64 {
         self.sm_writes.load(Ordering::Relaxed)
     }
 
     /// Queues a state-machine job for the apply thread (see [`SmJob`]); it completes through
     /// its `done`. Waits (asynchronously) while the queue is full.
-    pub async fn sm_submit(&self, job: Box<dyn SmJob>) -> Result<(), StorageError> {
+    pub(crate) async fn sm_submit(&self, job: Box<dyn SmJob>) -> Result<(), StorageError> {
         self.sm_runtime.get_or_init(tokio::runtime::Handle::current);
         let tx = self
             .sm_writer
@@ -254,14 +252,18 @@ impl Store {
     }
 
     /// Number of synced log-writer writes so far (metrics; one per merged batch).
-    pub fn synced_writes(&self) -> u64 {
+    pub(crate) fn synced_writes(&self) -> u64 {
         self.shared.synced_writes.load(Ordering::Relaxed)
     }
 
     // ---------------------------------------------------------------- state machine (sm CF)
 
     /// Point read of a state-machine key of `group` (blocking: call from spawn_blocking).
-    pub fn sm_get(&self, group: GroupId, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+    pub(crate) fn sm_get(
+        &self,
+        group: GroupId,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StorageError> {
         let cf = self.shared.cf(CF_SM)?;
         Ok(self.shared.db.get_cf(cf, sm_key(group, key))?)
     }
@@ -269,7 +271,7 @@ impl Store {
     /// Range read `[start, end)` of a group's state-machine keys (without the group prefix;
     /// an empty `end` means "to the end of the group"), ascending or descending, at most
     /// `limit` pairs (blocking). Keys are returned without the group prefix.
-    pub fn sm_scan(
+    pub(crate) fn sm_scan(
         &self,
         group: GroupId,
         start: &[u8],
@@ -283,7 +285,7 @@ impl Store {
 
     /// All keys of a group starting with `prefix` (without the group prefix), see
     /// [`Store::sm_scan`]. An empty `prefix` scans the whole group (reserved keys included).
-    pub fn sm_scan_prefix(
+    pub(crate) fn sm_scan_prefix(
         &self,
         group: GroupId,
         prefix: &[u8],
@@ -337,7 +339,7 @@ impl Store {
     /// A checksum (FNV-1a, 64 bits) and count of a group's state-machine data, reserved keys
     /// (0x00…: applied log id, membership) excluded: replicas with the same applied index
     /// must agree (blocking; iterates without holding the data in memory).
-    pub fn sm_checksum(&self, group: GroupId) -> Result<(u64, u64), StorageError> {
+    pub(crate) fn sm_checksum(&self, group: GroupId) -> Result<(u64, u64), StorageError> {
         const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
         const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
         let (lo, hi) = sm_bounds(group, &[0x01], &[]);
@@ -365,14 +367,14 @@ impl Store {
     }
 
     /// Starts a state-machine transaction over `group`.
-    pub fn txn(&self, group: GroupId) -> SmTxn<'_> {
+    pub(crate) fn txn(&self, group: GroupId) -> SmTxn<'_> {
         SmTxn::new(self, group)
     }
 
     /// Point read of a state-machine key through the write-through cache of hot values
     /// (blocking). For keys read by every apply (a conversation's state); see `sm_cache`
     /// for why this is safe only from the group's apply.
-    pub fn sm_get_cached(
+    pub(crate) fn sm_get_cached(
         &self,
         group: GroupId,
         key: &[u8],
@@ -392,7 +394,7 @@ impl Store {
     /// Writes a transaction's effects plus `reserved` pairs (keys starting with 0x00: the
     /// applied log id, membership…) in one non-synced batch (blocking). Applies go through
     /// the apply thread ([`Store::sm_submit`]) instead, which merges many groups' writes.
-    pub fn sm_commit(
+    pub(crate) fn sm_commit(
         &self,
         txn: SmTxn<'_>,
         reserved: Vec<(Vec<u8>, Vec<u8>)>,
@@ -437,13 +439,13 @@ impl Store {
 
     /// Every `sm` pair of a group (reserved keys included, keys without the group prefix),
     /// from one consistent view: the content of a snapshot (blocking).
-    pub fn sm_dump(&self, group: GroupId) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub(crate) fn sm_dump(&self, group: GroupId) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
         self.sm_scan(group, &[], &[], false, usize::MAX)
     }
 
     /// Replaces a group's whole `sm` range with `pairs` atomically (one synced batch: a
     /// range delete then the puts): snapshot installation (blocking).
-    pub fn sm_replace(
+    pub(crate) fn sm_replace(
         &self,
         group: GroupId,
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
@@ -476,14 +478,18 @@ impl Store {
     // ---------------------------------------------------------------- raft state (raft CF)
 
     /// Reads a `raft` CF value of a group (blocking).
-    pub fn raft_get(&self, group: GroupId, tag: u8) -> Result<Option<Vec<u8>>, StorageError> {
+    pub(crate) fn raft_get(
+        &self,
+        group: GroupId,
+        tag: u8,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
         let cf = self.shared.cf(CF_RAFT)?;
         Ok(self.shared.db.get_cf(cf, raft_key(group, tag))?)
     }
 
     /// Writes a `raft` CF value through the log writer (synced, ordered with log IO) and
     /// waits for it.
-    pub async fn raft_put(
+    pub(crate) async fn raft_put(
         &self,
         group: GroupId,
         tag: u8,
@@ -496,7 +502,7 @@ impl Store {
     /// Queues a `raft` CF value for the log writer's next batch and returns at once,
     /// without waiting for it to be written: for hints whose loss costs nothing but a little
     /// work after a crash (the committed log id). `false` when the queue is full (skipped).
-    pub fn raft_put_hint(&self, group: GroupId, tag: u8, value: Vec<u8>) -> bool {
+    pub(crate) fn raft_put_hint(&self, group: GroupId, tag: u8, value: Vec<u8>) -> bool {
         let Some(tx) = self.writer.sender() else {
             return false;
         };
@@ -513,7 +519,7 @@ impl Store {
     /// Hands encoded entries `(index, bytes)` of one group to the log writer and returns as
     /// soon as they are queued (waiting only if the queue is full). They are readable at once;
     /// `done` runs on the log-writer thread after the synced write returned (or failed).
-    pub async fn log_append(
+    pub(crate) async fn log_append(
         &self,
         group: GroupId,
         entries: Vec<(u64, Vec<u8>)>,
@@ -550,14 +556,18 @@ impl Store {
 
     /// Deletes the group's entries with index >= `since` (synced, ordered with appends) and
     /// waits for it.
-    pub async fn log_truncate(&self, group: GroupId, since: u64) -> Result<(), StorageError> {
+    pub(crate) async fn log_truncate(
+        &self,
+        group: GroupId,
+        since: u64,
+    ) -> Result<(), StorageError> {
         self.remove_pending(group, since, u64::MAX);
         self.submit_and_wait(LogOp::Truncate { group, since }).await
     }
 
     /// Deletes the group's entries with index <= `upto` and stores `(tag, value)` in the
     /// `raft` CF in the same synced batch (the last purged log id); waits for it.
-    pub async fn log_purge(
+    pub(crate) async fn log_purge(
         &self,
         group: GroupId,
         upto: u64,
@@ -582,7 +592,7 @@ impl Store {
 
     /// Decodes the group's entries with index in `[start, end)`, pending (not yet durable)
     /// entries included, in index order (blocking).
-    pub fn log_range<T>(
+    pub(crate) fn log_range<T>(
         &self,
         group: GroupId,
         start: u64,
@@ -595,7 +605,7 @@ impl Store {
     /// Like [`Store::log_range`], but stops after the entry that brings the stored bytes read
     /// past `bytes_max` (so the result is a prefix of the range, at least one entry long when
     /// the range holds any): replication reads at most about a frame's worth.
-    pub fn log_range_within<T>(
+    pub(crate) fn log_range_within<T>(
         &self,
         group: GroupId,
         start: u64,
@@ -679,7 +689,7 @@ impl Store {
     }
 
     /// The group's last entry (pending ones included): `(index, bytes)` (blocking).
-    pub fn log_last(&self, group: GroupId) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+    pub(crate) fn log_last(&self, group: GroupId) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
         let pending = {
             let p = self.shared.pending.lock();
             p.range((

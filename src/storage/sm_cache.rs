@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Bytes of keys and values the cache holds at most; past it, arbitrary entries go.
-pub const SM_CACHE_BYTES_MAX: usize = 32 * 1024 * 1024;
+pub(crate) const SM_CACHE_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Bookkeeping charged per entry on top of its key and value.
 const ENTRY_OVERHEAD_BYTES: usize = 64;
 

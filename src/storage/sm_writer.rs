@@ -19,12 +19,12 @@ use crate::ids::GroupId;
 
 /// Capacity of the apply queue (jobs). One job per group is in flight at most (openraft
 /// applies a group's entries one batch at a time), so this bounds groups, not entries.
-pub const SM_APPLY_QUEUE_MAX: usize = 1024;
+pub(crate) const SM_APPLY_QUEUE_MAX: usize = 1024;
 /// Most jobs merged into one state-machine write.
-pub const SM_ROUND_JOBS_MAX: usize = 256;
+pub(crate) const SM_ROUND_JOBS_MAX: usize = 256;
 
 /// One group's apply, run on the apply thread.
-pub trait SmJob: Send + 'static {
+pub(crate) trait SmJob: Send + 'static {
     fn group(&self) -> GroupId;
     /// Fills `txn` with the job's effects and returns the reserved pairs (applied log id,
     /// membership) to write with them. An `Err` leaves the job out of the round's write.

@@ -14,7 +14,7 @@ use crate::ids::GroupId;
 /// Nothing is written until raft/ commits the transaction ([`Store::sm_commit`]) in one batch
 /// together with the applied log id. A transaction that was given a reserved key is poisoned:
 /// its commit fails.
-pub struct SmTxn<'a> {
+pub(crate) struct SmTxn<'a> {
     store: &'a Store,
     group: GroupId,
     writes: Writes,
@@ -38,12 +38,8 @@ impl<'a> SmTxn<'a> {
         }
     }
 
-    pub fn group(&self) -> GroupId {
-        self.group
-    }
-
     /// Reads a key: this transaction's pending write if any, else the DB (blocking).
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         match self.writes.get(key) {
             Some(w) => Ok(w.clone()),
             None => self.store.sm_get(self.group, key),
@@ -52,7 +48,7 @@ impl<'a> SmTxn<'a> {
 
     /// [`SmTxn::get`] through the store's cache of hot values: for keys read by nearly every
     /// apply (a conversation's state), never for keys read once.
-    pub fn get_cached(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+    pub(crate) fn get_cached(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         match self.writes.get(key) {
             Some(w) => Ok(w.clone()),
             None => self.store.sm_get_cached(self.group, key),
@@ -61,7 +57,7 @@ impl<'a> SmTxn<'a> {
 
     /// Range read `[start, end)` (empty `end`: to the end of the group) merged with this
     /// transaction's pending writes, ascending or descending, at most `limit` pairs.
-    pub fn scan(
+    pub(crate) fn scan(
         &self,
         start: &[u8],
         end: &[u8],
@@ -122,25 +118,16 @@ impl<'a> SmTxn<'a> {
         }
     }
 
-    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+    pub(crate) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         if self.check_key(&key) {
             self.writes.insert(key, Some(value));
         }
     }
 
-    pub fn delete(&mut self, key: Vec<u8>) {
+    pub(crate) fn delete(&mut self, key: Vec<u8>) {
         if self.check_key(&key) {
             self.writes.insert(key, None);
         }
-    }
-
-    /// Number of pending writes.
-    pub fn len(&self) -> usize {
-        self.writes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.writes.is_empty()
     }
 
     fn check_key(&mut self, key: &[u8]) -> bool {

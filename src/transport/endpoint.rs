@@ -23,32 +23,32 @@ use super::tls_config::{client_config, quinn_client, quinn_server, server_config
 use super::{GroupId, NodeId, TransportError};
 
 /// Default bound on dialing a peer (and on an inbound handshake).
-pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
+pub(crate) const CONNECT_TIMEOUT_MS: u64 = 3_000;
 /// How long `shutdown` waits for connections to close cleanly.
 const SHUTDOWN_DRAIN_MS: u64 = 500;
 
 /// How a node's transport is set up.
 #[derive(Clone)]
-pub struct TransportConfig {
+pub(crate) struct TransportConfig {
     /// UDP address to listen on (and to dial from).
-    pub listen: SocketAddr,
-    pub cluster_id: String,
-    pub node_id: NodeId,
-    pub credentials: NodeCredentials,
+    pub(crate) listen: SocketAddr,
+    pub(crate) cluster_id: String,
+    pub(crate) node_id: NodeId,
+    pub(crate) credentials: NodeCredentials,
     /// Set on members that admit joiners.
-    pub join: Option<JoinConfig>,
-    pub connect_timeout_ms: u64,
+    pub(crate) join: Option<JoinConfig>,
+    pub(crate) connect_timeout_ms: u64,
     // secrets (issue 12 point 5)
     /// Says whether a node id (from a verified certificate) was revoked, e.g. because the
     /// node left the cluster: its calls are refused and its connection closed.
-    pub revoked: Option<PeerRevoked>,
+    pub(crate) revoked: Option<PeerRevoked>,
 }
 
 /// See [`TransportConfig::revoked`].
-pub type PeerRevoked = Arc<dyn Fn(NodeId) -> bool + Send + Sync>;
+pub(crate) type PeerRevoked = Arc<dyn Fn(NodeId) -> bool + Send + Sync>;
 
 impl TransportConfig {
-    pub fn new(
+    pub(crate) fn new(
         listen: SocketAddr,
         cluster_id: String,
         node_id: NodeId,
@@ -67,7 +67,7 @@ impl TransportConfig {
 }
 
 /// A node's transport. Cheap to clone; all clones share one endpoint and connection cache.
-pub struct Transport<Req, Resp> {
+pub(crate) struct Transport<Req, Resp> {
     inner: Arc<Inner>,
     _types: PhantomData<fn(Req) -> Resp>,
 }
@@ -112,7 +112,7 @@ impl Drop for Inner {
 /// The serving half of a transport [`Transport::open`] returned: inbound connections wait
 /// (in quinn's queue, bounded by their handshake timeout) until [`Inbound::serve`] gives it
 /// the handler, so that a node can call out before whatever answers its peers exists.
-pub struct Inbound<Req, Resp> {
+pub(crate) struct Inbound<Req, Resp> {
     inner: Arc<Inner>,
     cluster_id: String,
     connect_timeout: Duration,
@@ -130,7 +130,7 @@ where
 {
     /// Starts accepting: every inbound call is answered by `handler`, joiners (if `join`
     /// is set, or was in the config) by its admitter.
-    pub fn serve(
+    pub(crate) fn serve(
         self,
         handler: Arc<dyn Handler<Req, Resp>>,
         join: Option<JoinConfig>,
@@ -158,8 +158,9 @@ where
     Req: Serialize + DeserializeOwned + Send + Sync + 'static,
     Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
+    #[cfg(test)]
     /// Binds the endpoint and starts serving. Must be called inside a tokio runtime.
-    pub fn bind(
+    pub(crate) fn bind(
         cfg: TransportConfig,
         handler: Arc<dyn Handler<Req, Resp>>,
     ) -> Result<Self, TransportError> {
@@ -170,7 +171,7 @@ where
 
     /// Binds the endpoint: calls out work at once, inbound calls once the returned
     /// [`Inbound`] is served. Must be called inside a tokio runtime.
-    pub fn open(cfg: TransportConfig) -> Result<(Self, Inbound<Req, Resp>), TransportError> {
+    pub(crate) fn open(cfg: TransportConfig) -> Result<(Self, Inbound<Req, Resp>), TransportError> {
         check_credentials(&cfg)?;
         let endpoint =
             quinn::Endpoint::server(quinn_server(server_config(&cfg.credentials)?)?, cfg.listen)
@@ -204,29 +205,27 @@ where
         ))
     }
 
-    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+    #[cfg(test)]
+    pub(crate) fn local_addr(&self) -> Result<SocketAddr, TransportError> {
         self.inner
             .endpoint
             .local_addr()
             .map_err(|e| TransportError::Io(e.to_string()))
     }
 
+    #[cfg(test)]
     /// Open QUIC connections, inbound and outbound (diagnostics).
-    pub fn open_connections(&self) -> usize {
+    pub(crate) fn open_connections(&self) -> usize {
         self.inner.endpoint.open_connections()
     }
 
-    pub fn node_id(&self) -> NodeId {
-        self.inner.node_id
-    }
-
     /// Fault injection controls (tests).
-    pub fn faults(&self) -> &Faults {
+    pub(crate) fn faults(&self) -> &Faults {
         &self.inner.faults
     }
 
     /// Calls node `to` at `addr` (`host:port`) for Raft group `group`, bounded by `timeout`.
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         to: NodeId,
         addr: &str,
@@ -289,7 +288,7 @@ where
 
     /// Closes the endpoint: in-flight calls fail, the accept loop stops, and the socket is
     /// released once connections have drained (bounded by SHUTDOWN_DRAIN_MS).
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         self.inner.stop_accepting();
         self.inner.endpoint.close(CLOSE_DONE.into(), b"shutdown");
         self.inner.peers.clear();

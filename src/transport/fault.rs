@@ -40,33 +40,34 @@ pub(crate) enum Outgoing {
 
 /// Shared fault configuration of one transport.
 #[derive(Default)]
-pub struct Faults {
+pub(crate) struct Faults {
     /// True while any fault is configured; lets the common case skip the lock.
     active: AtomicBool,
     peers: RwLock<HashMap<NodeId, PeerFault>>,
 }
 
 impl Faults {
-    pub fn block(&self, peer: NodeId) {
+    pub(crate) fn block(&self, peer: NodeId) {
         self.update(peer, |f| f.blocked = true);
     }
 
-    pub fn unblock(&self, peer: NodeId) {
+    pub(crate) fn unblock(&self, peer: NodeId) {
         self.update(peer, |f| f.blocked = false);
     }
 
-    pub fn set_delay_ms(&self, peer: NodeId, ms: u64) {
+    pub(crate) fn set_delay_ms(&self, peer: NodeId, ms: u64) {
         self.update(peer, |f| f.delay_ms = ms);
     }
 
-    pub fn set_drop_probability(&self, peer: NodeId, p: f64) {
+    #[cfg(test)]
+    pub(crate) fn set_drop_probability(&self, peer: NodeId, p: f64) {
         // NaN would make the random draw panic; treat it as "never drop".
         let p = if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) };
         self.update(peer, |f| f.drop_probability = p);
     }
 
     /// Removes every fault.
-    pub fn heal(&self) {
+    pub(crate) fn heal(&self) {
         let mut peers = self.peers.write();
         peers.clear();
         self.active.store(false, Ordering::Release);

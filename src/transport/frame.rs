@@ -13,17 +13,17 @@ use super::tls::NodeCredentials;
 use super::{GroupId, NodeId, TransportError};
 
 /// Largest payload accepted or sent. Larger lengths are rejected before any allocation.
-pub const FRAME_BYTES_MAX: usize = 16 << 20;
+pub(crate) const FRAME_BYTES_MAX: usize = 16 << 20;
 const LEN_PREFIX_BYTES: usize = 4;
 
 /// Routing and tracing data carried by every call.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct FrameHeader {
-    pub cluster_id: String,
-    pub group: GroupId,
-    pub from: NodeId,
-    pub to: NodeId,
-    pub trace_id: String,
+pub(crate) struct FrameHeader {
+    pub(crate) cluster_id: String,
+    pub(crate) group: GroupId,
+    pub(crate) from: NodeId,
+    pub(crate) to: NodeId,
+    pub(crate) trace_id: String,
 }
 
 /// What a client sends on a stream.
@@ -43,12 +43,12 @@ pub(crate) enum WireReply<Resp> {
 
 /// A joiner's request: the token secret plus the addresses it will serve on.
 #[derive(Serialize, Deserialize, Clone)]
-pub struct JoinRequest {
-    pub secret: Vec<u8>,
+pub(crate) struct JoinRequest {
+    pub(crate) secret: Vec<u8>,
     /// Where other nodes reach the joiner's transport (`host:port`).
-    pub peer_addr: String,
+    pub(crate) peer_addr: String,
     /// Where clients reach the joiner's gateway (`host:port`).
-    pub client_addr: String,
+    pub(crate) client_addr: String,
 }
 
 impl std::fmt::Debug for JoinRequest {
@@ -62,16 +62,16 @@ impl std::fmt::Debug for JoinRequest {
 
 /// What an admitted joiner receives: its identity plus everything needed to admit others.
 #[derive(Serialize, Deserialize, Clone)]
-pub struct JoinGrant {
-    pub cluster_id: String,
-    pub node_id: NodeId,
-    pub credentials: NodeCredentials,
+pub(crate) struct JoinGrant {
+    pub(crate) cluster_id: String,
+    pub(crate) node_id: NodeId,
+    pub(crate) credentials: NodeCredentials,
     /// The cluster CA key, so that every member can issue certificates to later joiners.
-    pub ca_key_pem: String,
+    pub(crate) ca_key_pem: String,
     /// The join secret, so that every member can check later joiners' tokens.
-    pub join_secret: Vec<u8>,
+    pub(crate) join_secret: Vec<u8>,
     /// Opaque application data from the [`super::JoinAdmitter`] (e.g. the member list).
-    pub app: Vec<u8>,
+    pub(crate) app: Vec<u8>,
 }
 
 impl std::fmt::Debug for JoinGrant {

@@ -22,29 +22,29 @@ const JOIN_DRAIN_MS: u64 = 200;
 
 /// What a member needs to admit joiners.
 #[derive(Clone)]
-pub struct JoinConfig {
-    pub admitter: Arc<dyn JoinAdmitter>,
+pub(crate) struct JoinConfig {
+    pub(crate) admitter: Arc<dyn JoinAdmitter>,
     /// Issues the joiners' certificates.
-    pub ca: Arc<ClusterCa>,
+    pub(crate) ca: Arc<ClusterCa>,
     /// The secret joiners must present (from the [`JoinToken`]); replaced when the cluster
     /// rotates it.
-    pub secret: Arc<JoinSecret>,
+    pub(crate) secret: Arc<JoinSecret>,
 }
 
 /// The current join secret, shared by the transport (which checks joiners against it) and the
 /// node (which replaces it when the cluster rotates its join token).
-pub struct JoinSecret(parking_lot::RwLock<[u8; 32]>);
+pub(crate) struct JoinSecret(parking_lot::RwLock<[u8; 32]>);
 
 impl JoinSecret {
-    pub fn new(secret: [u8; 32]) -> Self {
+    pub(crate) fn new(secret: [u8; 32]) -> Self {
         Self(parking_lot::RwLock::new(secret))
     }
 
-    pub fn get(&self) -> [u8; 32] {
+    pub(crate) fn get(&self) -> [u8; 32] {
         *self.0.read()
     }
 
-    pub fn set(&self, secret: [u8; 32]) {
+    pub(crate) fn set(&self, secret: [u8; 32]) {
         *self.0.write() = secret;
     }
 }
@@ -56,8 +56,9 @@ impl std::fmt::Debug for JoinSecret {
 }
 
 impl JoinConfig {
+    #[cfg(test)]
     /// The configuration a freshly admitted node uses so that it, too, can admit joiners.
-    pub fn from_grant(
+    pub(crate) fn from_grant(
         grant: &JoinGrant,
         admitter: Arc<dyn JoinAdmitter>,
     ) -> Result<Self, TransportError> {
@@ -101,7 +102,7 @@ pub(crate) async fn admit(config: &JoinConfig, req: JoinRequest) -> Result<JoinG
 
 /// Joins the cluster reachable at `seed_addr` (`host:port`) with `token`, announcing the
 /// addresses the new node will serve on. The whole exchange is bounded by `timeout`.
-pub async fn join(
+pub(crate) async fn join(
     seed_addr: &str,
     token: &JoinToken,
     peer_addr: String,

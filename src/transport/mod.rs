@@ -15,30 +15,31 @@
 //! - [`fault`]: fault injection for tests.
 
 mod client;
-pub mod endpoint;
-pub mod error;
-pub mod fault;
-pub mod frame;
-pub mod handler;
-pub mod join;
+pub(crate) mod endpoint;
+pub(crate) mod error;
+pub(crate) mod fault;
+pub(crate) mod frame;
+pub(crate) mod handler;
+pub(crate) mod join;
 mod peers;
 mod server;
-pub mod tls;
-pub mod tls_config;
-pub mod token;
+pub(crate) mod tls;
+pub(crate) mod tls_config;
+pub(crate) mod token;
 
 #[cfg(test)]
 mod tests;
 
 // A node is named in its certificate as `node-<id>`; frames carry the group id so that one
 // connection serves all groups.
-pub use crate::ids::{GroupId, NodeId};
+pub(crate) use crate::ids::{GroupId, NodeId};
 
-pub use endpoint::{Inbound, PeerRevoked, Transport, TransportConfig};
-pub use error::TransportError;
-pub use fault::Faults;
-pub use frame::{FrameHeader, JoinGrant, JoinRequest, FRAME_BYTES_MAX};
-pub use handler::{Handler, JoinAdmitter};
-pub use join::{join, JoinConfig, JoinSecret};
-pub use tls::{ClusterCa, NodeCredentials};
-pub use token::JoinToken;
+pub(crate) use endpoint::{Inbound, PeerRevoked, Transport, TransportConfig};
+pub(crate) use error::TransportError;
+#[cfg(test)]
+pub(crate) use frame::FRAME_BYTES_MAX;
+pub(crate) use frame::{FrameHeader, JoinGrant, JoinRequest};
+pub(crate) use handler::{Handler, JoinAdmitter};
+pub(crate) use join::{join, JoinConfig, JoinSecret};
+pub(crate) use tls::{ClusterCa, NodeCredentials};
+pub(crate) use token::JoinToken;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::{NodeId, TransportError};
 
 /// How long a failed dial is remembered before the peer is dialed again.
-pub const RECONNECT_BACKOFF_MS: u64 = 300;
+pub(crate) const RECONNECT_BACKOFF_MS: u64 = 300;
 
 #[derive(Default)]
 struct Slot {

@@ -19,9 +19,9 @@ use super::{NodeId, TransportError};
 
 /// The TLS server name every node presents and every client verifies: node identity is
 /// carried by the `node-<id>` SAN, not by addresses (which change).
-pub const SERVER_NAME: &str = "chatnode";
+pub(crate) const SERVER_NAME: &str = "chatnode";
 /// QUIC requires ALPN; a version in it lets a future wire format coexist with this one.
-pub const ALPN: &[u8] = b"chatnode/1";
+pub(crate) const ALPN: &[u8] = b"chatnode/1";
 /// Prefix of the per-node DNS SAN; the remainder is the decimal node id.
 const NODE_NAME_PREFIX: &str = "node-";
 
@@ -34,12 +34,12 @@ const CA_CERT_VALIDITY_SECS: u64 = 50 * 366 * SECS_PER_DAY;
 const CLOCK_SKEW_ALLOWANCE_SECS: u64 = SECS_PER_DAY;
 
 /// SHA-256 of a DER certificate (the join token pins the CA by this).
-pub fn sha256(der: &[u8]) -> [u8; 32] {
+pub(crate) fn sha256(der: &[u8]) -> [u8; 32] {
     Sha256::digest(der).into()
 }
 
 /// The cluster's certificate authority (certificate + signing key).
-pub struct ClusterCa {
+pub(crate) struct ClusterCa {
     cluster_id: String,
     cert_pem: String,
     key_pem: String,
@@ -59,7 +59,7 @@ impl std::fmt::Debug for ClusterCa {
 
 impl ClusterCa {
     /// Creates a fresh self-signed CA for `cluster_id`.
-    pub fn generate(cluster_id: &str) -> Result<Self, TransportError> {
+    pub(crate) fn generate(cluster_id: &str) -> Result<Self, TransportError> {
         let key = KeyPair::generate().map_err(tls_err)?;
         let params = ca_params(cluster_id)?;
         let cert = params.self_signed(&key).map_err(tls_err)?;
@@ -78,7 +78,7 @@ impl ClusterCa {
     /// its x509-parser feature), so a probe certificate is issued and verified against
     /// `cert_pem`: a wrong cluster id or a key that does not belong to the certificate is
     /// caught here instead of producing certificates nobody accepts.
-    pub fn from_pem(
+    pub(crate) fn from_pem(
         cluster_id: &str,
         cert_pem: &str,
         key_pem: &str,
@@ -101,30 +101,27 @@ impl ClusterCa {
         Ok(ca)
     }
 
-    pub fn cluster_id(&self) -> &str {
+    pub(crate) fn cluster_id(&self) -> &str {
         &self.cluster_id
     }
 
-    pub fn cert_pem(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
 
     /// The CA private key (PKCS#8 PEM). Secret: whoever holds it can mint node identities.
-    pub fn key_pem(&self) -> &str {
+    pub(crate) fn key_pem(&self) -> &str {
         &self.key_pem
     }
 
-    pub fn cert_der(&self) -> &CertificateDer<'static> {
-        &self.cert_der
-    }
-
     /// SHA-256 of the CA certificate DER; joiners pin the cluster by it.
-    pub fn fingerprint(&self) -> [u8; 32] {
+    pub(crate) fn fingerprint(&self) -> [u8; 32] {
         sha256(&self.cert_der)
     }
 
     /// Issues a leaf certificate for `node_id`, usable as TLS server and client.
-    pub fn issue_node(&self, node_id: NodeId) -> Result<NodeCredentials, TransportError> {
+    pub(crate) fn issue_node(&self, node_id: NodeId) -> Result<NodeCredentials, TransportError> {
         let key = KeyPair::generate().map_err(tls_err)?;
         let mut params = CertificateParams::new(vec![
             SERVER_NAME.to_string(),
@@ -187,11 +184,11 @@ fn set_validity(params: &mut CertificateParams, secs: u64) -> Result<(), Transpo
 
 /// A node's identity: its certificate and key plus the cluster CA certificate.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct NodeCredentials {
-    pub node_id: NodeId,
-    pub ca_cert_pem: String,
-    pub cert_pem: String,
-    pub key_pem: String,
+pub(crate) struct NodeCredentials {
+    pub(crate) node_id: NodeId,
+    pub(crate) ca_cert_pem: String,
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
 }
 
 impl std::fmt::Debug for NodeCredentials {
@@ -204,33 +201,33 @@ impl std::fmt::Debug for NodeCredentials {
 }
 
 impl NodeCredentials {
-    pub fn leaf_der(&self) -> Result<CertificateDer<'static>, TransportError> {
+    pub(crate) fn leaf_der(&self) -> Result<CertificateDer<'static>, TransportError> {
         CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).map_err(tls_err)
     }
 
-    pub fn ca_der(&self) -> Result<CertificateDer<'static>, TransportError> {
+    pub(crate) fn ca_der(&self) -> Result<CertificateDer<'static>, TransportError> {
         CertificateDer::from_pem_slice(self.ca_cert_pem.as_bytes()).map_err(tls_err)
     }
 
     /// The chain we present: leaf then CA. Sending the CA lets a joiner, which only knows the
     /// CA fingerprint, find and pin it.
-    pub fn cert_chain(&self) -> Result<Vec<CertificateDer<'static>>, TransportError> {
+    pub(crate) fn cert_chain(&self) -> Result<Vec<CertificateDer<'static>>, TransportError> {
         Ok(vec![self.leaf_der()?, self.ca_der()?])
     }
 
-    pub fn private_key(&self) -> Result<PrivateKeyDer<'static>, TransportError> {
+    pub(crate) fn private_key(&self) -> Result<PrivateKeyDer<'static>, TransportError> {
         PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(tls_err)
     }
 
     /// SHA-256 of the CA certificate these credentials chain to.
-    pub fn ca_fingerprint(&self) -> Result<[u8; 32], TransportError> {
+    pub(crate) fn ca_fingerprint(&self) -> Result<[u8; 32], TransportError> {
         Ok(sha256(&self.ca_der()?))
     }
 }
 
 /// The node id a certificate names in its `node-<id>` DNS SAN, if any. Only meaningful for a
 /// certificate that already verified against the cluster CA.
-pub fn node_id_of_cert(der: &CertificateDer<'_>) -> Option<NodeId> {
+pub(crate) fn node_id_of_cert(der: &CertificateDer<'_>) -> Option<NodeId> {
     let cert = webpki::EndEntityCert::try_from(der).ok()?;
     let id = cert
         .valid_dns_names()

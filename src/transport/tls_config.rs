@@ -18,11 +18,11 @@ use super::TransportError;
 
 /// Streams a peer may have open towards us at once; also bounds concurrent handler tasks per
 /// connection.
-pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// Keep-alives keep idle peer connections open and let a dead peer be noticed...
-pub const KEEP_ALIVE_MS: u64 = 1_000;
+pub(crate) const KEEP_ALIVE_MS: u64 = 1_000;
 /// ...within this long, after which its connection is dropped and redialed on demand.
-pub const IDLE_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const IDLE_TIMEOUT_MS: u64 = 5_000;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -37,7 +37,9 @@ fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, TransportEr
 /// Server side: present `[leaf, CA]`; verify client certificates against the CA but also let
 /// certificate-less clients in (joiners). A client presenting a certificate that does not
 /// chain to the CA fails the handshake.
-pub fn server_config(creds: &NodeCredentials) -> Result<rustls::ServerConfig, TransportError> {
+pub(crate) fn server_config(
+    creds: &NodeCredentials,
+) -> Result<rustls::ServerConfig, TransportError> {
     let provider = provider();
     let verifier =
         WebPkiClientVerifier::builder_with_provider(roots(&creds.ca_der()?)?, provider.clone())
@@ -55,7 +57,9 @@ pub fn server_config(creds: &NodeCredentials) -> Result<rustls::ServerConfig, Tr
 }
 
 /// Member client side (mTLS): trust only the cluster CA, present our own certificate.
-pub fn client_config(creds: &NodeCredentials) -> Result<rustls::ClientConfig, TransportError> {
+pub(crate) fn client_config(
+    creds: &NodeCredentials,
+) -> Result<rustls::ClientConfig, TransportError> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
@@ -68,7 +72,7 @@ pub fn client_config(creds: &NodeCredentials) -> Result<rustls::ClientConfig, Tr
 
 /// Joiner client side: no client certificate; the server is accepted only if the CA it sends
 /// hashes to `ca_fingerprint` and its leaf verifies against that CA.
-pub fn join_client_config(
+pub(crate) fn join_client_config(
     ca_fingerprint: [u8; 32],
 ) -> Result<rustls::ClientConfig, TransportError> {
     let provider = provider();

@@ -19,26 +19,20 @@ const FINGERPRINT_BYTES: usize = 32;
 
 /// An invitation to join a cluster.
 #[derive(Clone, PartialEq, Eq)]
-pub struct JoinToken {
-    pub secret: [u8; SECRET_BYTES],
-    pub ca_fingerprint: [u8; FINGERPRINT_BYTES],
+pub(crate) struct JoinToken {
+    pub(crate) secret: [u8; SECRET_BYTES],
+    pub(crate) ca_fingerprint: [u8; FINGERPRINT_BYTES],
 }
 
 impl JoinToken {
     /// A token with a fresh random secret for the cluster of `ca`.
-    pub fn generate(ca: &ClusterCa) -> Self {
+    pub(crate) fn generate(ca: &ClusterCa) -> Self {
         let mut secret = [0u8; SECRET_BYTES];
         rand::rngs::OsRng.fill_bytes(&mut secret);
         Self {
             secret,
             ca_fingerprint: ca.fingerprint(),
         }
-    }
-
-    /// Whether `candidate` equals the secret, in time independent of where they differ (so a
-    /// remote guesser learns nothing from response timing).
-    pub fn secret_matches(&self, candidate: &[u8]) -> bool {
-        constant_time_eq(&self.secret, candidate)
     }
 }
 

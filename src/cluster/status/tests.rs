@@ -37,17 +37,8 @@ fn unknown_group_state_is_refused() {
 #[test]
 fn from_openraft_server_state() {
     assert_eq!(group_state(ServerState::Leader), GroupState::Leader);
-    assert_eq!(
-        group_state(ServerState::Follower),
-        GroupState::Follower
-    );
-    assert_eq!(
-        group_state(ServerState::Candidate),
-        GroupState::Candidate
-    );
+    assert_eq!(group_state(ServerState::Follower), GroupState::Follower);
+    assert_eq!(group_state(ServerState::Candidate), GroupState::Candidate);
     assert_eq!(group_state(ServerState::Learner), GroupState::Learner);
-    assert_eq!(
-        group_state(ServerState::Shutdown),
-        GroupState::Shutdown
-    );
+    assert_eq!(group_state(ServerState::Shutdown), GroupState::Shutdown);
 }
