@@ -13,7 +13,9 @@ use super::handlers::Session;
 use super::{now_ms, Gateway};
 use crate::delivery::hub::OutFrame;
 use crate::delivery::out_queue::{out_queue, OutQueue, OutReceiver, SendError};
-use crate::protocol::{decode_client_frame, ClientFrame, ErrorCode, ProtocolError, ServerFrame};
+use crate::protocol::{
+    decode_client_frame, ClientFrame, ErrorCode, ProtocolError, RequestId, ServerFrame,
+};
 use crate::shard::command::ShardOp;
 
 /// The first frame must be `auth`, within this long.
@@ -157,6 +159,9 @@ fn read_error(e: axum::Error) -> Option<(ProtocolError, bool)> {
     }
 }
 
+/// Waits (at most `AUTH_TIMEOUT_MS`) for an `auth` frame whose token holds and registers the
+/// connection; a refusal the client may retry is answered and the next frame awaited.
+/// `None` closes the socket.
 async fn authenticate(
     gw: &Arc<Gateway>,
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
@@ -164,83 +169,112 @@ async fn authenticate(
 ) -> Option<(Session, super::auth::AccessClaims)> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(AUTH_TIMEOUT_MS);
     loop {
-        let mut heard = tokio::time::Instant::now();
-        let text = match tokio::time::timeout_at(deadline, next_text(stream, &mut heard)).await {
-            Err(_) | Ok(None) => return None,
-            Ok(Some(Err((e, _)))) => {
-                gw.metrics.error(e.code);
-                queue(tx, &ServerFrame::error(None, e));
-                return None;
-            }
-            Ok(Some(Ok(t))) => t,
-        };
-        let decoded = decode_client_frame(&text, &gw.text_limits);
-        let id = decoded.id;
-        let (token, device_id) = match decoded.frame {
-            Ok(ClientFrame::Auth { token, device_id }) => (token, device_id),
-            Ok(_) => {
-                let e = ProtocolError::unauthorized("the first frame must be auth");
-                gw.metrics.error(e.code);
-                queue(tx, &ServerFrame::error(id, e));
-                return None;
-            }
-            Err(e) => {
-                // The first frame must be a valid `auth`: anything else closes the socket.
-                gw.metrics.error(e.code);
-                queue(tx, &ServerFrame::error(id, e));
-                return None;
-            }
-        };
-        // accounts: signature, expiry, and the user's token epoch and session.
-        let claims = match super::accounts::verify_ws_token(gw, &token).await {
-            Ok(c) => {
-                if c.external {
-                    if let Err(e) = ensure_external_user(gw, &c.user_id).await {
-                        gw.metrics.error(e.code);
-                        queue(tx, &ServerFrame::error(id, e));
-                        continue;
-                    }
+        let (id, token, device_id) = read_auth_frame(gw, stream, tx, deadline).await?;
+        let claims = match verify_auth_token(gw, &token).await {
+            Ok(c) => c,
+            Err((e, close)) => {
+                answer_error(gw, tx, id, e);
+                if close {
+                    return None;
                 }
-                c
-            }
-            Err(e) if e.code != ErrorCode::Unauthorized => {
-                // The session could not be read (unavailable): the client may retry.
-                gw.metrics.error(e.code);
-                queue(tx, &ServerFrame::error(id, e));
                 continue;
             }
-            Err(e) => {
-                gw.metrics.error(e.code);
-                queue(tx, &ServerFrame::error(id, e));
-                return None;
-            }
         };
-        let user_id = claims.user_id.clone();
-        let auth_ok = ServerFrame::AuthOk {
-            id: id.clone(),
-            user_id: user_id.clone(),
-            device_id: device_id.clone(),
-        };
-        match gw
-            .hub
-            .register(&user_id, &device_id, tx.clone(), &auth_ok, now_ms())
-        {
-            Ok(handle) => {
-                let session = Session {
-                    user_id,
-                    device_id,
-                    conn_id: handle.id,
-                    tx: tx.clone(),
-                    kill: handle.kill,
-                };
-                return Some((session, claims));
-            }
-            Err(e) => {
-                let e = ProtocolError::rate_limited(e.to_string(), 1_000);
-                gw.metrics.error(e.code);
-                queue(tx, &ServerFrame::error(id, e));
-            }
+        match register_session(gw, tx, id.clone(), claims.user_id.clone(), device_id) {
+            Ok(session) => return Some((session, claims)),
+            Err(e) => answer_error(gw, tx, id, e),
         }
+    }
+}
+
+/// Counts `e` and queues it (without waiting) as the answer to request `id`.
+fn answer_error(gw: &Gateway, tx: &OutQueue, id: Option<RequestId>, e: ProtocolError) {
+    gw.metrics.error(e.code);
+    queue(tx, &ServerFrame::error(id, e));
+}
+
+/// Reads the next frame before `deadline`: its id, token and device id when it is an `auth`;
+/// `None` (after answering what was wrong, if anything was read) ends the connection.
+async fn read_auth_frame(
+    gw: &Gateway,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    tx: &OutQueue,
+    deadline: tokio::time::Instant,
+) -> Option<(Option<RequestId>, String, String)> {
+    let mut heard = tokio::time::Instant::now();
+    let text = match tokio::time::timeout_at(deadline, next_text(stream, &mut heard)).await {
+        Err(_) | Ok(None) => return None,
+        Ok(Some(Err((e, _)))) => {
+            answer_error(gw, tx, None, e);
+            return None;
+        }
+        Ok(Some(Ok(t))) => t,
+    };
+    let decoded = decode_client_frame(&text, &gw.text_limits);
+    let id = decoded.id;
+    match decoded.frame {
+        Ok(ClientFrame::Auth { token, device_id }) => Some((id, token, device_id)),
+        Ok(_) => {
+            let e = ProtocolError::unauthorized("the first frame must be auth");
+            answer_error(gw, tx, id, e);
+            None
+        }
+        Err(e) => {
+            // The first frame must be a valid `auth`: anything else closes the socket.
+            answer_error(gw, tx, id, e);
+            None
+        }
+    }
+}
+
+/// The claims of an `auth` frame's token (an external issuer's user gets its record here);
+/// `Err` carries the error to answer and whether to close (`false`: the client may retry).
+async fn verify_auth_token(
+    gw: &Gateway,
+    token: &str,
+) -> Result<super::auth::AccessClaims, (ProtocolError, bool)> {
+    // accounts: signature, expiry, and the user's token epoch and session.
+    match super::accounts::verify_ws_token(gw, token).await {
+        Ok(c) => {
+            if c.external {
+                if let Err(e) = ensure_external_user(gw, &c.user_id).await {
+                    return Err((e, false));
+                }
+            }
+            Ok(c)
+        }
+        // The session could not be read (unavailable): the client may retry.
+        Err(e) if e.code != ErrorCode::Unauthorized => Err((e, false)),
+        Err(e) => Err((e, true)),
+    }
+}
+
+/// Registers the connection with the hub, which queues `auth_ok` before any push; a user
+/// with too many devices connected is refused (the client may retry).
+fn register_session(
+    gw: &Gateway,
+    tx: &OutQueue,
+    id: Option<RequestId>,
+    user_id: String,
+    device_id: String,
+) -> Result<Session, ProtocolError> {
+    let auth_ok = ServerFrame::AuthOk {
+        id,
+        user_id: user_id.clone(),
+        device_id: device_id.clone(),
+    };
+    match gw
+        .hub
+        .register(&user_id, &device_id, tx.clone(), &auth_ok, now_ms())
+    {
+        Ok(handle) => Ok(Session {
+            user_id,
+            device_id,
+            conn_id: handle.id,
+            tx: tx.clone(),
+            kill: handle.kill,
+        }),
+        Err(e) => Err(ProtocolError::rate_limited(e.to_string(), 1_000)),
     }
 }
 
@@ -267,9 +301,7 @@ async fn serve(
     claims: &super::auth::AccessClaims,
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
 ) {
-    // accounts: the token's expiry and session are checked again this often.
-    let mut token_check = tokio::time::interval(gw.accounts.session_check_interval);
-    token_check.tick().await;
+    let mut liveness = Liveness::start(gw).await;
     let in_flight = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_PER_CONN_MAX));
     let large_in_flight = Arc::new(Semaphore::new(LARGE_REPLIES_IN_FLIGHT_PER_CONN_MAX));
     let session = Arc::new(Session {
@@ -279,40 +311,11 @@ async fn serve(
         tx: session.tx.clone(),
         kill: session.kill.clone(),
     });
-    let mut last_heard = tokio::time::Instant::now();
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
-    heartbeat.tick().await;
     loop {
-        let next = tokio::select! {
-            next = next_text(stream, &mut last_heard) => next,
-            _ = session.kill.notified() => {
-                tracing::debug!(user = %session.user_id, "connection killed (replaced or too slow)");
-                return;
-            }
-            _ = heartbeat.tick() => {
-                if last_heard.elapsed() > Duration::from_millis(HEARTBEAT_TIMEOUT_MS) {
-                    tracing::debug!(user = %session.user_id, "connection silent past its heartbeat");
-                    return;
-                }
-                let _ = session.tx.try_send(OutFrame::Ping);
-                continue;
-            }
-            _ = token_check.tick() => {
-                if let Err(e) = super::accounts::recheck_ws_token(gw, claims).await {
-                    // Tells the client to refresh (or log in) before the socket closes.
-                    tracing::debug!(user = %session.user_id, reason = %e.message, "closing: token no longer valid");
-                    gw.metrics.error(e.code);
-                    queue(&session.tx, &ServerFrame::error(None, e));
-                    return;
-                }
-                continue;
-            }
-        };
-        let text = match next {
+        let text = match next_live_text(gw, &session, claims, stream, &mut liveness).await {
             None => return,
             Some(Err((e, close))) => {
-                gw.metrics.error(e.code);
-                if !queue_reply(&session, &ServerFrame::error(None, e)).await || close {
+                if !answer_bad_frame(gw, &session, None, e, close).await {
                     return;
                 }
                 continue;
@@ -324,70 +327,175 @@ async fn serve(
         let frame = match decoded.frame {
             Ok(f) => f,
             Err(e) => {
-                gw.metrics.error(e.code);
                 let close =
                     e.code == ErrorCode::TooLarge && text.len() > gw.text_limits.max_frame_bytes;
-                if !queue_reply(&session, &ServerFrame::error(id, e)).await || close {
+                if !answer_bad_frame(gw, &session, id, e, close).await {
                     return;
                 }
                 continue;
             }
         };
-        gw.metrics
-            .requests
-            .get_or_create(&crate::metrics::TypeLabel {
-                r#type: frame_type(&frame),
-            })
-            .inc();
-        let permit = tokio::select! {
-            permit = in_flight.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = session.kill.notified() => return,
+        count_request(gw, &frame);
+        let Some(permits) = acquire_permits(&session, &in_flight, &large_in_flight, &frame).await
+        else {
+            return;
         };
-        // Taken here, so that a client flooding large requests waits on its own socket.
-        let large_permit = if has_large_reply(&frame) {
-            tokio::select! {
-                permit = large_in_flight.clone().acquire_owned() => match permit {
-                    Ok(p) => Some(p),
-                    Err(_) => return,
-                },
-                _ = session.kill.notified() => return,
+        spawn_request(gw.clone(), session.clone(), id, frame, permits);
+    }
+}
+
+/// What keeps an authenticated connection alive: when anything was last heard from the
+/// client, the heartbeat that pings it, and the periodic recheck of its token.
+struct Liveness {
+    last_heard: tokio::time::Instant,
+    heartbeat: tokio::time::Interval,
+    token_check: tokio::time::Interval,
+}
+
+impl Liveness {
+    /// Both timers, their immediate first tick already taken.
+    async fn start(gw: &Gateway) -> Liveness {
+        // accounts: the token's expiry and session are checked again this often.
+        let mut token_check = tokio::time::interval(gw.accounts.session_check_interval);
+        token_check.tick().await;
+        let last_heard = tokio::time::Instant::now();
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
+        heartbeat.tick().await;
+        Liveness {
+            last_heard,
+            heartbeat,
+            token_check,
+        }
+    }
+}
+
+/// Reads the next text frame (as `next_text`) while pinging an idle client and rechecking
+/// its token; `None` ends the connection: closed, killed, silent past its heartbeat, or
+/// its token no longer valid (the client is told first).
+async fn next_live_text(
+    gw: &Gateway,
+    session: &Session,
+    claims: &super::auth::AccessClaims,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    live: &mut Liveness,
+) -> Option<Result<String, (ProtocolError, bool)>> {
+    loop {
+        tokio::select! {
+            next = next_text(stream, &mut live.last_heard) => return next,
+            _ = session.kill.notified() => {
+                tracing::debug!(user = %session.user_id, "connection killed (replaced or too slow)");
+                return None;
             }
-        } else {
-            None
-        };
-        let gw = gw.clone();
-        let session = session.clone();
-        let trace_id = format!("{:016x}", rand::random::<u64>());
-        let span = tracing::info_span!("request", trace_id = %trace_id, user = %session.user_id);
-        // The trace id also travels in every frame this request sends to other nodes.
-        tokio::spawn(crate::cluster::trace::scope(
-            trace_id,
-            async move {
-                let _permit = permit;
-                // Held until the reply is queued.
-                let _large_permit = large_permit;
-                let frames = match gw.handle(&session, id.clone(), frame).await {
-                    Ok(frames) => frames,
-                    Err(e) => {
-                        gw.metrics.error(e.code);
-                        if e.code == ErrorCode::Internal {
-                            tracing::error!(error = %e.message, "internal error");
-                        }
-                        vec![ServerFrame::error(id, e)]
-                    }
-                };
-                for f in &frames {
-                    if !queue_reply(&session, f).await {
-                        return;
-                    }
+            _ = live.heartbeat.tick() => {
+                if live.last_heard.elapsed() > Duration::from_millis(HEARTBEAT_TIMEOUT_MS) {
+                    tracing::debug!(user = %session.user_id, "connection silent past its heartbeat");
+                    return None;
+                }
+                let _ = session.tx.try_send(OutFrame::Ping);
+            }
+            _ = live.token_check.tick() => {
+                if let Err(e) = super::accounts::recheck_ws_token(gw, claims).await {
+                    // Tells the client to refresh (or log in) before the socket closes.
+                    tracing::debug!(user = %session.user_id, reason = %e.message, "closing: token no longer valid");
+                    gw.metrics.error(e.code);
+                    queue(&session.tx, &ServerFrame::error(None, e));
+                    return None;
                 }
             }
-            .instrument(span),
-        ));
+        }
     }
+}
+
+/// Answers a frame that could not be read or decoded; `false` when the connection ends:
+/// the answer could not be queued, or `close`.
+async fn answer_bad_frame(
+    gw: &Gateway,
+    session: &Session,
+    id: Option<RequestId>,
+    e: ProtocolError,
+    close: bool,
+) -> bool {
+    gw.metrics.error(e.code);
+    queue_reply(session, &ServerFrame::error(id, e)).await && !close
+}
+
+/// Counts the request in the `requests` metric, by type.
+fn count_request(gw: &Gateway, frame: &ClientFrame) {
+    gw.metrics
+        .requests
+        .get_or_create(&crate::metrics::TypeLabel {
+            r#type: frame_type(frame),
+        })
+        .inc();
+}
+
+/// A request's slot among the connection's requests in flight, plus a large-reply slot
+/// when its reply may be large; waits for them, `None` when the connection is killed.
+async fn acquire_permits(
+    session: &Session,
+    in_flight: &Arc<Semaphore>,
+    large_in_flight: &Arc<Semaphore>,
+    frame: &ClientFrame,
+) -> Option<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)> {
+    let permit = tokio::select! {
+        permit = in_flight.clone().acquire_owned() => match permit {
+            Ok(p) => p,
+            Err(_) => return None,
+        },
+        _ = session.kill.notified() => return None,
+    };
+    // Taken here, so that a client flooding large requests waits on its own socket.
+    let large_permit = if has_large_reply(frame) {
+        tokio::select! {
+            permit = large_in_flight.clone().acquire_owned() => match permit {
+                Ok(p) => Some(p),
+                Err(_) => return None,
+            },
+            _ = session.kill.notified() => return None,
+        }
+    } else {
+        None
+    };
+    Some((permit, large_permit))
+}
+
+/// Handles one request on a task of its own, under a new trace id, and queues its replies
+/// (or its error); `permits` are held until then.
+fn spawn_request(
+    gw: Arc<Gateway>,
+    session: Arc<Session>,
+    id: Option<RequestId>,
+    frame: ClientFrame,
+    permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+) {
+    let (permit, large_permit) = permits;
+    let trace_id = format!("{:016x}", rand::random::<u64>());
+    let span = tracing::info_span!("request", trace_id = %trace_id, user = %session.user_id);
+    // The trace id also travels in every frame this request sends to other nodes.
+    tokio::spawn(crate::cluster::trace::scope(
+        trace_id,
+        async move {
+            let _permit = permit;
+            // Held until the reply is queued.
+            let _large_permit = large_permit;
+            let frames = match gw.handle(&session, id.clone(), frame).await {
+                Ok(frames) => frames,
+                Err(e) => {
+                    gw.metrics.error(e.code);
+                    if e.code == ErrorCode::Internal {
+                        tracing::error!(error = %e.message, "internal error");
+                    }
+                    vec![ServerFrame::error(id, e)]
+                }
+            };
+            for f in &frames {
+                if !queue_reply(&session, f).await {
+                    return;
+                }
+            }
+        }
+        .instrument(span),
+    ));
 }
 
 /// Requests whose reply may be up to `REPLY_BYTES_MAX` (the others answer a few hundred bytes).
