@@ -105,50 +105,83 @@ pub(crate) fn check_op(op: &ShardOp) -> Result<(), Rejection> {
 /// The commands of a conversation's shard (`check_op` picks them; the rest pass here).
 fn check_conversation_op(op: &ShardOp) -> Result<(), Rejection> {
     match op {
-        ShardOp::CreateConversation {
+        ShardOp::CreateConversation { .. } => check_create_conversation(op),
+        ShardOp::Send { .. } => check_send(op),
+        ShardOp::AddMembers { .. } | ShardOp::RemoveMember { .. } | ShardOp::SetRole { .. } => {
+            check_membership_op(op)
+        }
+        ShardOp::Receipt {
             conversation_id,
-            title,
-            creator,
-            members,
+            user_id,
             ..
         } => {
             id("conversation_id", conversation_id)?;
-            id("creator", creator)?;
-            ids("members", members)?;
-            match title {
-                Some(t) if title_error(t).is_some() => Err(bad(
-                    "title must be at most 200 characters without control characters",
-                )),
-                _ => Ok(()),
-            }
+            id("user_id", user_id)
         }
-        ShardOp::Send {
-            conversation_id,
-            sender,
-            sender_device,
-            client_msg_id,
-            kind,
-            body: b,
-            ref_seq,
-            msg_id,
-            ..
-        } => {
-            id("conversation_id", conversation_id)?;
-            id("sender", sender)?;
-            id("sender_device", sender_device)?;
-            id("msg_id", msg_id)?;
-            if !is_valid_client_msg_id(client_msg_id) {
-                return Err(bad(
-                    "client_msg_id must be 1..=64 characters of [A-Za-z0-9_-]",
-                ));
-            }
-            // Membership events are written by apply only, never sent.
-            match (kind, ref_seq) {
-                (MsgKind::Text, None) | (MsgKind::Edit | MsgKind::Delete, Some(_)) => {}
-                _ => return Err(bad("a send is a text, or an edit or delete of a seq")),
-            }
-            body(*kind, b)
-        }
+        _ => Ok(()),
+    }
+}
+
+/// A `CreateConversation` (`check_conversation_op` picks it; the rest pass here).
+fn check_create_conversation(op: &ShardOp) -> Result<(), Rejection> {
+    let ShardOp::CreateConversation {
+        conversation_id,
+        title,
+        creator,
+        members,
+        ..
+    } = op
+    else {
+        return Ok(());
+    };
+    id("conversation_id", conversation_id)?;
+    id("creator", creator)?;
+    ids("members", members)?;
+    match title {
+        Some(t) if title_error(t).is_some() => Err(bad(
+            "title must be at most 200 characters without control characters",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A `Send` (`check_conversation_op` picks it; the rest pass here).
+fn check_send(op: &ShardOp) -> Result<(), Rejection> {
+    let ShardOp::Send {
+        conversation_id,
+        sender,
+        sender_device,
+        client_msg_id,
+        kind,
+        body: b,
+        ref_seq,
+        msg_id,
+        ..
+    } = op
+    else {
+        return Ok(());
+    };
+    id("conversation_id", conversation_id)?;
+    id("sender", sender)?;
+    id("sender_device", sender_device)?;
+    id("msg_id", msg_id)?;
+    if !is_valid_client_msg_id(client_msg_id) {
+        return Err(bad(
+            "client_msg_id must be 1..=64 characters of [A-Za-z0-9_-]",
+        ));
+    }
+    // Membership events are written by apply only, never sent.
+    match (kind, ref_seq) {
+        (MsgKind::Text, None) | (MsgKind::Edit | MsgKind::Delete, Some(_)) => {}
+        _ => return Err(bad("a send is a text, or an edit or delete of a seq")),
+    }
+    body(*kind, b)
+}
+
+/// `AddMembers`, `RemoveMember` and `SetRole` (`check_conversation_op` picks them; the rest
+/// pass here).
+fn check_membership_op(op: &ShardOp) -> Result<(), Rejection> {
+    match op {
         ShardOp::AddMembers {
             conversation_id,
             actor,
@@ -184,14 +217,6 @@ fn check_conversation_op(op: &ShardOp) -> Result<(), Rejection> {
             id("actor_device", actor_device)?;
             id("user_id", user_id)?;
             id("msg_id", msg_id)
-        }
-        ShardOp::Receipt {
-            conversation_id,
-            user_id,
-            ..
-        } => {
-            id("conversation_id", conversation_id)?;
-            id("user_id", user_id)
         }
         _ => Ok(()),
     }
@@ -282,118 +307,167 @@ impl ShardOp {
     /// lists, plus a fixed allowance): what proposal and forwarding batches are cut by.
     pub(crate) fn size_estimate(&self) -> usize {
         const FIXED: usize = 64;
-        let list = |v: &[String]| v.iter().map(|s| s.len() + 2).sum::<usize>();
         FIXED
             + match self {
-                ShardOp::CreateConversation {
-                    conversation_id,
-                    title,
-                    creator,
-                    members,
-                    ..
-                } => {
-                    conversation_id.len()
-                        + title.as_ref().map_or(0, |t| t.len())
-                        + creator.len()
-                        + list(members)
-                }
-                ShardOp::Send {
-                    conversation_id,
-                    sender,
-                    sender_device,
-                    client_msg_id,
-                    body,
-                    msg_id,
-                    ..
-                } => {
-                    conversation_id.len()
-                        + sender.len()
-                        + sender_device.len()
-                        + client_msg_id.len()
-                        + body.len()
-                        + msg_id.len()
-                }
-                ShardOp::AddMembers {
-                    conversation_id,
-                    actor,
-                    actor_device,
-                    members,
-                    msg_id,
-                    ..
-                } => {
-                    conversation_id.len()
-                        + actor.len()
-                        + actor_device.len()
-                        + list(members)
-                        + msg_id.len()
-                }
-                ShardOp::RemoveMember {
-                    conversation_id,
-                    actor,
-                    actor_device,
-                    user_id,
-                    msg_id,
-                    ..
-                }
-                | ShardOp::SetRole {
-                    conversation_id,
-                    actor,
-                    actor_device,
-                    user_id,
-                    msg_id,
-                    ..
-                } => {
-                    conversation_id.len()
-                        + actor.len()
-                        + actor_device.len()
-                        + user_id.len()
-                        + msg_id.len()
-                }
-                ShardOp::Receipt {
-                    conversation_id,
-                    user_id,
-                    ..
-                } => conversation_id.len() + user_id.len(),
-                ShardOp::CreateUser {
-                    user_id,
-                    username,
-                    password_hash,
-                    ..
-                } => user_id.len() + username.len() + password_hash.len(),
-                ShardOp::ClaimUsername { username, user_id } => username.len() + user_id.len(),
-                ShardOp::CreateInvite { code, .. } => code.len(),
-                ShardOp::UseInvite { code, user_id, .. } => code.len() + user_id.len(),
-                ShardOp::CreateSession {
-                    user_id,
-                    session_id,
-                    ..
-                }
-                | ShardOp::RefreshSession {
-                    user_id,
-                    session_id,
-                    ..
-                }
-                | ShardOp::RevokeSession {
-                    user_id,
-                    session_id,
-                } => user_id.len() + session_id.len(),
-                ShardOp::RevokeAllSessions { user_id } => user_id.len(),
-                ShardOp::IndexUserConversationCapped {
-                    user_id,
-                    conversation_id,
-                    ..
-                }
-                | ShardOp::UnindexUserConversation {
-                    user_id,
-                    conversation_id,
-                } => user_id.len() + conversation_id.len(),
-                ShardOp::IndexUserConversation {
-                    user_id,
-                    conversation_id,
-                } => user_id.len() + conversation_id.len(),
-                ShardOp::OutboxDone { ids } => ids.len() * 8,
+                ShardOp::CreateConversation { .. }
+                | ShardOp::Send { .. }
+                | ShardOp::AddMembers { .. }
+                | ShardOp::RemoveMember { .. }
+                | ShardOp::SetRole { .. }
+                | ShardOp::Receipt { .. } => conversation_op_bytes(self),
+                ShardOp::CreateUser { .. }
+                | ShardOp::ClaimUsername { .. }
+                | ShardOp::IndexUserConversation { .. }
+                | ShardOp::IndexUserConversationCapped { .. }
+                | ShardOp::UnindexUserConversation { .. }
+                | ShardOp::OutboxDone { .. }
+                | ShardOp::CreateInvite { .. }
+                | ShardOp::UseInvite { .. }
+                | ShardOp::CreateSession { .. }
+                | ShardOp::RefreshSession { .. }
+                | ShardOp::RevokeSession { .. }
+                | ShardOp::RevokeAllSessions { .. } => user_op_bytes(self),
                 #[cfg(feature = "fault-injection")]
                 ShardOp::SendAtSeq { send, .. } => send.size_estimate(),
             }
+    }
+}
+
+/// The bytes of a list of ids as [`ShardOp::size_estimate`] counts them.
+fn list_bytes(v: &[String]) -> usize {
+    v.iter().map(|s| s.len() + 2).sum::<usize>()
+}
+
+/// The variable bytes of a conversation shard's command (`size_estimate` picks them; the
+/// rest count 0 here).
+fn conversation_op_bytes(op: &ShardOp) -> usize {
+    match op {
+        ShardOp::CreateConversation {
+            conversation_id,
+            title,
+            creator,
+            members,
+            ..
+        } => {
+            conversation_id.len()
+                + title.as_ref().map_or(0, |t| t.len())
+                + creator.len()
+                + list_bytes(members)
+        }
+        ShardOp::Send {
+            conversation_id,
+            sender,
+            sender_device,
+            client_msg_id,
+            body,
+            msg_id,
+            ..
+        } => {
+            conversation_id.len()
+                + sender.len()
+                + sender_device.len()
+                + client_msg_id.len()
+                + body.len()
+                + msg_id.len()
+        }
+        ShardOp::AddMembers { .. } | ShardOp::RemoveMember { .. } | ShardOp::SetRole { .. } => {
+            membership_op_bytes(op)
+        }
+        ShardOp::Receipt {
+            conversation_id,
+            user_id,
+            ..
+        } => conversation_id.len() + user_id.len(),
+        _ => 0,
+    }
+}
+
+/// The variable bytes of `AddMembers`, `RemoveMember` and `SetRole` (`conversation_op_bytes`
+/// picks them; the rest count 0 here).
+fn membership_op_bytes(op: &ShardOp) -> usize {
+    match op {
+        ShardOp::AddMembers {
+            conversation_id,
+            actor,
+            actor_device,
+            members,
+            msg_id,
+            ..
+        } => {
+            conversation_id.len()
+                + actor.len()
+                + actor_device.len()
+                + list_bytes(members)
+                + msg_id.len()
+        }
+        ShardOp::RemoveMember {
+            conversation_id,
+            actor,
+            actor_device,
+            user_id,
+            msg_id,
+            ..
+        }
+        | ShardOp::SetRole {
+            conversation_id,
+            actor,
+            actor_device,
+            user_id,
+            msg_id,
+            ..
+        } => {
+            conversation_id.len()
+                + actor.len()
+                + actor_device.len()
+                + user_id.len()
+                + msg_id.len()
+        }
+        _ => 0,
+    }
+}
+
+/// The variable bytes of a user's, a username's or an invite's shard's command, and of the
+/// outbox's (`size_estimate` picks them; the rest count 0 here).
+fn user_op_bytes(op: &ShardOp) -> usize {
+    match op {
+        ShardOp::CreateUser {
+            user_id,
+            username,
+            password_hash,
+            ..
+        } => user_id.len() + username.len() + password_hash.len(),
+        ShardOp::ClaimUsername { username, user_id } => username.len() + user_id.len(),
+        ShardOp::CreateInvite { code, .. } => code.len(),
+        ShardOp::UseInvite { code, user_id, .. } => code.len() + user_id.len(),
+        ShardOp::CreateSession {
+            user_id,
+            session_id,
+            ..
+        }
+        | ShardOp::RefreshSession {
+            user_id,
+            session_id,
+            ..
+        }
+        | ShardOp::RevokeSession {
+            user_id,
+            session_id,
+        } => user_id.len() + session_id.len(),
+        ShardOp::RevokeAllSessions { user_id } => user_id.len(),
+        ShardOp::IndexUserConversationCapped {
+            user_id,
+            conversation_id,
+            ..
+        }
+        | ShardOp::UnindexUserConversation {
+            user_id,
+            conversation_id,
+        } => user_id.len() + conversation_id.len(),
+        ShardOp::IndexUserConversation {
+            user_id,
+            conversation_id,
+        } => user_id.len() + conversation_id.len(),
+        ShardOp::OutboxDone { ids } => ids.len() * 8,
+        _ => 0,
     }
 }
