@@ -163,12 +163,7 @@ impl Controller {
             // voters leading, so hand leadership to a wanted voter first; that leader then
             // changes the membership.
             if let Some(to) = desired.iter().find(|n| voters.contains(n) && **n != me) {
-                let others: Vec<NodeId> = voters
-                    .iter()
-                    .copied()
-                    .filter(|n| *n != me && n != to)
-                    .collect();
-                self.cluster.transfer_leadership(g, *to, &others).await;
+                self.hand_leadership(g, *to, &voters).await;
                 return Ok(());
             }
         }
@@ -189,19 +184,7 @@ impl Controller {
         }
         // 2. Voters = wanted, once every wanted learner caught up.
         if voters != want {
-            let last = m.last_log_index.unwrap_or(0);
-            let matched = |n: &NodeId| {
-                m.replication
-                    .as_ref()
-                    .and_then(|r| r.get(n).cloned().flatten())
-                    .map(|l| l.index)
-                    .unwrap_or(0)
-            };
-            let lagging = want
-                .iter()
-                .filter(|n| !voters.contains(n))
-                .any(|n| matched(n) + CATCHUP_LAG_MAX < last);
-            if lagging {
+            if !learners_caught_up(&m, &voters, &want) {
                 return Ok(());
             }
             tracing::info!(group = g.group, ?want, "replacing voters");
@@ -221,6 +204,35 @@ impl Controller {
         }
         // 4. Leadership balance: hand this group to its preferred leader when this node
         // leads more than its share.
+        self.balance_leadership(g, desired[0], &voters, meta, led_here, stepped_down)
+            .await;
+        Ok(())
+    }
+
+    /// Hands the leadership of `g` to `to`; the group's other voters stop campaigning
+    /// meanwhile (see `Cluster::transfer_leadership`).
+    async fn hand_leadership(&self, g: &GroupHandle, to: NodeId, voters: &BTreeSet<NodeId>) {
+        let me = self.cluster.node_id;
+        let others: Vec<NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|n| *n != me && *n != to)
+            .collect();
+        self.cluster.transfer_leadership(g, to, &others).await;
+    }
+
+    /// Step 4 of `reconcile`: hands `g` to its `preferred` leader (a voter) when this node
+    /// leads more than its share, at most once per group per [`STEP_DOWN_COOLDOWN_MS`].
+    async fn balance_leadership(
+        &self,
+        g: &GroupHandle,
+        preferred: NodeId,
+        voters: &BTreeSet<NodeId>,
+        meta: &MetaState,
+        led_here: usize,
+        stepped_down: &mut HashMap<GroupId, Instant>,
+    ) {
+        let me = self.cluster.node_id;
         let active = meta
             .nodes
             .values()
@@ -231,7 +243,6 @@ impl Controller {
         // More than the least fair share: hand over towards the preferred leaders, which the
         // placement spreads ±1 (a group led by its preferred leader never moves).
         let fair_share = groups / active;
-        let preferred = desired[0];
         let cooled = stepped_down
             .get(&g.group)
             .is_none_or(|t| t.elapsed() >= Duration::from_millis(STEP_DOWN_COOLDOWN_MS));
@@ -242,16 +253,8 @@ impl Controller {
                 to = preferred,
                 "transferring leadership for balance"
             );
-            let others: Vec<NodeId> = voters
-                .iter()
-                .copied()
-                .filter(|n| *n != me && *n != preferred)
-                .collect();
-            self.cluster
-                .transfer_leadership(g, preferred, &others)
-                .await;
+            self.hand_leadership(g, preferred, voters).await;
         }
-        Ok(())
     }
 
     /// Drains this node: marks it leaving, waits until no group holds a replica here, then
@@ -315,4 +318,26 @@ async fn bounded<T, E: std::fmt::Display>(
         Ok(Err(e)) => Err(format!("{what}: {e}")),
         Err(_) => Err(format!("{what} timed out")),
     }
+}
+
+/// Whether every wanted node that is not a voter yet is within [`CATCHUP_LAG_MAX`] entries
+/// of the leader's log, as the leader's replication metrics show.
+fn learners_caught_up(
+    m: &openraft::RaftMetrics<NodeId, BasicNode>,
+    voters: &BTreeSet<NodeId>,
+    want: &BTreeSet<NodeId>,
+) -> bool {
+    let last = m.last_log_index.unwrap_or(0);
+    let matched = |n: &NodeId| {
+        m.replication
+            .as_ref()
+            .and_then(|r| r.get(n).cloned().flatten())
+            .map(|l| l.index)
+            .unwrap_or(0)
+    };
+    let lagging = want
+        .iter()
+        .filter(|n| !voters.contains(n))
+        .any(|n| matched(n) + CATCHUP_LAG_MAX < last);
+    !lagging
 }
