@@ -709,6 +709,80 @@ async fn start_shard_groups(
     Ok((shard_map, Arc::new(LocalGroups::new(groups))))
 }
 
+/// The client port's certificate, when the config names one (`[tls]`).
+fn load_client_tls(config: &Config) -> Result<Option<Arc<ReloadableCert>>, NodeError> {
+    Ok(match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert), Some(key)) => Some(ReloadableCert::load(cert, key)?),
+        _ => None,
+    })
+}
+
+/// This node's identity and running groups, and the secrets it starts with.
+struct StartedGroups {
+    identity: Identity,
+    shard_map: Arc<ShardMap>,
+    local: Arc<LocalGroups>,
+    secrets: Arc<LocalSecrets>,
+    /// The stored join secret, when this node created the cluster before the secrets were
+    /// replicated (see [`admit_creator`]).
+    secrets_missing: Option<[u8; 32]>,
+}
+
+/// Starts the meta group (creating the cluster through it when there is no `identity` yet),
+/// then the shard groups; publishes the starting meta state into the meta view, which the
+/// secrets follow from then on.
+async fn start_groups(
+    config: &Config,
+    f: &Foundation,
+    identity: Option<Identity>,
+    welcome: MetaState,
+) -> Result<StartedGroups, NodeError> {
+    let meta_group = f.starter.start(META_GROUP).await?;
+    let identity = match identity {
+        Some(i) => i,
+        None => create_cluster(config, &f.store, &meta_group).await?,
+    };
+    let (shard_map, local) =
+        start_shard_groups(config, &identity.settings, &f.starter, meta_group).await?;
+    let meta_seed = starting_meta(&f.store, welcome, f.starter.node_id)?;
+    let secrets = load_secrets(config, &identity, &meta_seed, &f.shutdown)?;
+    let secrets_missing = (identity.creator && !meta_seed.secrets.is_initialized())
+        .then(|| stored_join_secret(&identity))
+        .transpose()?;
+    follow_secrets(&f.meta_view, secrets.clone(), &f.shutdown);
+    f.meta_view.publish(meta_seed);
+    Ok(StartedGroups {
+        identity,
+        shard_map,
+        local,
+        secrets,
+        secrets_missing,
+    })
+}
+
+/// The cluster over this node's groups, calling out through `transport`; pushes received
+/// from peers go to delivery's inbox.
+fn new_cluster(
+    f: &Foundation,
+    g: &StartedGroups,
+    reader: ShardReader,
+    transport: PeerTransport,
+) -> Arc<Cluster> {
+    Cluster::new(ClusterParts {
+        node_id: f.starter.node_id,
+        cluster_id: g.identity.cluster_id.clone(),
+        groups: g.local.clone(),
+        proposals: ProposalBatcher::start(g.local.clone(), g.shard_map.groups(), &f.shutdown),
+        reader,
+        transport,
+        meta: f.meta_view.clone(),
+        shard_map: g.shard_map.clone(),
+        pushes: f.inbox.0.peer_sink(g.shard_map.clone()),
+        secrets: g.secrets.clone(),
+        shutdown: f.shutdown.clone(),
+    })
+}
+
 /// The controller and the outbox relay, running until the node's shutdown.
 fn spawn_control(
     config: &Config,
@@ -809,101 +883,62 @@ impl Node {
     pub async fn start(config: &Config) -> Result<Node, NodeError> {
         config.validate()?;
         // A certificate that does not load stops the start before anything else happens.
-        let client_tls = match (&config.tls.cert_file, &config.tls.key_file) {
-            (Some(cert), Some(key)) => Some(ReloadableCert::load(cert, key)?),
-            _ => None,
-        };
+        let client_tls = load_client_tls(config)?;
         create_private_dir(&config.data_dir)?;
         let addrs = Addresses::of(config)?;
         let (identity, welcome) = find_identity(config, &addrs).await?;
 
-        let Foundation {
-            store,
-            shutdown,
-            meta_view,
-            metrics,
-            hub,
-            inbox,
-            network,
-            starter,
-        } = Foundation::lay(config, identity.as_ref(), &addrs)?;
-        let node_id = starter.node_id;
-
-        let meta_group = starter.start(META_GROUP).await?;
+        let f = Foundation::lay(config, identity.as_ref(), &addrs)?;
         let creating = identity.is_none();
-        let identity = match identity {
-            Some(i) => i,
-            None => create_cluster(config, &store, &meta_group).await?,
-        };
-        let settings = identity.settings.clone();
-        let (shard_map, local) =
-            start_shard_groups(config, &settings, &starter, meta_group).await?;
-        let meta_seed = starting_meta(&store, welcome, node_id)?;
-        let secrets = load_secrets(config, &identity, &meta_seed, &shutdown)?;
-        let secrets_missing = (identity.creator && !meta_seed.secrets.is_initialized())
-            .then(|| stored_join_secret(&identity))
-            .transpose()?;
-        follow_secrets(&meta_view, secrets.clone(), &shutdown);
-        meta_view.publish(meta_seed);
+        let g = start_groups(config, &f, identity, welcome).await?;
+        let settings = g.identity.settings.clone();
 
-        let (transport, inbound) = open_transport(&identity, &addrs, &meta_view)?;
-        let _ = network.transport.set(transport.clone());
-        let reader = ShardReader::new(store.clone());
-        let cluster = Cluster::new(ClusterParts {
-            node_id,
-            cluster_id: identity.cluster_id.clone(),
-            groups: local.clone(),
-            proposals: ProposalBatcher::start(local.clone(), shard_map.groups(), &shutdown),
-            reader: reader.clone(),
-            transport,
-            meta: meta_view,
-            shard_map: shard_map.clone(),
-            pushes: inbox.0.peer_sink(shard_map.clone()),
-            secrets: secrets.clone(),
-            shutdown: shutdown.clone(),
-        });
-        let delivery = inbox.0.clone();
+        let (transport, inbound) = open_transport(&g.identity, &addrs, &f.meta_view)?;
+        let _ = f.network.transport.set(transport.clone());
+        let reader = ShardReader::new(f.store.clone());
+        let cluster = new_cluster(&f, &g, reader.clone(), transport);
+        let delivery = f.inbox.0.clone();
         delivery::start(
-            node_id,
-            hub.clone(),
-            shard_map.clone(),
+            f.starter.node_id,
+            f.hub.clone(),
+            g.shard_map.clone(),
             ClusterLink::new(&cluster),
-            inbox,
-            local.groups().cloned(),
-            &shutdown,
+            f.inbox,
+            g.local.groups().cloned(),
+            &f.shutdown,
         );
-        serve_peers(inbound, &cluster, &identity, &secrets)?;
+        serve_peers(inbound, &cluster, &g.identity, &g.secrets)?;
 
-        if identity.creator {
-            admit_creator(&cluster, &store, &addrs, creating, secrets_missing).await?;
+        if g.identity.creator {
+            admit_creator(&cluster, &f.store, &addrs, creating, g.secrets_missing).await?;
         }
-        let (controller, relay) = spawn_control(config, &cluster, &shard_map, reader, &addrs);
+        let (controller, relay) = spawn_control(config, &cluster, &g.shard_map, reader, &addrs);
         let gateway = build_gateway(
             config,
             &settings,
             GatewayParts {
                 cluster: cluster.clone(),
-                shard_map,
-                hub,
+                shard_map: g.shard_map,
+                hub: f.hub,
                 delivery,
-                store: store.clone(),
-                metrics,
+                store: f.store.clone(),
+                metrics: f.metrics,
                 relay,
                 controller,
-                secrets,
+                secrets: g.secrets,
             },
         )?;
         Ok(Node {
             gateway,
             settings,
-            store,
+            store: f.store,
             cluster,
-            identity,
+            identity: g.identity,
             peer_addr: addrs.peer_addr,
             client_tls,
             listener_limits: ListenerLimits::from(&config.limits),
             metrics_separate: config.metrics_listen.is_some(),
-            shutdown,
+            shutdown: f.shutdown,
         })
     }
 
