@@ -235,30 +235,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    match &args.command {
-        Some(Command::Status { addr, json, admin }) => {
-            return admin::status(addr, *json, &admin.token()?).await
-        }
-        Some(Command::Leave { addr, admin }) => return admin::leave(addr, &admin.token()?).await,
-        Some(Command::RotateJoinToken { addr, admin }) => {
-            return admin::rotate_join_token(addr, &admin.token()?).await
-        }
-        Some(Command::Invite {
-            addr,
-            admin,
-            uses,
-            ttl_secs,
-        }) => return admin::invite(addr, &admin.token()?, *uses, *ttl_secs).await,
-        None => {}
+    if let Some(command) = &args.command {
+        return run_admin_command(command).await;
     }
     let config = load_config(&args)?;
-    if let Some(switch) = chatnode::sabotage::from_env()? {
-        tracing::error!(
-            switch = switch.name(),
-            "BROKEN ON PURPOSE: a fault-injection switch is on; this node loses, duplicates \
-             or reorders messages (for checker tests only)"
-        );
-    }
+    warn_if_sabotaged()?;
     let node = Node::start(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     #[cfg(unix)]
@@ -269,10 +250,63 @@ async fn main() -> anyhow::Result<()> {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
         None => None,
     };
+    announce_ready(&node, &config, &listener, metrics_listener.as_ref())?;
+    let (stop_rx, metrics_stop_rx) = spawn_drain_on_signal(&node);
+    let node = std::sync::Arc::new(node);
+    if let Some(ml) = metrics_listener {
+        spawn_metrics_listener(node.clone(), ml, metrics_stop_rx);
+    }
+    node.serve(listener, async {
+        let _ = stop_rx.await;
+    })
+    .await?;
+    let _ = tokio::time::timeout(Duration::from_millis(DRAIN_TIMEOUT_MS), node.shutdown()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Runs one of the admin commands (a client of a running node's `/admin/*`).
+async fn run_admin_command(command: &Command) -> anyhow::Result<()> {
+    match command {
+        Command::Status { addr, json, admin } => admin::status(addr, *json, &admin.token()?).await,
+        Command::Leave { addr, admin } => admin::leave(addr, &admin.token()?).await,
+        Command::RotateJoinToken { addr, admin } => {
+            admin::rotate_join_token(addr, &admin.token()?).await
+        }
+        Command::Invite {
+            addr,
+            admin,
+            uses,
+            ttl_secs,
+        } => admin::invite(addr, &admin.token()?, *uses, *ttl_secs).await,
+    }
+}
+
+/// Says loudly that a fault-injection switch (`CHATNODE_BREAK`) is on; an unknown switch,
+/// or any switch in a build without the `fault-injection` feature, is an error.
+fn warn_if_sabotaged() -> anyhow::Result<()> {
+    if let Some(switch) = chatnode::sabotage::from_env()? {
+        tracing::error!(
+            switch = switch.name(),
+            "BROKEN ON PURPOSE: a fault-injection switch is on; this node loses, duplicates \
+             or reorders messages (for checker tests only)"
+        );
+    }
+    Ok(())
+}
+
+/// Logs that the node is ready (where it listens, who it is); the creating node also
+/// prints how to join its cluster and where the admin token is.
+fn announce_ready(
+    node: &Node,
+    config: &Config,
+    listener: &tokio::net::TcpListener,
+    metrics_listener: Option<&tokio::net::TcpListener>,
+) -> anyhow::Result<()> {
     tracing::info!(
         listen = %listener.local_addr()?,
         tls = node.client_tls().is_some(),
-        metrics_listen = ?metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        metrics_listen = ?metrics_listener.and_then(|l| l.local_addr().ok()),
         peer_listen = %node.peer_addr(),
         node_id = node.node_id(),
         data_dir = %config.data_dir.display(),
@@ -294,6 +328,17 @@ async fn main() -> anyhow::Result<()> {
                 .display()
         );
     }
+    Ok(())
+}
+
+/// On SIGINT/SIGTERM, or when the node left its cluster: asks every client to reconnect,
+/// then stops the client listener (first receiver) and the metrics listener (second).
+fn spawn_drain_on_signal(
+    node: &Node,
+) -> (
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::watch::Receiver<bool>,
+) {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::watch::channel(false);
     let drain = node.drain_clients();
@@ -308,24 +353,21 @@ async fn main() -> anyhow::Result<()> {
         let _ = stop_tx.send(());
         let _ = metrics_stop_tx.send(true);
     });
-    let node = std::sync::Arc::new(node);
-    if let Some(ml) = metrics_listener {
-        let n = node.clone();
-        let mut stop = metrics_stop_rx;
-        tokio::spawn(async move {
-            let stopped = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = n.serve_metrics(ml, stopped).await {
-                tracing::error!(error = %e, "metrics listener failed");
-            }
-        });
-    }
-    node.serve(listener, async {
-        let _ = stop_rx.await;
-    })
-    .await?;
-    let _ = tokio::time::timeout(Duration::from_millis(DRAIN_TIMEOUT_MS), node.shutdown()).await;
-    tracing::info!("stopped");
-    Ok(())
+    (stop_rx, metrics_stop_rx)
+}
+
+/// Serves `/metrics` on its own listener until `stop` turns true.
+fn spawn_metrics_listener(
+    node: std::sync::Arc<Node>,
+    listener: tokio::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = node.serve_metrics(listener, stopped).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
 }
