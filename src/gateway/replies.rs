@@ -203,37 +203,17 @@ impl Gateway {
         // is answered by the page whose range holds its position (so exactly once over a
         // walk), whether or not the index has it yet (outbox not delivered): membership on
         // its own shard is the truth.
-        let key = |c: &str| crate::shard::keys::user_conversation(user, c);
-        let lo = cursor.as_deref().map(key);
-        let hi = next_cursor.as_deref().map(key);
-        let in_page = |c: &str| {
-            let k = key(c);
-            lo.as_ref().is_none_or(|lo| k > *lo) && hi.as_ref().is_none_or(|hi| k <= *hi)
-        };
+        let range = IndexRange::new(user, cursor.as_deref(), next_cursor.as_deref());
         let page_ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
         let mut wanted = ids.clone();
         wanted.extend(
             asked
                 .keys()
-                .filter(|c| !page_ids.contains(c.as_str()) && in_page(c))
+                .filter(|c| !page_ids.contains(c.as_str()) && range.holds(c))
                 .cloned(),
         );
         let mine = self.member_conversations(user, &wanted).await?;
-        let member_ids: HashSet<String> = mine
-            .iter()
-            .map(|(_, c, _)| c.conversation_id.clone())
-            .collect();
-        let forbidden: Vec<SyncEntry> = asked
-            .keys()
-            .filter(|c| in_page(c) && !member_ids.contains(*c))
-            .map(|c| SyncEntry {
-                conversation_id: c.clone(),
-                last_seq: None,
-                messages: None,
-                has_more: None,
-                error: Some("forbidden"),
-            })
-            .collect();
+        let forbidden = forbidden_entries(&asked, &range, &mine);
 
         let mut frame = ServerFrame::Sync {
             id,
@@ -244,48 +224,43 @@ impl Gateway {
         // Every entry's own bytes are reserved first, so that messages never crowd out an
         // entry: the reply always lists the whole page.
         let mut total = json_len(&frame) + forbidden.iter().map(|e| json_len(e) + 1).sum::<usize>();
-        let skeleton = |conv: &ConversationState| SyncEntry {
-            conversation_id: conv.conversation_id.clone(),
-            last_seq: Some(conv.last_seq),
-            messages: Some(Vec::new()),
-            has_more: Some(false),
-            error: None,
-        };
         total += mine
             .iter()
-            .map(|(_, c, _)| json_len(&skeleton(c)) + 1)
+            .map(|(_, c, _)| json_len(&sync_skeleton(c)) + 1)
             .sum::<usize>();
-        let mut spent = total > REPLY_BYTES_MAX;
-        let mut out = Vec::with_capacity(mine.len() + forbidden.len());
-        for (group, conv, _) in &mine {
-            let after = asked.get(&conv.conversation_id).copied().unwrap_or(0);
-            let mut entry = skeleton(conv);
-            entry.has_more = Some(after < conv.last_seq);
-            if !spent && after < conv.last_seq {
-                let page = self.read_after(*group, conv, after, SYNC_PAGE_MAX).await?;
-                let mut messages = Vec::with_capacity(page.messages.len());
-                let mut cut = false;
-                for m in &page.messages {
-                    let view = MessageView::from(m);
-                    let n = json_len(&view) + 1;
-                    if total + n > REPLY_BYTES_MAX {
-                        cut = true;
-                        spent = true;
-                        break;
-                    }
-                    total += n;
-                    messages.push(view);
-                }
-                entry.has_more = Some(page.has_more || cut);
-                entry.messages = Some(messages);
-            }
-            out.push(entry);
-        }
+        let mut out = self.sync_entries(&mine, &asked, total).await?;
         out.extend(forbidden);
         if let ServerFrame::Sync { conversations, .. } = &mut frame {
             *conversations = out;
         }
         Ok(vec![frame])
+    }
+
+    /// The sync entries of `mine`, each with the messages after the seq `asked` names for it
+    /// (0 if none) while the reply's byte budget lasts (`total` bytes of it are spent
+    /// already); the entries past the budget come without messages.
+    async fn sync_entries(
+        &self,
+        mine: &[Membership],
+        asked: &BTreeMap<String, u64>,
+        mut total: usize,
+    ) -> Result<Vec<SyncEntry>, ProtocolError> {
+        let mut spent = total > REPLY_BYTES_MAX;
+        let mut out = Vec::with_capacity(mine.len());
+        for (group, conv, _) in mine {
+            let after = asked.get(&conv.conversation_id).copied().unwrap_or(0);
+            let mut entry = sync_skeleton(conv);
+            entry.has_more = Some(after < conv.last_seq);
+            if !spent && after < conv.last_seq {
+                let page = self.read_after(*group, conv, after, SYNC_PAGE_MAX).await?;
+                let (messages, cut) = fit_messages(&page.messages, &mut total);
+                spent = cut;
+                entry.has_more = Some(page.has_more || cut);
+                entry.messages = Some(messages);
+            }
+            out.push(entry);
+        }
+        Ok(out)
     }
 
     /// `list_conversations`: the user's conversations in index order after `cursor`, as many
@@ -360,4 +335,80 @@ impl Gateway {
             cursor,
         }])
     }
+}
+
+/// The index positions `(after, up_to]` of one `sync` page (`None`: unbounded on that
+/// side), as keys of the user's conversation index.
+struct IndexRange<'a> {
+    user: &'a str,
+    lo: Option<Vec<u8>>,
+    hi: Option<Vec<u8>>,
+}
+
+impl<'a> IndexRange<'a> {
+    fn new(user: &'a str, after: Option<&str>, up_to: Option<&str>) -> Self {
+        let key = |c: &str| crate::shard::keys::user_conversation(user, c);
+        IndexRange {
+            user,
+            lo: after.map(key),
+            hi: up_to.map(key),
+        }
+    }
+
+    /// Whether conversation `c`'s position in the user's index falls in the range.
+    fn holds(&self, c: &str) -> bool {
+        let k = crate::shard::keys::user_conversation(self.user, c);
+        self.lo.as_ref().is_none_or(|lo| k > *lo) && self.hi.as_ref().is_none_or(|hi| k <= *hi)
+    }
+}
+
+/// A `forbidden` entry for each conversation named in `asked` whose position is in `range`
+/// but that the user is not a member of (`mine`).
+fn forbidden_entries(
+    asked: &BTreeMap<String, u64>,
+    range: &IndexRange<'_>,
+    mine: &[Membership],
+) -> Vec<SyncEntry> {
+    let member_ids: HashSet<String> = mine
+        .iter()
+        .map(|(_, c, _)| c.conversation_id.clone())
+        .collect();
+    asked
+        .keys()
+        .filter(|c| range.holds(c) && !member_ids.contains(*c))
+        .map(|c| SyncEntry {
+            conversation_id: c.clone(),
+            last_seq: None,
+            messages: None,
+            has_more: None,
+            error: Some("forbidden"),
+        })
+        .collect()
+}
+
+/// A member's sync entry of `conv` before its messages are added.
+fn sync_skeleton(conv: &ConversationState) -> SyncEntry {
+    SyncEntry {
+        conversation_id: conv.conversation_id.clone(),
+        last_seq: Some(conv.last_seq),
+        messages: Some(Vec::new()),
+        has_more: Some(false),
+        error: None,
+    }
+}
+
+/// The views of `messages`, in order, as long as they fit the reply's byte budget, their
+/// bytes added to `total`; `true` when the rest were cut.
+fn fit_messages(messages: &[Message], total: &mut usize) -> (Vec<MessageView>, bool) {
+    let mut views = Vec::with_capacity(messages.len());
+    for m in messages {
+        let view = MessageView::from(m);
+        let n = json_len(&view) + 1;
+        if *total + n > REPLY_BYTES_MAX {
+            return (views, true);
+        }
+        *total += n;
+        views.push(view);
+    }
+    (views, false)
 }
