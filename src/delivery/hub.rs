@@ -492,9 +492,21 @@ impl Hub {
         }
     }
 
+    /// One round of the sweeper, under one hold of the lock; the presence changes for the
+    /// other nodes leave after it is released.
     fn sweep(&self, now: Instant) {
         let mut st = self.state.lock();
-        // Receipts whose coalescing window ended.
+        self.flush_due_receipts(&mut st, now);
+        self.expire_typing(&mut st, now);
+        let mut changes = self.announce_offline(&mut st, now);
+        self.expire_remote_presence(&mut st, now);
+        refresh_presence(&mut st, now, &mut changes);
+        drop(st);
+        self.tell_others(changes);
+    }
+
+    /// Pushes the receipts whose coalescing window ended.
+    fn flush_due_receipts(&self, st: &mut State, now: Instant) {
         let due: Vec<(String, UserId)> = st
             .receipt_pending
             .keys()
@@ -508,10 +520,13 @@ impl Hub {
         for key in due {
             if let Some(r) = st.receipt_pending.remove(&key) {
                 st.receipt_last_push.insert(key, now);
-                self.send_receipt(&st, &r);
+                self.send_receipt(st, &r);
             }
         }
-        // Typing that was not refreshed.
+    }
+
+    /// Typing that was not refreshed: a `stop` goes to whoever got the `start`.
+    fn expire_typing(&self, st: &mut State, now: Instant) {
         let expired: Vec<(String, UserId)> = st
             .typing
             .iter()
@@ -525,10 +540,14 @@ impl Hub {
                     user_id: key.1.clone(),
                     state: "stop",
                 });
-                self.push_to_users(&st, &t.recipients, &frame, Some((&key.1, &t.device)));
+                self.push_to_users(st, &t.recipients, &frame, Some((&key.1, &t.device)));
             }
         }
-        // Offline announcements.
+    }
+
+    /// Offline announcements: users whose last connection here left
+    /// [`PRESENCE_OFFLINE_AFTER_MS`] ago; returns the changes for the other nodes.
+    fn announce_offline(&self, st: &mut State, now: Instant) -> Vec<(UserId, bool, u64)> {
         let gone: Vec<UserId> = st
             .presence
             .iter()
@@ -549,15 +568,20 @@ impl Hub {
                 last_seen = p.last_seen;
             }
             changes.push((user.clone(), false, last_seen));
-            if !Self::effective_presence(&st, &user).0 {
-                self.announce_presence(&st, &user);
+            if !Self::effective_presence(st, &user).0 {
+                self.announce_presence(st, &user);
             }
             // Keep last_seen for later subscribers, but drop users nobody watches.
             if !st.presence_watchers.contains_key(&user) {
                 st.presence.remove(&user);
             }
         }
-        // Remote "online"s that were not refreshed: their node died or left.
+        changes
+    }
+
+    /// Remote "online"s that were not refreshed: their node died or left. The watchers
+    /// of a user who is now offline everywhere are told.
+    fn expire_remote_presence(&self, st: &mut State, now: Instant) {
         let mut expired_remote = Vec::new();
         for (user, (nodes, _)) in st.remote_presence.iter_mut() {
             let before = nodes.len();
@@ -567,29 +591,31 @@ impl Hub {
             }
         }
         for user in expired_remote {
-            if !Self::effective_presence(&st, &user).0 {
-                self.announce_presence(&st, &user);
+            if !Self::effective_presence(st, &user).0 {
+                self.announce_presence(st, &user);
             }
             if !st.presence_watchers.contains_key(&user) {
                 st.remote_presence.remove(&user);
             }
         }
-        // Re-announce who is online here, so that other nodes' entries do not expire.
-        let refresh_due = st
-            .presence_refreshed_at
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(PRESENCE_REFRESH_MS));
-        if refresh_due {
-            st.presence_refreshed_at = Some(now);
-            changes.extend(
-                st.presence
-                    .iter()
-                    .filter(|(_, p)| p.announced_online)
-                    .take(REMOTE_PRESENCE_USERS_MAX)
-                    .map(|(u, p)| (u.clone(), true, p.last_seen)),
-            );
-        }
-        drop(st);
-        self.tell_others(changes);
+    }
+}
+
+/// Re-announces who is online here, so that other nodes' entries do not expire: every
+/// [`PRESENCE_REFRESH_MS`], added to `changes`.
+fn refresh_presence(st: &mut State, now: Instant, changes: &mut Vec<(UserId, bool, u64)>) {
+    let refresh_due = st
+        .presence_refreshed_at
+        .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(PRESENCE_REFRESH_MS));
+    if refresh_due {
+        st.presence_refreshed_at = Some(now);
+        changes.extend(
+            st.presence
+                .iter()
+                .filter(|(_, p)| p.announced_online)
+                .take(REMOTE_PRESENCE_USERS_MAX)
+                .map(|(u, p)| (u.clone(), true, p.last_seen)),
+        );
     }
 }
 
