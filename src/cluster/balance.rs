@@ -51,10 +51,24 @@ pub(crate) fn balance(current: &Placement, groups: &[GroupId], active: &[NodeId]
         return current.clone();
     }
     let rf = REPLICATION_FACTOR.min(active.len());
-    let alive: BTreeSet<NodeId> = active.iter().copied().collect();
+    let mut p = keep_alive_replicas(current, groups, &active, rf);
+    fill_missing_replicas(&mut p, groups, &active, rf);
+    // Bounds both spreading loops: a safety net, since each of their steps lowers the spread.
+    let moves_max = groups.len() * rf * active.len() + 1;
+    spread_replicas(&mut p, &active, moves_max);
+    spread_leaders(&mut p, &active, moves_max);
+    p
+}
 
-    // Keep what can be kept.
-    let mut p: Placement = groups
+/// Keeps what can be kept: each group's current replicas on `active` nodes, at most `rf`.
+fn keep_alive_replicas(
+    current: &Placement,
+    groups: &[GroupId],
+    active: &[NodeId],
+    rf: usize,
+) -> Placement {
+    let alive: BTreeSet<NodeId> = active.iter().copied().collect();
+    groups
         .iter()
         .map(|g| {
             let mut kept = Vec::new();
@@ -65,12 +79,14 @@ pub(crate) fn balance(current: &Placement, groups: &[GroupId], active: &[NodeId]
             }
             (*g, kept)
         })
-        .collect();
+        .collect()
+}
 
-    // Fill missing replicas on the least loaded nodes.
+/// Fills missing replicas on the least loaded nodes.
+fn fill_missing_replicas(p: &mut Placement, groups: &[GroupId], active: &[NodeId], rf: usize) {
     for g in groups {
         while p[g].len() < rf {
-            let l = load(&p, &active, false);
+            let l = load(p, active, false);
             let pick = active
                 .iter()
                 .filter(|n| !p[g].contains(n))
@@ -81,12 +97,13 @@ pub(crate) fn balance(current: &Placement, groups: &[GroupId], active: &[NodeId]
             }
         }
     }
+}
 
-    // Move replicas from the most to the least loaded node until within ±1. Each move
-    // lowers the spread, so this ends; the bound is a safety net.
-    let moves_max = groups.len() * rf * active.len() + 1;
+/// Moves replicas from the most to the least loaded node until within ±1. Each move
+/// lowers the spread, so this ends; the bound (`moves_max`) is a safety net.
+fn spread_replicas(p: &mut Placement, active: &[NodeId], moves_max: usize) {
     for _ in 0..moves_max {
-        let l = load(&p, &active, false);
+        let l = load(p, active, false);
         let Some(((max, max_load), (min, min_load))) = extremes(&l) else {
             break;
         };
@@ -105,12 +122,14 @@ pub(crate) fn balance(current: &Placement, groups: &[GroupId], active: &[NodeId]
             }
         }
     }
+}
 
-    // Spread preferred leaders (the first replica) within ±1 by reordering lists: each step
-    // moves one leadership to a replica of the same group whose count is at least two lower,
-    // the widest such gap first.
+/// Spreads preferred leaders (the first replica) within ±1 by reordering lists: each step
+/// moves one leadership to a replica of the same group whose count is at least two lower,
+/// the widest such gap first.
+fn spread_leaders(p: &mut Placement, active: &[NodeId], moves_max: usize) {
     for _ in 0..moves_max {
-        let l = load(&p, &active, true);
+        let l = load(p, active, true);
         let (lo, hi) = (
             l.values().copied().min().unwrap_or(0),
             l.values().copied().max().unwrap_or(0),
@@ -118,22 +137,30 @@ pub(crate) fn balance(current: &Placement, groups: &[GroupId], active: &[NodeId]
         if hi <= lo + 1 {
             break;
         }
-        let mut best: Option<(GroupId, usize, usize)> = None;
-        for (g, r) in &p {
-            let Some(first) = r.first() else { continue };
-            for (i, n) in r.iter().enumerate().skip(1) {
-                let gap = l[first].saturating_sub(l[n]);
-                if gap >= 2 && best.is_none_or(|(_, _, b)| gap > b) {
-                    best = Some((*g, i, gap));
-                }
-            }
-        }
-        let Some((g, i, _)) = best else { break };
+        let Some((g, i)) = widest_leader_gap(p, &l) else {
+            break;
+        };
         if let Some(r) = p.get_mut(&g) {
             r.swap(0, i);
         }
     }
-    p
+}
+
+/// The next leadership move of [`spread_leaders`]: the group, and the position in its list
+/// of the replica whose count (`l`: preferred leaderships per node) is at least two lower
+/// than the first replica's; the widest such gap, the first in order on a tie.
+fn widest_leader_gap(p: &Placement, l: &BTreeMap<NodeId, usize>) -> Option<(GroupId, usize)> {
+    let mut best: Option<(GroupId, usize, usize)> = None;
+    for (g, r) in p {
+        let Some(first) = r.first() else { continue };
+        for (i, n) in r.iter().enumerate().skip(1) {
+            let gap = l[first].saturating_sub(l[n]);
+            if gap >= 2 && best.is_none_or(|(_, _, b)| gap > b) {
+                best = Some((*g, i, gap));
+            }
+        }
+    }
+    best.map(|(g, i, _)| (g, i))
 }
 
 #[cfg(test)]
