@@ -114,6 +114,31 @@ impl ShardReader {
         group: GroupId,
         q: ShardQuery,
     ) -> Result<QueryResult<M>, StorageError> {
+        match q {
+            ShardQuery::Conversation { .. }
+            | ShardQuery::Conversations { .. }
+            | ShardQuery::History { .. }
+            | ShardQuery::After { .. }
+            | ShardQuery::Receipt { .. }
+            | ShardQuery::Dedup { .. } => self.query_conversation(group, q).await,
+            ShardQuery::User { .. }
+            | ShardQuery::Username { .. }
+            | ShardQuery::UserConversations { .. }
+            | ShardQuery::AuthState { .. }
+            | ShardQuery::UserConversationsPage { .. }
+            | ShardQuery::UserMemberships { .. } => self.query_user(group, q).await,
+            ShardQuery::Meta => Err(StorageError::Corrupt(format!(
+                "the meta state is not a shard's to read (group {group})"
+            ))),
+        }
+    }
+
+    /// The reads of a conversation's shard (`query` picks them).
+    async fn query_conversation<M>(
+        &self,
+        group: GroupId,
+        q: ShardQuery,
+    ) -> Result<QueryResult<M>, StorageError> {
         Ok(match q {
             ShardQuery::Conversation { conversation_id } => {
                 QueryResult::Conversation(self.conversation(group, &conversation_id).await?)
@@ -121,16 +146,10 @@ impl ShardReader {
             ShardQuery::Conversations {
                 conversation_ids,
                 receipts_of,
-            } => {
-                let mut out = Vec::with_capacity(conversation_ids.len());
-                for id in conversation_ids.iter().take(CONVERSATIONS_PER_QUERY_MAX) {
-                    out.push(match self.conversation(group, id).await? {
-                        Some(c) => Some((c, self.receipt(group, id, &receipts_of).await?)),
-                        None => None,
-                    });
-                }
-                QueryResult::Conversations(out)
-            }
+            } => QueryResult::Conversations(
+                self.conversations_with_receipts(group, &conversation_ids, &receipts_of)
+                    .await?,
+            ),
             ShardQuery::History {
                 conversation_id,
                 last_seq,
@@ -161,14 +180,38 @@ impl ShardReader {
                 self.dedup(group, &conversation_id, &sender, &client_msg_id)
                     .await?,
             ),
+            other => return Err(not_picked(group, &other)),
+        })
+    }
+
+    /// Each of `ids` (at most [`CONVERSATIONS_PER_QUERY_MAX`]) with `user`'s receipt
+    /// watermarks in it; `None` for one that does not exist.
+    async fn conversations_with_receipts(
+        &self,
+        group: GroupId,
+        ids: &[ConversationId],
+        user: &UserId,
+    ) -> Result<Vec<Option<(ConversationState, (u64, u64))>>, StorageError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids.iter().take(CONVERSATIONS_PER_QUERY_MAX) {
+            out.push(match self.conversation(group, id).await? {
+                Some(c) => Some((c, self.receipt(group, id, user).await?)),
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The reads of a user's or a username's shard (`query` picks them).
+    async fn query_user<M>(
+        &self,
+        group: GroupId,
+        q: ShardQuery,
+    ) -> Result<QueryResult<M>, StorageError> {
+        Ok(match q {
             ShardQuery::User { user_id } => QueryResult::User(self.user(group, &user_id).await?),
             ShardQuery::Username { username } => {
                 QueryResult::Username(self.username(group, &username).await?)
-            }
-            ShardQuery::Meta => {
-                return Err(StorageError::Corrupt(format!(
-                    "the meta state is not a shard's to read (group {group})"
-                )))
             }
             ShardQuery::AuthState { user_id } => {
                 let store = self.store().clone();
@@ -201,6 +244,13 @@ impl ShardReader {
                     .await?;
                 QueryResult::UserConversationsPage { ids, has_more }
             }
+            other => return Err(not_picked(group, &other)),
         })
     }
+}
+
+/// A query handed to the wrong one of `query`'s helpers (which `query`'s exhaustive match
+/// rules out): an error, never a panic.
+fn not_picked(group: GroupId, q: &ShardQuery) -> StorageError {
+    StorageError::Corrupt(format!("query {q:?} was not picked for this read (group {group})"))
 }
