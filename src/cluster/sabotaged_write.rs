@@ -48,18 +48,7 @@ impl Cluster {
                 sender.clone(),
                 client_msg_id.clone(),
             );
-            if let Some(ack) = memory_dedup().lock().get(&key).cloned() {
-                return Some(Ok(ShardResponse::Ack { ack, pushed: None }));
-            }
-            let r = self.proposals.write(group, op.clone()).await;
-            if let Ok(ShardResponse::Ack { ack, .. }) = &r {
-                let mut m = memory_dedup().lock();
-                if m.len() >= MEMORY_DEDUP_ENTRIES_MAX {
-                    m.clear();
-                }
-                m.insert(key, ack.clone());
-            }
-            return Some(r);
+            return Some(self.write_dedup_in_memory(group, op, key).await);
         }
         if on(Switch::SeqAtProposal) {
             let (seq, _) = self.guess_next(group, conversation_id).await?;
@@ -70,47 +59,84 @@ impl Cluster {
             return Some(self.proposals.write(group, op).await);
         }
         if on(Switch::PushBeforeCommit) {
-            if let Some((seq, recipients)) = self.guess_next(group, conversation_id).await {
-                if let Some(message) = message_of(op, seq) {
-                    self.pushes.push_uncommitted(Pushed {
-                        message,
-                        recipients,
-                    });
-                }
-            }
+            self.push_before_commit(group, op, conversation_id).await;
             return None;
         }
         if on(Switch::AckBeforeCommit) {
-            let guess = self.guess_next(group, conversation_id).await;
-            let (proposals, op2) = (self.proposals.clone(), op.clone());
-            let mut handle = tokio::spawn(async move { proposals.write(group, op2).await });
-            match tokio::time::timeout(Duration::from_millis(EARLY_ACK_AFTER_MS), &mut handle).await
-            {
-                Ok(Ok(r)) => return Some(r),
-                Ok(Err(e)) => {
-                    return Some(Err(RouteError::unavailable(
-                        group,
-                        crate::cluster::UnavailableCause::ProposalTask(e.to_string()),
-                    )))
-                }
-                // Not committed yet: acknowledge anyway; the proposal goes on by itself.
-                Err(_) => {
-                    let (seq, _) = guess?;
-                    let m = message_of(op, seq)?;
-                    return Some(Ok(ShardResponse::Ack {
-                        ack: Ack {
-                            conversation_id: m.conversation_id,
-                            client_msg_id: m.client_msg_id,
-                            seq,
-                            msg_id: m.msg_id,
-                            ts: m.ts,
-                        },
-                        pushed: None,
-                    }));
-                }
-            }
+            return self.ack_before_commit(group, op, conversation_id).await;
         }
         None
+    }
+
+    /// [`Switch::LeaderMemoryDedup`]: a send this leader acknowledged before (by `key`) is
+    /// answered from its memory of acks.
+    async fn write_dedup_in_memory(
+        &self,
+        group: GroupId,
+        op: &ShardOp,
+        key: DedupKey,
+    ) -> Result<ShardResponse, RouteError> {
+        if let Some(ack) = memory_dedup().lock().get(&key).cloned() {
+            return Ok(ShardResponse::Ack { ack, pushed: None });
+        }
+        let r = self.proposals.write(group, op.clone()).await;
+        if let Ok(ShardResponse::Ack { ack, .. }) = &r {
+            let mut m = memory_dedup().lock();
+            if m.len() >= MEMORY_DEDUP_ENTRIES_MAX {
+                m.clear();
+            }
+            m.insert(key, ack.clone());
+        }
+        r
+    }
+
+    /// [`Switch::PushBeforeCommit`]: pushes the message at the seq it would get before it
+    /// is even proposed (the write then goes on normally).
+    async fn push_before_commit(&self, group: GroupId, op: &ShardOp, conversation_id: &str) {
+        if let Some((seq, recipients)) = self.guess_next(group, conversation_id).await {
+            if let Some(message) = message_of(op, seq) {
+                self.pushes.push_uncommitted(Pushed {
+                    message,
+                    recipients,
+                });
+            }
+        }
+    }
+
+    /// [`Switch::AckBeforeCommit`]: a write not committed within [`EARLY_ACK_AFTER_MS`] is
+    /// acknowledged anyway, at the seq it would get; `None` (serve it normally) when that
+    /// seq cannot be guessed.
+    async fn ack_before_commit(
+        &self,
+        group: GroupId,
+        op: &ShardOp,
+        conversation_id: &str,
+    ) -> Option<Result<ShardResponse, RouteError>> {
+        let guess = self.guess_next(group, conversation_id).await;
+        let (proposals, op2) = (self.proposals.clone(), op.clone());
+        let mut handle = tokio::spawn(async move { proposals.write(group, op2).await });
+        match tokio::time::timeout(Duration::from_millis(EARLY_ACK_AFTER_MS), &mut handle).await {
+            Ok(Ok(r)) => Some(r),
+            Ok(Err(e)) => Some(Err(RouteError::unavailable(
+                group,
+                crate::cluster::UnavailableCause::ProposalTask(e.to_string()),
+            ))),
+            // Not committed yet: acknowledge anyway; the proposal goes on by itself.
+            Err(_) => {
+                let (seq, _) = guess?;
+                let m = message_of(op, seq)?;
+                Some(Ok(ShardResponse::Ack {
+                    ack: Ack {
+                        conversation_id: m.conversation_id,
+                        client_msg_id: m.client_msg_id,
+                        seq,
+                        msg_id: m.msg_id,
+                        ts: m.ts,
+                    },
+                    pushed: None,
+                }))
+            }
+        }
     }
 
     /// `last_seq + 1` of the conversation as this replica applied it, and its members.
