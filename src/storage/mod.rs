@@ -168,6 +168,30 @@ fn sm_bounds(group: GroupId, start: &[u8], end: &[u8]) -> (Vec<u8>, Option<Vec<u
     (lo, hi)
 }
 
+/// Stored bytes read so far against a limit (see [`Store::log_range_within`]).
+struct ReadBudget {
+    used: usize,
+    max: usize,
+}
+
+impl ReadBudget {
+    /// Counts `len` more bytes read; `true` once the limit is reached.
+    fn spend(&mut self, len: usize) -> bool {
+        self.used = self.used.saturating_add(len);
+        self.used >= self.max
+    }
+}
+
+/// Whether `pending` (in index order) holds every index of `[start, end)`, so that the DB
+/// need not be read.
+fn covers(pending: &[(u64, Arc<[u8]>)], start: u64, end: u64) -> bool {
+    pending.first().is_some_and(|(i, _)| *i == start)
+        && pending.windows(2).all(|w| w[1].0 == w[0].0 + 1)
+        && pending
+            .last()
+            .is_some_and(|(i, _)| i.saturating_add(1) >= end)
+}
+
 impl Store {
     /// Opens (creating if needed) the RocksDB instance in `dir` and starts the log writer.
     pub(crate) fn open(dir: &Path) -> Result<Arc<Store>, StorageError> {
@@ -613,76 +637,89 @@ impl Store {
         bytes_max: usize,
         mut decode: impl FnMut(u64, &[u8]) -> Result<T, StorageError>,
     ) -> Result<Vec<T>, StorageError> {
-        let mut used = 0usize;
-        let mut full = |len: usize| {
-            used = used.saturating_add(len);
-            used >= bytes_max
-        };
         if start >= end {
             return Ok(Vec::new());
         }
+        let mut budget = ReadBudget {
+            used: 0,
+            max: bytes_max,
+        };
         // Pending first, then the DB: an entry leaves the pending map only after it was
         // written, so reading in this order cannot miss it.
-        let pending: Vec<(u64, Arc<[u8]>)> = {
-            let p = self.shared.pending.lock();
-            p.range((group, start)..(group, end))
-                .map(|((_, i), (_, b))| (*i, b.clone()))
-                .collect()
-        };
-        let covered = pending.first().is_some_and(|(i, _)| *i == start)
-            && pending.windows(2).all(|w| w[1].0 == w[0].0 + 1)
-            && pending
-                .last()
-                .is_some_and(|(i, _)| i.saturating_add(1) >= end);
+        let pending = self.pending_range(group, start, end);
+        if !covers(&pending, start, end) {
+            return self.merge_durable(group, start, end, &pending, &mut budget, decode);
+        }
+        let mut out = Vec::new();
+        for (i, b) in &pending {
+            out.push(decode(*i, b)?);
+            if budget.spend(b.len()) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The group's pending (not yet durable) entries with index in `[start, end)`, in index
+    /// order.
+    fn pending_range(&self, group: GroupId, start: u64, end: u64) -> Vec<(u64, Arc<[u8]>)> {
+        let p = self.shared.pending.lock();
+        p.range((group, start)..(group, end))
+            .map(|((_, i), (_, b))| (*i, b.clone()))
+            .collect()
+    }
+
+    /// Decodes the group's durable entries with index in `[start, end)` merged in index order
+    /// with `pending` (the same range's pending entries, read before), until `budget` is
+    /// spent.
+    fn merge_durable<T>(
+        &self,
+        group: GroupId,
+        start: u64,
+        end: u64,
+        pending: &[(u64, Arc<[u8]>)],
+        budget: &mut ReadBudget,
+        mut decode: impl FnMut(u64, &[u8]) -> Result<T, StorageError>,
+    ) -> Result<Vec<T>, StorageError> {
         let mut out: Vec<(u64, T)> = Vec::new();
-        if !covered {
-            let cf = self.shared.cf(CF_LOG)?;
-            let mut ro = ReadOptions::default();
-            ro.set_iterate_upper_bound(log_key(group, end).to_vec());
-            let from = log_key(group, start);
-            let iter = self.shared.db.iterator_cf_opt(
-                cf,
-                ro,
-                IteratorMode::From(&from, Direction::Forward),
-            );
-            let mut pi = pending.iter().peekable();
-            for item in iter {
-                let (k, v) = item?;
-                let (g, index) = parse_log_key(&k)?;
-                if g != group {
+        let cf = self.shared.cf(CF_LOG)?;
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(log_key(group, end).to_vec());
+        let from = log_key(group, start);
+        let iter =
+            self.shared
+                .db
+                .iterator_cf_opt(cf, ro, IteratorMode::From(&from, Direction::Forward));
+        let mut pi = pending.iter().peekable();
+        for item in iter {
+            let (k, v) = item?;
+            let (g, index) = parse_log_key(&k)?;
+            if g != group {
+                break;
+            }
+            // Pending entries win over (older) durable ones at the same index.
+            while let Some((pidx, pb)) = pi.peek() {
+                if *pidx > index {
                     break;
                 }
-                // Pending entries win over (older) durable ones at the same index.
-                while let Some((pidx, pb)) = pi.peek() {
-                    if *pidx > index {
-                        break;
-                    }
-                    out.push((*pidx, decode(*pidx, pb)?));
-                    pi.next();
-                    if full(pb.len()) {
-                        return Ok(out.into_iter().map(|(_, t)| t).collect());
-                    }
-                }
-                if out.last().is_some_and(|(i, _)| *i == index) {
-                    continue;
-                }
-                out.push((index, decode(index, &v)?));
-                if full(v.len()) {
+                out.push((*pidx, decode(*pidx, pb)?));
+                pi.next();
+                if budget.spend(pb.len()) {
                     return Ok(out.into_iter().map(|(_, t)| t).collect());
                 }
             }
-            for (pidx, pb) in pi {
-                out.push((*pidx, decode(*pidx, pb)?));
-                if full(pb.len()) {
-                    break;
-                }
+            if out.last().is_some_and(|(i, _)| *i == index) {
+                continue;
             }
-        } else {
-            for (i, b) in &pending {
-                out.push((*i, decode(*i, b)?));
-                if full(b.len()) {
-                    break;
-                }
+            out.push((index, decode(index, &v)?));
+            if budget.spend(v.len()) {
+                return Ok(out.into_iter().map(|(_, t)| t).collect());
+            }
+        }
+        for (pidx, pb) in pi {
+            out.push((*pidx, decode(*pidx, pb)?));
+            if budget.spend(pb.len()) {
+                break;
             }
         }
         Ok(out.into_iter().map(|(_, t)| t).collect())
