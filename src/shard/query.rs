@@ -252,5 +252,7 @@ impl ShardReader {
 /// A query handed to the wrong one of `query`'s helpers (which `query`'s exhaustive match
 /// rules out): an error, never a panic.
 fn not_picked(group: GroupId, q: &ShardQuery) -> StorageError {
-    StorageError::Corrupt(format!("query {q:?} was not picked for this read (group {group})"))
+    StorageError::Corrupt(format!(
+        "query {q:?} was not picked for this read (group {group})"
+    ))
 }

@@ -416,11 +416,7 @@ fn membership_op_bytes(op: &ShardOp) -> usize {
             msg_id,
             ..
         } => {
-            conversation_id.len()
-                + actor.len()
-                + actor_device.len()
-                + user_id.len()
-                + msg_id.len()
+            conversation_id.len() + actor.len() + actor_device.len() + user_id.len() + msg_id.len()
         }
         _ => 0,
     }

@@ -216,10 +216,14 @@ impl Client {
 
     /// Sends `frame` with a fresh id and waits for the reply carrying it.
     pub async fn request(&mut self, frame: Value) -> Value {
-        self.0
-            .request(frame, WAIT)
-            .await
-            .unwrap_or_else(|e| panic!("no reply: {e}"))
+        match self.0.request(frame, WAIT).await {
+            Ok(v) => v,
+            // The frames just before (an error without an id says why the server closed).
+            Err(e) => panic!(
+                "no reply: {e}; last frames: {:?}",
+                self.0.pushes.iter().rev().take(3).collect::<Vec<_>>()
+            ),
+        }
     }
 
     pub async fn reply_to(&mut self, id: Value) -> Value {
