@@ -1,10 +1,9 @@
 # chatnode — the two commands that matter on a fresh machine:
 #   make run    set up, build (release) and run a single node on 127.0.0.1:7070, data in ./data
 #   make cluster  the same, three nodes on 127.0.0.1:7070/7080/7090, data in ./data/node*
-#   make test   set up and run every test (fmt, the fault-injection build; unit,
-#               property, end-to-end, crash, cluster, a
-#               90 s jepsen smoke run and the checker proof, `chatnode-jepsen prove`,
-#               when root)
+#   make test   set up and run every test (fmt, clippy with warnings as errors, the
+#               fault-injection build; unit, property, end-to-end, crash, cluster, a 90 s
+#               jepsen smoke run and the checker proof, `chatnode-jepsen prove`, when root)
 
 DATA_DIR ?= ./data
 LISTEN ?= 127.0.0.1:7070
@@ -28,6 +27,7 @@ cluster: build
 
 test: setup
 	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build -p chatnode --bin chatnode --features fault-injection
 	$(CARGO) test --workspace --no-fail-fast
 	$(CARGO) test --manifest-path lossyfs/Cargo.toml --no-fail-fast

@@ -28,8 +28,9 @@ pub enum Error {
         status: u16,
         body: String,
     },
+    /// Boxed: tungstenite's error is large, and every `Result` of this crate carries it.
     #[error("WebSocket: {0}")]
-    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
     /// The server closed the WebSocket (close frame or end of stream).
     #[error("WebSocket closed by the server")]
     Closed,
@@ -41,4 +42,10 @@ pub enum Error {
     AuthRefused(serde_json::Value),
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for Error {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        Error::WebSocket(Box::new(e))
+    }
 }

@@ -1310,13 +1310,14 @@ fn recovered(
     report.recovered.truncate(LIST_LIMIT);
 }
 
+/// One replica's answer to a checksum op: (node, applied index, checksum).
+type ReplicaSum = (String, u64, String);
+
 /// One checksum op's answers: how many nodes answered, and per group the (node, applied
 /// index, checksum) of every replica. `raw` = { node: {groups:[{group, applied_index,
 /// checksum}]} | null }.
-fn checksum_groups(
-    raw: &serde_json::Value,
-) -> (usize, BTreeMap<String, Vec<(String, u64, String)>>) {
-    let mut groups: BTreeMap<String, Vec<(String, u64, String)>> = BTreeMap::new();
+fn checksum_groups(raw: &serde_json::Value) -> (usize, BTreeMap<String, Vec<ReplicaSum>>) {
+    let mut groups: BTreeMap<String, Vec<ReplicaSum>> = BTreeMap::new();
     let mut answered = 0;
     let Some(obj) = raw.as_object() else {
         return (answered, groups);

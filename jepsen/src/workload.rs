@@ -337,7 +337,8 @@ async fn read_loop(mut stream: futures_util::stream::SplitStream<Ws>, r: ReaderC
         }
         match v["type"].as_str() {
             Some("message") if r.ctx.record_pushes => {
-                if r.on_push(&v, &mut pushes) {
+                let buffered = r.on_push(&v, &mut pushes);
+                if buffered {
                     first_buffered.get_or_insert_with(Instant::now);
                 }
             }

@@ -341,7 +341,7 @@ async fn load_client(
                 Ok(v) if v["type"] == "error" && retryable(v["code"].as_str().unwrap_or("")) => {
                     retries += 1;
                     errors_here += 1;
-                    reasons.push(format!("node {}: {}", c.addr, v["code"]));
+                    reasons.push(format!("node {}: {} ({})", c.addr, v["code"], v["message"]));
                     let wait = v["retry_after_ms"].as_u64().unwrap_or(100).min(1000);
                     tokio::time::sleep(Duration::from_millis(wait)).await;
                     if errors_here >= 2 {
