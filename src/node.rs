@@ -1088,3 +1088,16 @@ impl Node {
         self.gateway.metrics.ephemeral_pushes_dropped.get()
     }
 }
+
+// A push batch at its byte cap plus one largest item, and a gap-fill reply of the largest
+// messages, each fit one transport frame with room to spare (checked by the compiler, here
+// because delivery does not see the transport).
+const _: () = {
+    let frame = crate::transport::FRAME_BYTES_MAX;
+    let op_max = crate::shard::validate::OP_BYTES_MAX;
+    let body_max = crate::shard::validate::BODY_BYTES_MAX;
+    let message_max = body_max + 1024;
+    assert!(crate::delivery::peer_queue::PUSH_BATCH_BYTES_MAX + op_max * 2 <= frame);
+    assert!(crate::delivery::peer_queue::PUSH_BATCH_BYTES_MAX + body_max + 64 * 1024 < frame);
+    assert!(crate::delivery::tracker::GAP_FILL_MESSAGES_MAX as usize * message_max <= frame);
+};

@@ -213,7 +213,7 @@ async fn refused_requests_cost_no_raft_write() {
         .unwrap()
         .to_string();
 
-    let frames = vec![
+    let frames = [
         json!({"type":"delivered","conversation_id":dm,"seq":1}),
         json!({"type":"create_conversation","kind":"group","members":[carol]}),
         json!({"type":"send","conversation_id":dm,"client_msg_id":"x","body":"spam"}),

@@ -86,6 +86,20 @@ pub(crate) fn with_queued_within<T>(
     batch
 }
 
+// Every batch a node sends fits one transport frame with room to spare: the largest Raft
+// snapshot chunk and append, and forward batches at their byte cap plus the largest entries
+// (an entry is at most a proposal batch; an append stops after the entry that passes its
+// cap). Checked by the compiler; push batches and gap-fill replies are checked in node.rs.
+const _: () = {
+    use crate::transport::FRAME_BYTES_MAX;
+    let op_max = crate::shard::validate::OP_BYTES_MAX;
+    let entry_max = batcher::PROPOSAL_BATCH_BYTES_MAX + op_max;
+    assert!(crate::raft::SNAPSHOT_CHUNK_BYTES_MAX as usize * 2 <= FRAME_BYTES_MAX);
+    assert!(crate::raft::APPEND_ENTRIES_BYTES_MAX * 2 <= FRAME_BYTES_MAX);
+    assert!(crate::raft::APPEND_ENTRIES_BYTES_MAX + entry_max * 2 <= FRAME_BYTES_MAX);
+    assert!(forward::FORWARD_BATCH_BYTES_MAX + op_max * 2 <= FRAME_BYTES_MAX);
+};
+
 #[cfg(test)]
 #[path = "batch/tests.rs"]
 mod batch_tests;

@@ -15,8 +15,6 @@ use super::hub::{Hub, OutFrame};
 use super::inbox::{inbox_of, Inbound, Lost};
 use super::links::{replicas_pushing_by_apply, GapRead, NodeId, Peers, Replication};
 use super::out_queue::{out_queue, OutReceiver};
-use super::peer_queue::PUSH_BATCH_BYTES_MAX;
-use super::tracker::GAP_FILL_MESSAGES_MAX;
 use crate::cluster::push::PushItem;
 use crate::cluster::ShardMap;
 use crate::ids::*;
@@ -403,17 +401,4 @@ fn push_items_are_sized_by_their_bytes() {
     let big = PushItem::Message(big);
     assert!(big.size_estimate() >= 16_000);
     assert!(small.size_estimate() < 1_000);
-}
-
-/// A push batch at its byte cap plus one largest item, and a gap-fill reply of the largest
-/// messages, each fit one frame with room to spare.
-#[test]
-fn batch_caps_fit_the_frame() {
-    let frame = crate::transport::FRAME_BYTES_MAX;
-    let op_max = crate::shard::validate::OP_BYTES_MAX;
-    assert!(PUSH_BATCH_BYTES_MAX + op_max * 2 <= frame);
-    let body_max = crate::shard::validate::BODY_BYTES_MAX;
-    assert!(PUSH_BATCH_BYTES_MAX + body_max + 64 * 1024 < frame);
-    let message_max = body_max + 1024;
-    assert!(GAP_FILL_MESSAGES_MAX as usize * message_max <= frame);
 }

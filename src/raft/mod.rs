@@ -25,7 +25,6 @@ use openraft::error::{Fatal, InitializeError, RaftError};
 use openraft::{BasicNode, Config, ConfigError, RaftTypeConfig, SnapshotPolicy};
 
 pub(crate) use log_store::LogStore;
-#[cfg(test)]
 pub(crate) use log_store::APPEND_ENTRIES_BYTES_MAX;
 #[cfg(test)]
 pub(crate) use network::NoPeers;
@@ -116,6 +115,9 @@ impl Default for RaftTimings {
 
 impl RaftTimings {
     /// The validated openraft config for `group`.
+    // openraft's ConfigError is large, but this runs once per group at start: boxing it
+    // would buy nothing.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn to_config(&self, group: GroupId) -> Result<Config, ConfigError> {
         Config {
             cluster_name: format!("chatnode-group-{group}"),

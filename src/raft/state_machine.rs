@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 use super::{blocking, Applier, Entry, GroupId, GroupTypes, NodeId, SmTxn};
 use crate::codec::{decode, encode};
-use crate::storage::{SmJob, StorageError, Store};
+use crate::storage::{KvPairs, SmJob, StorageError, Store};
 
 type SError = openraft::StorageError<NodeId>;
 type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
@@ -60,7 +60,7 @@ impl<C: GroupTypes> SmJob for ApplyJob<C> {
         self.group
     }
 
-    fn apply(&mut self, txn: &mut SmTxn<'_>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn apply(&mut self, txn: &mut SmTxn<'_>) -> Result<KvPairs, StorageError> {
         let mut membership = None;
         self.responses.reserve(self.entries.len());
         for e in &self.entries {
@@ -203,7 +203,7 @@ fn build(store: &Store, group: GroupId) -> Result<(Meta, Vec<u8>), StorageError>
     Ok((meta, blob))
 }
 
-fn parse_blob(blob: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+fn parse_blob(blob: &[u8]) -> Result<KvPairs, StorageError> {
     let mut buf = blob
         .strip_prefix(SNAPSHOT_MAGIC)
         .ok_or_else(|| StorageError::Corrupt("not a chatnode snapshot".into()))?;

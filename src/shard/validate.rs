@@ -28,7 +28,6 @@ pub(crate) const USERNAME_BYTES_MAX: usize = 64;
 pub(crate) const MEMBERS_PER_OP_MAX: usize = MEMBERS_EVER_MAX as usize;
 /// Most outbox ids one `OutboxDone` drops (the relay sends one outbox page).
 pub(crate) const OUTBOX_IDS_PER_OP_MAX: usize = OUTBOX_BATCH_MAX;
-#[cfg(test)]
 /// Most bytes a valid command can have, as [`ShardOp::size_estimate`] counts them.
 pub(crate) const OP_BYTES_MAX: usize = BODY_BYTES_MAX + MEMBERS_PER_OP_MAX * 130 + 4096;
 

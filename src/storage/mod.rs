@@ -43,6 +43,10 @@ pub(crate) use sm_writer::SmJob;
 pub(crate) use txn::SmTxn;
 
 use crate::ids::GroupId;
+
+/// Key/value pairs of one group's `sm` range (keys without the group prefix), as a
+/// snapshot dump, an apply's reserved writes or a range read returns them.
+pub(crate) type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
 use keys::{group_prefix, log_key, parse_log_key, raft_key, sm_key};
 use log_writer::{LogOp, LogWriteReq, PendingLog};
 use queue_thread::QueueThread;
@@ -302,7 +306,7 @@ impl Store {
         end: &[u8],
         reverse: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<KvPairs, StorageError> {
         let (lo, hi) = sm_bounds(group, start, end);
         self.scan_cf(CF_SM, &group_prefix(group), lo, hi, reverse, limit)
     }
@@ -315,7 +319,7 @@ impl Store {
         prefix: &[u8],
         reverse: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<KvPairs, StorageError> {
         let lo = sm_key(group, prefix);
         let hi = keys::prefix_successor(&lo);
         self.scan_cf(CF_SM, &lo.clone(), lo, hi, reverse, limit)
@@ -331,7 +335,7 @@ impl Store {
         hi: Option<Vec<u8>>,
         reverse: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<KvPairs, StorageError> {
         let mut out = Vec::new();
         if limit == 0 || hi.as_ref().is_some_and(|h| *h <= lo) {
             return Ok(out);
@@ -418,18 +422,14 @@ impl Store {
     /// Writes a transaction's effects plus `reserved` pairs (keys starting with 0x00: the
     /// applied log id, membership…) in one non-synced batch (blocking). Applies go through
     /// the apply thread ([`Store::sm_submit`]) instead, which merges many groups' writes.
-    pub(crate) fn sm_commit(
-        &self,
-        txn: SmTxn<'_>,
-        reserved: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<(), StorageError> {
+    pub(crate) fn sm_commit(&self, txn: SmTxn<'_>, reserved: KvPairs) -> Result<(), StorageError> {
         let (group, writes) = txn.into_parts()?;
         self.sm_write(vec![(group, writes, reserved)])
     }
 
     /// Writes the effects and reserved pairs of several groups in one non-synced batch and
     /// updates the cache (blocking).
-    fn sm_write(&self, parts: Vec<(GroupId, txn::Writes, Vec<(Vec<u8>, Vec<u8>)>)>) -> SmResult {
+    fn sm_write(&self, parts: Vec<(GroupId, txn::Writes, KvPairs)>) -> SmResult {
         let cf = self.shared.cf(CF_SM)?;
         let mut wb = WriteBatch::default();
         let mut written = Vec::new();
@@ -463,17 +463,13 @@ impl Store {
 
     /// Every `sm` pair of a group (reserved keys included, keys without the group prefix),
     /// from one consistent view: the content of a snapshot (blocking).
-    pub(crate) fn sm_dump(&self, group: GroupId) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub(crate) fn sm_dump(&self, group: GroupId) -> Result<KvPairs, StorageError> {
         self.sm_scan(group, &[], &[], false, usize::MAX)
     }
 
     /// Replaces a group's whole `sm` range with `pairs` atomically (one synced batch: a
     /// range delete then the puts): snapshot installation (blocking).
-    pub(crate) fn sm_replace(
-        &self,
-        group: GroupId,
-        pairs: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<(), StorageError> {
+    pub(crate) fn sm_replace(&self, group: GroupId, pairs: KvPairs) -> Result<(), StorageError> {
         let cf = self.shared.cf(CF_SM)?;
         let mut wb = WriteBatch::default();
         let (lo, hi) = sm_bounds(group, &[], &[]);

@@ -8,6 +8,7 @@
 //! state as of the previous round), runs each into its own [`SmTxn`], writes the effects of
 //! all that succeeded in one non-synced batch, then completes them in submission order.
 
+use super::KvPairs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Weak;
 
@@ -28,7 +29,7 @@ pub(crate) trait SmJob: Send + 'static {
     fn group(&self) -> GroupId;
     /// Fills `txn` with the job's effects and returns the reserved pairs (applied log id,
     /// membership) to write with them. An `Err` leaves the job out of the round's write.
-    fn apply(&mut self, txn: &mut SmTxn<'_>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+    fn apply(&mut self, txn: &mut SmTxn<'_>) -> Result<KvPairs, StorageError>;
     /// Called on the apply thread once the round's batch was written, or with the error.
     fn done(self: Box<Self>, result: Result<(), StorageError>);
 }

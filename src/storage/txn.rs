@@ -1,5 +1,6 @@
 //! State-machine transactions over one group's `sm` keys.
 
+use super::KvPairs;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
@@ -63,7 +64,7 @@ impl<'a> SmTxn<'a> {
         end: &[u8],
         reverse: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<KvPairs, StorageError> {
         let hi = if end.is_empty() {
             Bound::Unbounded
         } else {

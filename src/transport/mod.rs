@@ -36,7 +36,6 @@ pub(crate) use crate::ids::{GroupId, NodeId};
 
 pub(crate) use endpoint::{Inbound, PeerRevoked, Transport, TransportConfig};
 pub(crate) use error::TransportError;
-#[cfg(test)]
 pub(crate) use frame::FRAME_BYTES_MAX;
 pub(crate) use frame::{FrameHeader, JoinGrant, JoinRequest};
 pub(crate) use handler::{Handler, JoinAdmitter};

@@ -26,11 +26,13 @@ pub struct TestNode {
 
 /// Limits raised so that tests are not rate limited (except the tests of limits).
 pub fn test_config(dir: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.data_dir = dir.to_path_buf();
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.peer_listen = "127.0.0.1:0".parse().unwrap();
-    c.shards = 4;
+    let mut c = Config {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        peer_listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 4,
+        ..Config::default()
+    };
     c.limits.user_messages_per_minute = 100_000;
     c.limits.conversation_messages_per_minute = 100_000;
     c.accounts.registrations_per_ip_per_hour = 100_000;

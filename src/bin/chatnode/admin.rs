@@ -61,7 +61,7 @@ pub async fn status(addr: &str, raw: bool, token: &str) -> anyhow::Result<()> {
     }
     let v: chatnode_client::AdminStatus = r.json()?;
     println!("cluster {}", v.cluster_id);
-    println!("{:<6} {:<22} {:<22} {}", "node", "client", "peer", "state");
+    println!("{:<6} {:<22} {:<22} state", "node", "client", "peer");
     for n in &v.nodes {
         println!(
             "{:<6} {:<22} {:<22} {}",
@@ -70,8 +70,8 @@ pub async fn status(addr: &str, raw: bool, token: &str) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:<6} {:<8} {:<14} {:<10} {:<10} {:<10} {}",
-        "group", "leader", "voters", "learners", "last_log", "applied", "lag (node:entries)"
+        "{:<6} {:<8} {:<14} {:<10} {:<10} {:<10} lag (node:entries)",
+        "group", "leader", "voters", "learners", "last_log", "applied"
     );
     for s in &v.node_statuses {
         for g in s.groups().iter().filter(|g| g.state == GroupState::Leader) {

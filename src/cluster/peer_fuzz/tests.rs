@@ -212,18 +212,3 @@ fn oversized_frames_are_refused_typed() {
         other => panic!("not refused: {:?}", other.map(|f| f.len())),
     }
 }
-
-/// Every batch a node sends fits one frame with room to spare: the largest Raft chunk and
-/// append, and push and forward batches at their byte caps plus one largest item.
-#[test]
-fn batch_caps_fit_the_frame() {
-    let op_max = crate::shard::validate::OP_BYTES_MAX;
-    assert!(crate::raft::SNAPSHOT_CHUNK_BYTES_MAX as usize * 2 <= FRAME_BYTES_MAX);
-    assert!(crate::raft::APPEND_ENTRIES_BYTES_MAX * 2 <= FRAME_BYTES_MAX);
-    // An entry is at most a proposal batch; an append stops after the entry that passes
-    // its cap.
-    let entry_max = super::batcher::PROPOSAL_BATCH_BYTES_MAX + op_max;
-    assert!(crate::raft::APPEND_ENTRIES_BYTES_MAX + entry_max * 2 <= FRAME_BYTES_MAX);
-    assert!(super::forward::FORWARD_BATCH_BYTES_MAX + op_max * 2 <= FRAME_BYTES_MAX);
-    // Push batches and gap-fill replies: `delivery::tests::batch_caps_fit_the_frame`.
-}

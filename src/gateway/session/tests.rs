@@ -34,7 +34,7 @@ fn other_read_errors_end_the_connection_silently() {
     assert!(classify(tungstenite::Error::AlreadyClosed).is_none());
     let reset = WsProtocolError::ResetWithoutClosingHandshake;
     assert!(classify(tungstenite::Error::Protocol(reset)).is_none());
-    let io = std::io::Error::new(std::io::ErrorKind::Other, "Space limit too long UTF-8");
+    let io = std::io::Error::other("Space limit too long UTF-8");
     assert!(classify(tungstenite::Error::Io(io)).is_none());
     assert!(read_error(axum::Error::new(std::io::Error::other("x"))).is_none());
 }
