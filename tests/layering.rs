@@ -233,3 +233,59 @@ fn every_source_file_is_in_the_codemap() {
         "files the codemap in docs/ARCHITECTURE.md does not name: {missing:?}"
     );
 }
+
+/// Longest a production function may be, in lines from its `fn` line to its closing brace.
+const FN_LINES_MAX: usize = 80;
+
+/// Production functions stay short (test files are exempt). A function runs from a line
+/// that starts with `fn` (after indentation and qualifiers) to the first line that is its
+/// indentation plus `}`; rustfmt's layout makes that exact for this crate.
+#[test]
+fn no_production_function_is_longer_than_the_limit() {
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    rust_files(&root().join("client/src"), &mut files);
+    rust_files(&root().join("jepsen/src"), &mut files);
+    let mut long = Vec::new();
+    let mut seen = 0;
+    for p in &files {
+        let text = std::fs::read_to_string(p).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let body = line.trim_start();
+            let indent = &line[..line.len() - body.len()];
+            let header = [
+                "pub ",
+                "pub(crate) ",
+                "pub(super) ",
+                "async ",
+                "const ",
+                "unsafe ",
+            ]
+            .iter()
+            .fold(body, |b, q| b.strip_prefix(q).unwrap_or(b));
+            let header = ["async ", "const ", "unsafe "]
+                .iter()
+                .fold(header, |b, q| b.strip_prefix(q).unwrap_or(b));
+            let one_line = line.contains('{') && line.trim_end().ends_with('}');
+            if !header.starts_with("fn ") || line.trim_end().ends_with(';') || one_line {
+                continue;
+            }
+            let close = format!("{indent}}}");
+            let Some(end) = (i..lines.len()).find(|&j| lines[j] == close) else {
+                continue;
+            };
+            seen += 1;
+            let n = end - i + 1;
+            if n > FN_LINES_MAX {
+                let name = p.strip_prefix(root()).unwrap_or(p).display().to_string();
+                long.push(format!("{name}:{}: {n} lines", i + 1));
+            }
+        }
+    }
+    assert!(seen > 500, "found only {seen} functions");
+    assert!(
+        long.is_empty(),
+        "functions over {FN_LINES_MAX} lines: {long:?}"
+    );
+}

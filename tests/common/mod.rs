@@ -223,7 +223,13 @@ impl Client {
             // The frames just before (an error without an id says why the server closed).
             Err(e) => panic!(
                 "no reply: {e}; last frames: {:?}",
-                self.0.pushes.iter().rev().take(3).collect::<Vec<_>>()
+                self.0
+                    .pushes
+                    .iter()
+                    .rev()
+                    .take(3)
+                    .map(|f| f.to_string().chars().take(300).collect::<String>())
+                    .collect::<Vec<_>>()
             ),
         }
     }
@@ -260,6 +266,17 @@ impl Client {
     /// Every message of a conversation via `history`, newest first, paging by `before_seq`
     /// until `has_more` is false; checks each page is newest-first and gapless.
     pub async fn history_all(&mut self, conv: &str) -> Vec<Value> {
+        self.try_history_all(conv)
+            .await
+            .unwrap_or_else(|e| panic!("history of {conv}: {e}"))
+    }
+
+    /// `history_all` that returns the connection's error instead of panicking (the server
+    /// may drop a connection that a burst of pushes overflowed: a real client reconnects).
+    pub async fn try_history_all(
+        &mut self,
+        conv: &str,
+    ) -> Result<Vec<Value>, chatnode_client::Error> {
         let mut all = Vec::new();
         let mut before: Option<u64> = None;
         loop {
@@ -267,7 +284,7 @@ impl Client {
             if let Some(bs) = before {
                 req["before_seq"] = json!(bs);
             }
-            let h = self.request(req).await;
+            let h = self.0.request(req, WAIT).await?;
             let msgs = h["messages"].as_array().cloned().unwrap_or_default();
             let seqs: Vec<u64> = msgs.iter().filter_map(|m| m["seq"].as_u64()).collect();
             assert!(
@@ -277,7 +294,7 @@ impl Client {
             before = seqs.last().copied();
             all.extend(msgs);
             if h["has_more"] != true {
-                return all;
+                return Ok(all);
             }
         }
     }
