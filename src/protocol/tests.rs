@@ -223,21 +223,30 @@ fn json_len_is_the_length_of_the_text() {
     assert_eq!(f.json_len(), f.to_json().len());
 }
 
-/// Each family checks its fields in a fixed order; the first failing check is the answer.
+const BAD_CONV: &str = "conversation_id must be 1..128 characters of [A-Za-z0-9_-]";
+const BAD_CMID: &str = "client_msg_id must be 1..64 characters of [A-Za-z0-9_-]";
+const SEQ0: &str = "seq must be at least 1";
+
+/// Each frame is refused with exactly the message of its first failing check.
+fn assert_first_failing(cases: &[(serde_json::Value, &str)]) {
+    for (frame, want) in cases {
+        let got = decode(&frame.to_string()).frame.unwrap_err().message;
+        assert_eq!(&got, want, "{frame}");
+    }
+}
+
+/// Each family checks its fields in a fixed order; the first failing check is the answer:
+/// the message families (send, edit, delete, history, sync).
 #[test]
-fn first_failing_check_is_the_answer() {
-    let message = |v: serde_json::Value| decode(&v.to_string()).frame.unwrap_err().message;
-    let bad_conv = "conversation_id must be 1..128 characters of [A-Za-z0-9_-]";
-    let bad_cmid = "client_msg_id must be 1..64 characters of [A-Za-z0-9_-]";
-    let seq0 = "seq must be at least 1";
-    let cases = [
+fn first_failing_check_is_the_answer_for_messages() {
+    assert_first_failing(&[
         (
             json!({"type":"send","conversation_id":"c!","client_msg_id":"m!","body":""}),
-            bad_conv,
+            BAD_CONV,
         ),
         (
             json!({"type":"send","conversation_id":"c","client_msg_id":"m!","body":""}),
-            bad_cmid,
+            BAD_CMID,
         ),
         (
             json!({"type":"send","conversation_id":"c","client_msg_id":"m","body":""}),
@@ -245,11 +254,11 @@ fn first_failing_check_is_the_answer() {
         ),
         (
             json!({"type":"edit","conversation_id":"c","client_msg_id":"m!","seq":0,"body":""}),
-            bad_cmid,
+            BAD_CMID,
         ),
         (
             json!({"type":"edit","conversation_id":"c","client_msg_id":"m","seq":0,"body":""}),
-            seq0,
+            SEQ0,
         ),
         (
             json!({"type":"edit","conversation_id":"c","client_msg_id":"m","seq":1,"body":""}),
@@ -257,15 +266,15 @@ fn first_failing_check_is_the_answer() {
         ),
         (
             json!({"type":"delete","conversation_id":"c!","client_msg_id":"m","seq":0}),
-            bad_conv,
+            BAD_CONV,
         ),
         (
             json!({"type":"delete","conversation_id":"c","client_msg_id":"m","seq":0}),
-            seq0,
+            SEQ0,
         ),
         (
             json!({"type":"history","conversation_id":"c","before_seq":0,"limit":0}),
-            seq0,
+            SEQ0,
         ),
         (
             json!({"type":"history","conversation_id":"c","limit":0}),
@@ -273,19 +282,26 @@ fn first_failing_check_is_the_answer() {
         ),
         (
             json!({"type":"sync","conversations":{"c!":1},"cursor":"x!"}),
-            bad_conv,
+            BAD_CONV,
         ),
         (
             json!({"type":"sync","cursor":"x!"}),
             "cursor must be 1..128 characters of [A-Za-z0-9_-]",
         ),
+    ]);
+}
+
+/// The same for conversation lists, membership, receipts, typing, presence and auth.
+#[test]
+fn first_failing_check_is_the_answer_for_the_rest() {
+    assert_first_failing(&[
         (
             json!({"type":"list_conversations","cursor":""}),
             "cursor must be 1..128 characters of [A-Za-z0-9_-]",
         ),
         (
             json!({"type":"add_members","conversation_id":"c!","members":[]}),
-            bad_conv,
+            BAD_CONV,
         ),
         (
             json!({"type":"add_members","conversation_id":"c","members":[]}),
@@ -301,17 +317,17 @@ fn first_failing_check_is_the_answer() {
         ),
         (
             json!({"type":"remove_member","conversation_id":"c!","user_id":"u!"}),
-            bad_conv,
+            BAD_CONV,
         ),
-        (json!({"type":"leave","conversation_id":""}), bad_conv),
-        (json!({"type":"read","conversation_id":"c","seq":0}), seq0),
+        (json!({"type":"leave","conversation_id":""}), BAD_CONV),
+        (json!({"type":"read","conversation_id":"c","seq":0}), SEQ0),
         (
             json!({"type":"delivered","conversation_id":"c!","seq":0}),
-            bad_conv,
+            BAD_CONV,
         ),
         (
             json!({"type":"typing","conversation_id":"c!","state":"start"}),
-            bad_conv,
+            BAD_CONV,
         ),
         (
             json!({"type":"subscribe_presence","user_ids":["u!"]}),
@@ -325,8 +341,5 @@ fn first_failing_check_is_the_answer() {
             json!({"type":"auth","token":"t","device_id":"d!"}),
             "device_id must be 1..128 characters of [A-Za-z0-9_-]",
         ),
-    ];
-    for (frame, want) in cases {
-        assert_eq!(message(frame.clone()), want, "{frame}");
-    }
+    ]);
 }
