@@ -476,57 +476,39 @@ async fn payload_too_large_makes_openraft_send_fewer_entries() {
     catch_up(1_000_000, 400_000, 20, false).await;
 }
 
-async fn catch_up(frame_max: usize, entry_bytes: usize, entries: u32, with_snapshot: bool) {
-    let net = Limited {
-        inner: Loopback::default(),
-        frame_max,
-        largest_append: Arc::default(),
-        largest_snapshot: Arc::default(),
-        snapshot_chunks: Arc::default(),
-    };
-    let timings = RaftTimings {
-        // Long enough for a 4 MiB append on a loaded machine.
-        heartbeat_ms: 500,
-        election_min_ms: 3_000,
-        election_max_ms: 4_000,
-        install_snapshot_timeout_ms: 10_000,
-        // Purge everything a snapshot covers, so node 4 must be seeded from it.
-        keep_logs_behind_snapshot: 0,
-        purge_batch_size: 1,
-        ..Default::default()
-    };
-    let group = 1;
-    let mut dirs = Vec::new();
-    let mut stores = BTreeMap::new();
-    let mut handles = BTreeMap::new();
-    for id in 1..=4u64 {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
-        let h = start_group(
-            id,
-            group,
-            store.clone(),
-            Arc::new(CountingApplier {
-                keep: true,
-                ..Default::default()
-            }),
-            Arc::new(net.clone()),
-            &timings,
-        )
-        .await
-        .expect("start");
-        net.inner
-            .nodes
-            .lock()
-            .entry(id)
-            .or_default()
-            .insert(group, h.raft.clone());
-        dirs.push(dir);
-        stores.insert(id, store);
-        handles.insert(id, h);
-    }
-    let leader = handles[&1].clone();
-    initialize_single(&leader, 1, "n1".into())
+/// Starts node `id`'s replica of `group` on `store` and puts it on the loopback network.
+async fn start_on(
+    id: u64,
+    group: GroupId,
+    store: &Arc<Store>,
+    net: &Limited,
+    timings: &RaftTimings,
+) -> GroupHandle<TypeConfig> {
+    let h = start_group(
+        id,
+        group,
+        store.clone(),
+        Arc::new(CountingApplier {
+            keep: true,
+            ..Default::default()
+        }),
+        Arc::new(net.clone()),
+        timings,
+    )
+    .await
+    .expect("start");
+    net.inner
+        .nodes
+        .lock()
+        .entry(id)
+        .or_default()
+        .insert(group, h.raft.clone());
+    h
+}
+
+/// Node 1 leads a group of voters 1, 2, 3.
+async fn form_three(leader: &GroupHandle<TypeConfig>) {
+    initialize_single(leader, 1, "n1".into())
         .await
         .expect("init");
     leader
@@ -547,66 +529,17 @@ async fn catch_up(frame_max: usize, entry_bytes: usize, entries: u32, with_snaps
         .change_membership([1u64, 2, 3], false)
         .await
         .expect("membership");
-    // Node 3 stops (a stopped node does not campaign and disturb the leader on return).
-    handles[&3].raft.shutdown().await.expect("shutdown 3");
-    net.inner.nodes.lock().remove(&3);
-    let mut last = None;
-    for n in 0..entries {
-        let w = leader
-            .raft
-            .client_write(big_request(n, entry_bytes))
-            .await
-            .expect("write");
-        last = Some(w.log_id.index);
-    }
-    let h3 = start_group(
-        3,
-        group,
-        stores[&3].clone(),
-        Arc::new(CountingApplier {
-            keep: true,
-            ..Default::default()
-        }),
-        Arc::new(net.clone()),
-        &timings,
-    )
-    .await
-    .expect("restart 3");
-    net.inner
-        .nodes
-        .lock()
-        .entry(3)
-        .or_default()
-        .insert(group, h3.raft.clone());
-    handles.insert(3, h3);
-    if let Err(e) = handles[&3]
-        .raft
-        .wait(Some(Duration::from_secs(60)))
-        .applied_index_at_least(last, "node 3 caught up")
-        .await
-    {
-        let m1 = handles[&1].raft.metrics().borrow().clone();
-        let m3 = handles[&3].raft.metrics().borrow().clone();
-        panic!(
-            "node 3 did not catch up: {e}; largest append {}; leader {m1}; node 3 {m3}",
-            net.largest_append.load(Ordering::SeqCst)
-        );
-    }
-    assert_eq!(count(&stores[&3], group), count(&stores[&1], group));
-    let largest = net.largest_append.load(Ordering::SeqCst);
-    assert!(largest > entry_bytes, "appends carried the large entries");
-    assert!(
-        largest <= frame_max.min(super::APPEND_ENTRIES_BYTES_MAX + 2 * entry_bytes),
-        "largest append was {largest} bytes"
-    );
-    if !with_snapshot {
-        for h in handles.values() {
-            h.raft.shutdown().await.expect("shutdown");
-        }
-        return;
-    }
+}
 
-    // A snapshot of the ~40 MiB group seeds node 4 in chunks.
+/// A snapshot of the group (its log purged) seeds node 4 in chunks under the frame limit.
+async fn seed_from_snapshot(
+    handles: &BTreeMap<u64, GroupHandle<TypeConfig>>,
+    stores: &BTreeMap<u64, Arc<Store>>,
+    net: &Limited,
+    group: GroupId,
+    last: Option<u64>,
+) {
+    let leader = &handles[&1];
     leader.raft.trigger().snapshot().await.expect("snapshot");
     leader
         .raft
@@ -639,6 +572,77 @@ async fn catch_up(frame_max: usize, entry_bytes: usize, entries: u32, with_snaps
         largest <= super::SNAPSHOT_CHUNK_BYTES_MAX as usize + (64 << 10),
         "largest snapshot chunk RPC was {largest} bytes"
     );
+}
+
+async fn catch_up(frame_max: usize, entry_bytes: usize, entries: u32, with_snapshot: bool) {
+    let net = Limited {
+        inner: Loopback::default(),
+        frame_max,
+        largest_append: Arc::default(),
+        largest_snapshot: Arc::default(),
+        snapshot_chunks: Arc::default(),
+    };
+    let timings = RaftTimings {
+        // Long enough for a 4 MiB append on a loaded machine.
+        heartbeat_ms: 500,
+        election_min_ms: 3_000,
+        election_max_ms: 4_000,
+        install_snapshot_timeout_ms: 10_000,
+        // Purge everything a snapshot covers, so node 4 must be seeded from it.
+        keep_logs_behind_snapshot: 0,
+        purge_batch_size: 1,
+        ..Default::default()
+    };
+    let group = 1;
+    let mut dirs = Vec::new();
+    let mut stores = BTreeMap::new();
+    let mut handles = BTreeMap::new();
+    for id in 1..=4u64 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        handles.insert(id, start_on(id, group, &store, &net, &timings).await);
+        dirs.push(dir);
+        stores.insert(id, store);
+    }
+    let leader = handles[&1].clone();
+    form_three(&leader).await;
+    // Node 3 stops (a stopped node does not campaign and disturb the leader on return).
+    handles[&3].raft.shutdown().await.expect("shutdown 3");
+    net.inner.nodes.lock().remove(&3);
+    let mut last = None;
+    for n in 0..entries {
+        let w = leader
+            .raft
+            .client_write(big_request(n, entry_bytes))
+            .await
+            .expect("write");
+        last = Some(w.log_id.index);
+    }
+    let h3 = start_on(3, group, &stores[&3], &net, &timings).await;
+    handles.insert(3, h3);
+    if let Err(e) = handles[&3]
+        .raft
+        .wait(Some(Duration::from_secs(60)))
+        .applied_index_at_least(last, "node 3 caught up")
+        .await
+    {
+        let m1 = handles[&1].raft.metrics().borrow().clone();
+        let m3 = handles[&3].raft.metrics().borrow().clone();
+        panic!(
+            "node 3 did not catch up: {e}; largest append {}; leader {m1}; node 3 {m3}",
+            net.largest_append.load(Ordering::SeqCst)
+        );
+    }
+    assert_eq!(count(&stores[&3], group), count(&stores[&1], group));
+    let largest = net.largest_append.load(Ordering::SeqCst);
+    assert!(largest > entry_bytes, "appends carried the large entries");
+    assert!(
+        largest <= frame_max.min(super::APPEND_ENTRIES_BYTES_MAX + 2 * entry_bytes),
+        "largest append was {largest} bytes"
+    );
+    if with_snapshot {
+        seed_from_snapshot(&handles, &stores, &net, group, last).await;
+    }
     for h in handles.values() {
         h.raft.shutdown().await.expect("shutdown");
     }
