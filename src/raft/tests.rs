@@ -368,25 +368,34 @@ async fn three_nodes_replicate_and_seed_from_snapshot() {
         );
     }
     for id in 2..=3u64 {
-        handles[&id]
-            .raft
-            .wait(Some(Duration::from_secs(5)))
-            .applied_index_at_least(last.map(|l| l.index), "caught up")
-            .await
-            .expect("caught up");
-        let m = handles[&id].raft.metrics().borrow().clone();
-        assert_eq!(
-            count(&stores[&id], group),
-            60,
-            "node {id}: leader count {} metrics {m}",
-            count(&stores[&1], group)
-        );
-        let m = handles[&id].raft.metrics().borrow().clone();
-        assert!(m.snapshot.is_some(), "node {id} was seeded from a snapshot");
+        assert_seeded(&handles[&id], &stores, id, group, last.map(|l| l.index)).await;
     }
     for h in handles.values() {
         h.raft.shutdown().await.expect("shutdown");
     }
+}
+
+/// Node `id` applied up to `last`, holds all 60 writes, and got them from a snapshot.
+async fn assert_seeded(
+    h: &GroupHandle<TypeConfig>,
+    stores: &BTreeMap<u64, Arc<Store>>,
+    id: u64,
+    group: GroupId,
+    last: Option<u64>,
+) {
+    h.raft
+        .wait(Some(Duration::from_secs(5)))
+        .applied_index_at_least(last, "caught up")
+        .await
+        .expect("caught up");
+    let m = h.raft.metrics().borrow().clone();
+    assert_eq!(
+        count(&stores[&id], group),
+        60,
+        "node {id}: leader count {} metrics {m}",
+        count(&stores[&1], group)
+    );
+    assert!(m.snapshot.is_some(), "node {id} was seeded from a snapshot");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
