@@ -61,6 +61,195 @@ fn create(store: &Store) {
     assert!(matches!(resp, ShardResponse::Conversation(_)));
 }
 
+/// What the property test expects of the conversation, updated op by op.
+#[derive(Default)]
+struct Model {
+    members: BTreeSet<usize>,
+    last_seq: u64,
+    first_acks: HashMap<(usize, u8), Ack>,
+    reads: HashMap<usize, u64>,
+    msg_counter: u64,
+}
+
+impl Model {
+    /// Applies `op` to `store` and checks the answer against the model.
+    fn step(&mut self, store: &Store, op: Op) -> Result<(), TestCaseError> {
+        self.msg_counter += 1;
+        let msg_id = format!("id{}", self.msg_counter);
+        match op {
+            Op::Send { sender, cmid } => self.send(store, sender, cmid, msg_id),
+            Op::Add { target } => self.add(store, target, msg_id),
+            Op::Remove { target } => self.remove(store, target, msg_id),
+            Op::Read { user, seq_offset } => self.read(store, user, seq_offset),
+        }
+    }
+
+    fn send(
+        &mut self,
+        store: &Store,
+        sender: usize,
+        cmid: u8,
+        msg_id: String,
+    ) -> Result<(), TestCaseError> {
+        let resp = apply(
+            store,
+            &ShardOp::Send {
+                conversation_id: CONV.into(),
+                sender: USERS[sender].into(),
+                sender_device: "d".into(),
+                client_msg_id: format!("m{cmid}"),
+                kind: MsgKind::Text,
+                body: format!("body {}", self.msg_counter),
+                ref_seq: None,
+                msg_id,
+                ts: self.msg_counter,
+            },
+        );
+        match (self.first_acks.get(&(sender, cmid)), resp) {
+            (Some(first), ShardResponse::Ack { ack, pushed }) => {
+                prop_assert_eq!(&ack, first, "a retry returns the original ack");
+                prop_assert!(pushed.is_none(), "a retry is not pushed again");
+            }
+            (Some(_), other) => prop_assert!(false, "retry got {:?}", other),
+            (None, ShardResponse::Ack { ack, pushed }) => {
+                prop_assert!(self.members.contains(&sender), "non-member's send accepted");
+                prop_assert_eq!(ack.seq, self.last_seq + 1, "seq is last_seq + 1");
+                prop_assert!(pushed.is_some());
+                self.last_seq = ack.seq;
+                // Sending moves the sender's read watermark.
+                self.reads.insert(sender, self.last_seq);
+                self.first_acks.insert((sender, cmid), ack);
+            }
+            (None, ShardResponse::Rejected(Rejection::Forbidden(_))) => {
+                prop_assert!(!self.members.contains(&sender), "member's send refused");
+            }
+            (None, other) => prop_assert!(false, "unexpected {:?}", other),
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, store: &Store, target: usize, msg_id: String) -> Result<(), TestCaseError> {
+        let resp = apply(
+            store,
+            &ShardOp::AddMembers {
+                conversation_id: CONV.into(),
+                actor: "u0".into(),
+                actor_device: "d".into(),
+                members: vec![USERS[target].into()],
+                msg_id,
+                ts: self.msg_counter,
+            },
+        );
+        let ShardResponse::Membership {
+            conversation,
+            pushed,
+        } = resp
+        else {
+            prop_assert!(false, "add refused");
+            unreachable!();
+        };
+        if self.members.insert(target) {
+            prop_assert_eq!(pushed.map(|p| p.message.seq), Some(self.last_seq + 1));
+            self.last_seq += 1;
+        } else {
+            prop_assert!(pushed.is_none(), "re-adding a member is a no-op");
+        }
+        prop_assert_eq!(conversation.last_seq, self.last_seq);
+        Ok(())
+    }
+
+    fn remove(
+        &mut self,
+        store: &Store,
+        target: usize,
+        msg_id: String,
+    ) -> Result<(), TestCaseError> {
+        let resp = apply(
+            store,
+            &ShardOp::RemoveMember {
+                conversation_id: CONV.into(),
+                actor: "u0".into(),
+                actor_device: "d".into(),
+                user_id: USERS[target].into(),
+                msg_id,
+                ts: self.msg_counter,
+            },
+        );
+        if self.members.remove(&target) {
+            let ShardResponse::Membership { pushed, .. } = resp else {
+                prop_assert!(false, "remove refused");
+                unreachable!();
+            };
+            prop_assert_eq!(pushed.map(|p| p.message.seq), Some(self.last_seq + 1));
+            self.last_seq += 1;
+        } else {
+            prop_assert!(
+                matches!(resp, ShardResponse::Membership { pushed: None, .. }),
+                "removing a non-member is a no-op"
+            );
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, store: &Store, user: usize, seq_offset: i8) -> Result<(), TestCaseError> {
+        let seq = (self.last_seq as i64 + i64::from(seq_offset)).max(1) as u64;
+        let resp = apply(
+            store,
+            &ShardOp::Receipt {
+                conversation_id: CONV.into(),
+                user_id: USERS[user].into(),
+                delivered_seq: None,
+                read_seq: Some(seq),
+            },
+        );
+        match resp {
+            ShardResponse::Receipt(r) => {
+                prop_assert!(self.members.contains(&user));
+                prop_assert!(seq <= self.last_seq);
+                let before = self.reads.get(&user).copied().unwrap_or(0);
+                prop_assert_eq!(r.read_seq, before.max(seq), "read watermark is monotonic");
+                prop_assert!(r.delivered_seq >= r.read_seq, "read implies delivered");
+                self.reads.insert(user, r.read_seq);
+            }
+            ShardResponse::Rejected(Rejection::Forbidden(_)) => {
+                prop_assert!(!self.members.contains(&user))
+            }
+            ShardResponse::Rejected(Rejection::BadRequest(_)) => prop_assert!(seq > self.last_seq),
+            other => prop_assert!(false, "unexpected {:?}", other),
+        }
+        Ok(())
+    }
+
+    /// Every seq 1..=last_seq is stored once; every client_msg_id once.
+    fn check_stored(&self, store: &Store) -> Result<(), TestCaseError> {
+        let rows = store
+            .sm_scan_prefix(GROUP, &keys::message_prefix(CONV), false, usize::MAX)
+            .expect("scan");
+        let stored: Vec<Message> = rows
+            .iter()
+            .map(|(_, v)| decode(v).expect("decode"))
+            .collect();
+        let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
+        prop_assert_eq!(
+            seqs,
+            (1..=self.last_seq).collect::<Vec<_>>(),
+            "seq gapless from 1"
+        );
+        let mut by_cmid: BTreeMap<(String, String), u32> = BTreeMap::new();
+        for m in stored.iter().filter(|m| m.kind == MsgKind::Text) {
+            *by_cmid
+                .entry((m.sender_id.clone(), m.client_msg_id.clone()))
+                .or_default() += 1;
+        }
+        prop_assert!(
+            by_cmid.values().all(|n| *n == 1),
+            "a client_msg_id stored twice"
+        );
+        prop_assert_eq!(by_cmid.len(), self.first_acks.len());
+        Ok(())
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -68,129 +257,14 @@ proptest! {
     fn sends_retries_membership_and_receipts(ops in proptest::collection::vec(op_strategy(), 1..120)) {
         let (_dir, store) = open_store();
         create(&store);
-        let mut members: BTreeSet<usize> = [0, 1, 2, 3].into_iter().collect();
-        let mut last_seq = 0u64;
-        let mut first_acks: HashMap<(usize, u8), Ack> = HashMap::new();
-        let mut reads: HashMap<usize, u64> = HashMap::new();
-        let mut msg_counter = 0u64;
+        let mut model = Model {
+            members: [0, 1, 2, 3].into_iter().collect(),
+            ..Model::default()
+        };
         for op in ops {
-            msg_counter += 1;
-            let msg_id = format!("id{msg_counter}");
-            match op {
-                Op::Send { sender, cmid } => {
-                    let resp = apply(&store, &ShardOp::Send {
-                        conversation_id: CONV.into(),
-                        sender: USERS[sender].into(),
-                        sender_device: "d".into(),
-                        client_msg_id: format!("m{cmid}"),
-                        kind: MsgKind::Text,
-                        body: format!("body {msg_counter}"),
-                        ref_seq: None,
-                        msg_id,
-                        ts: msg_counter,
-                    });
-                    match (first_acks.get(&(sender, cmid)), resp) {
-                        (Some(first), ShardResponse::Ack { ack, pushed }) => {
-                            prop_assert_eq!(&ack, first, "a retry returns the original ack");
-                            prop_assert!(pushed.is_none(), "a retry is not pushed again");
-                        }
-                        (Some(_), other) => prop_assert!(false, "retry got {:?}", other),
-                        (None, ShardResponse::Ack { ack, pushed }) => {
-                            prop_assert!(members.contains(&sender), "non-member's send accepted");
-                            prop_assert_eq!(ack.seq, last_seq + 1, "seq is last_seq + 1");
-                            prop_assert!(pushed.is_some());
-                            last_seq = ack.seq;
-                            // Sending moves the sender's read watermark.
-                            reads.insert(sender, last_seq);
-                            first_acks.insert((sender, cmid), ack);
-                        }
-                        (None, ShardResponse::Rejected(Rejection::Forbidden(_))) => {
-                            prop_assert!(!members.contains(&sender), "member's send refused");
-                        }
-                        (None, other) => prop_assert!(false, "unexpected {:?}", other),
-                    }
-                }
-                Op::Add { target } => {
-                    let resp = apply(&store, &ShardOp::AddMembers {
-                        conversation_id: CONV.into(),
-                        actor: "u0".into(),
-                        actor_device: "d".into(),
-                        members: vec![USERS[target].into()],
-                        msg_id,
-                        ts: msg_counter,
-                    });
-                    let ShardResponse::Membership { conversation, pushed } = resp else {
-                        prop_assert!(false, "add refused");
-                        unreachable!();
-                    };
-                    if members.insert(target) {
-                        prop_assert_eq!(pushed.map(|p| p.message.seq), Some(last_seq + 1));
-                        last_seq += 1;
-                    } else {
-                        prop_assert!(pushed.is_none(), "re-adding a member is a no-op");
-                    }
-                    prop_assert_eq!(conversation.last_seq, last_seq);
-                }
-                Op::Remove { target } => {
-                    let resp = apply(&store, &ShardOp::RemoveMember {
-                        conversation_id: CONV.into(),
-                        actor: "u0".into(),
-                        actor_device: "d".into(),
-                        user_id: USERS[target].into(),
-                        msg_id,
-                        ts: msg_counter,
-                    });
-                    if members.remove(&target) {
-                        let ShardResponse::Membership { pushed, .. } = resp else {
-                            prop_assert!(false, "remove refused");
-                            unreachable!();
-                        };
-                        prop_assert_eq!(pushed.map(|p| p.message.seq), Some(last_seq + 1));
-                        last_seq += 1;
-                    } else {
-                        prop_assert!(
-                            matches!(resp, ShardResponse::Membership { pushed: None, .. }),
-                            "removing a non-member is a no-op"
-                        );
-                    }
-                }
-                Op::Read { user, seq_offset } => {
-                    let seq = (last_seq as i64 + i64::from(seq_offset)).max(1) as u64;
-                    let resp = apply(&store, &ShardOp::Receipt {
-                        conversation_id: CONV.into(),
-                        user_id: USERS[user].into(),
-                        delivered_seq: None,
-                        read_seq: Some(seq),
-                    });
-                    match resp {
-                        ShardResponse::Receipt(r) => {
-                            prop_assert!(members.contains(&user));
-                            prop_assert!(seq <= last_seq);
-                            let before = reads.get(&user).copied().unwrap_or(0);
-                            prop_assert_eq!(r.read_seq, before.max(seq), "read watermark is monotonic");
-                            prop_assert!(r.delivered_seq >= r.read_seq, "read implies delivered");
-                            reads.insert(user, r.read_seq);
-                        }
-                        ShardResponse::Rejected(Rejection::Forbidden(_)) => prop_assert!(!members.contains(&user)),
-                        ShardResponse::Rejected(Rejection::BadRequest(_)) => prop_assert!(seq > last_seq),
-                        other => prop_assert!(false, "unexpected {:?}", other),
-                    }
-                }
-            }
+            model.step(&store, op)?;
         }
-        // Every seq 1..=last_seq is stored once; every client_msg_id once.
-        let rows = store
-            .sm_scan_prefix(GROUP, &keys::message_prefix(CONV), false, usize::MAX)
-            .expect("scan");
-        let stored: Vec<Message> = rows.iter().map(|(_, v)| decode(v).expect("decode")).collect();
-        let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
-        prop_assert_eq!(seqs, (1..=last_seq).collect::<Vec<_>>(), "seq gapless from 1");
-        let mut by_cmid: BTreeMap<(String, String), u32> = BTreeMap::new();
-        for m in stored.iter().filter(|m| m.kind == MsgKind::Text) {
-            *by_cmid.entry((m.sender_id.clone(), m.client_msg_id.clone())).or_default() += 1;
-        }
-        prop_assert!(by_cmid.values().all(|n| *n == 1), "a client_msg_id stored twice");
-        prop_assert_eq!(by_cmid.len(), first_acks.len());
+        model.check_stored(&store)?;
     }
 }
 
