@@ -299,24 +299,19 @@ async fn three_nodes_replicate_and_seed_from_snapshot() {
     for id in 1..=3u64 {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
-        let h = start_group(
+        let applier = CountingApplier::default();
+        let h = start_on(
             id,
             group,
-            store.clone(),
-            Arc::new(CountingApplier::default()),
+            &store,
+            applier,
             Arc::new(net.clone()),
+            &net,
             &timings,
-        )
-        .await
-        .expect("start");
-        net.nodes
-            .lock()
-            .entry(id)
-            .or_default()
-            .insert(group, h.raft.clone());
+        );
+        handles.insert(id, h.await);
         dirs.push(dir);
         stores.insert(id, store);
-        handles.insert(id, h);
     }
     let leader = &handles[&1];
     initialize_single(leader, 1, "n1".into())
@@ -485,34 +480,42 @@ async fn payload_too_large_makes_openraft_send_fewer_entries() {
     catch_up(1_000_000, 400_000, 20, false).await;
 }
 
-/// Starts node `id`'s replica of `group` on `store` and puts it on the loopback network.
+/// Starts node `id`'s replica of `group` on `store`, its RPCs going through `network`, and
+/// registers it on `loopback` (the nodes `network` delivers to).
 async fn start_on(
     id: u64,
     group: GroupId,
     store: &Arc<Store>,
-    net: &Limited,
+    applier: CountingApplier,
+    network: Arc<dyn PeerNetwork<TypeConfig>>,
+    loopback: &Loopback,
     timings: &RaftTimings,
 ) -> GroupHandle<TypeConfig> {
     let h = start_group(
         id,
         group,
         store.clone(),
-        Arc::new(CountingApplier {
-            keep: true,
-            ..Default::default()
-        }),
-        Arc::new(net.clone()),
+        Arc::new(applier),
+        network,
         timings,
     )
     .await
     .expect("start");
-    net.inner
+    loopback
         .nodes
         .lock()
         .entry(id)
         .or_default()
         .insert(group, h.raft.clone());
     h
+}
+
+/// A counting applier that keeps what it applied.
+fn keeping() -> CountingApplier {
+    CountingApplier {
+        keep: true,
+        ..Default::default()
+    }
 }
 
 /// Node 1 leads a group of voters 1, 2, 3.
@@ -609,7 +612,16 @@ async fn catch_up(frame_max: usize, entry_bytes: usize, entries: u32, with_snaps
     for id in 1..=4u64 {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
-        handles.insert(id, start_on(id, group, &store, &net, &timings).await);
+        let h = start_on(
+            id,
+            group,
+            &store,
+            keeping(),
+            Arc::new(net.clone()),
+            &net.inner,
+            &timings,
+        );
+        handles.insert(id, h.await);
         dirs.push(dir);
         stores.insert(id, store);
     }
@@ -627,7 +639,17 @@ async fn catch_up(frame_max: usize, entry_bytes: usize, entries: u32, with_snaps
             .expect("write");
         last = Some(w.log_id.index);
     }
-    let h3 = start_on(3, group, &stores[&3], &net, &timings).await;
+    let network = Arc::new(net.clone());
+    let h3 = start_on(
+        3,
+        group,
+        &stores[&3],
+        keeping(),
+        network,
+        &net.inner,
+        &timings,
+    )
+    .await;
     handles.insert(3, h3);
     if let Err(e) = handles[&3]
         .raft
