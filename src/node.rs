@@ -467,6 +467,7 @@ async fn create_cluster(
         ca_key_pem: ca.key_pem().to_string(),
         join_secret: token.secret.to_vec(),
         settings,
+        members: Default::default(),
     };
     id.save(&config.data_dir)?;
     write_private(
@@ -477,14 +478,23 @@ async fn create_cluster(
 }
 
 /// The meta state this node starts from: the one it was welcomed with, else its own
-/// replica's (possibly behind; the controller refreshes it from the meta leader). A node
-/// that left cannot come back under its old identity.
-fn starting_meta(store: &Store, welcome: MetaState, node_id: u64) -> Result<MetaState, NodeError> {
-    let meta = if welcome.nodes.is_empty() {
+/// replica's (possibly behind; the controller refreshes it from the meta leader), else,
+/// with no replica yet, only the members its identity remembers (so that it can reach
+/// them). A node that left cannot come back under its old identity.
+fn starting_meta(
+    store: &Store,
+    welcome: MetaState,
+    identity: &Identity,
+) -> Result<MetaState, NodeError> {
+    let node_id = identity.node_id;
+    let mut meta = if welcome.nodes.is_empty() {
         meta::read_state(store)?
     } else {
         welcome
     };
+    if meta.nodes.is_empty() {
+        meta.nodes = identity.members.clone();
+    }
     if meta
         .nodes
         .get(&node_id)
@@ -744,7 +754,7 @@ async fn start_groups(
     };
     let (shard_map, local) =
         start_shard_groups(config, &identity.settings, &f.starter, meta_group).await?;
-    let meta_seed = starting_meta(&f.store, welcome, f.starter.node_id)?;
+    let meta_seed = starting_meta(&f.store, welcome, &identity)?;
     let secrets = load_secrets(config, &identity, &meta_seed, &f.shutdown)?;
     let secrets_missing = (identity.creator && !meta_seed.secrets.is_initialized())
         .then(|| stored_join_secret(&identity))
@@ -1101,3 +1111,78 @@ const _: () = {
     assert!(crate::delivery::peer_queue::PUSH_BATCH_BYTES_MAX + body_max + 64 * 1024 < frame);
     assert!(crate::delivery::tracker::GAP_FILL_MESSAGES_MAX as usize * message_max <= frame);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::ClusterCa;
+
+    fn joiner(members: &[(u64, NodeState)]) -> Identity {
+        let ca = ClusterCa::generate("c").expect("ca");
+        Identity {
+            cluster_id: "c".into(),
+            node_id: 3,
+            creator: false,
+            credentials: ca.issue_node(3).expect("credentials"),
+            ca_key_pem: ca.key_pem().to_string(),
+            join_secret: vec![7; 32],
+            settings: ClusterSettings {
+                cluster_id: "c".into(),
+                shards: 1,
+                jwt_secret: vec![1; 32],
+                created_ts: 0,
+            },
+            members: members
+                .iter()
+                .map(|&(id, state)| {
+                    let info = NodeInfo {
+                        node_id: id,
+                        peer_addr: format!("10.0.0.{id}:7001"),
+                        client_addr: format!("10.0.0.{id}:7000"),
+                        state,
+                    };
+                    (id, info)
+                })
+                .collect(),
+        }
+    }
+
+    /// A joiner restarted before it was given any replica has no meta state of its own:
+    /// it starts from the members its identity remembers, or it could reach nobody (and a
+    /// node that left would never be told so).
+    #[test]
+    fn a_joiner_without_replicas_starts_from_the_members_it_remembers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let id = joiner(&[(1, NodeState::Active), (3, NodeState::Active)]);
+        let meta = starting_meta(&store, MetaState::default(), &id).expect("meta");
+        assert_eq!(meta.nodes, id.members);
+        // The welcome, when there is one, wins.
+        let welcome = MetaState {
+            nodes: joiner(&[(2, NodeState::Active)]).members,
+            ..Default::default()
+        };
+        let meta = starting_meta(&store, welcome.clone(), &id).expect("meta");
+        assert_eq!(meta.nodes, welcome.nodes);
+    }
+
+    /// A `cluster.json` written before identities remembered the members still loads.
+    #[test]
+    fn an_identity_without_members_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = joiner(&[(1, NodeState::Active)]);
+        id.save(dir.path()).expect("save");
+        let path = dir.path().join(crate::cluster::identity::IDENTITY_FILE);
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        assert!(json
+            .as_object_mut()
+            .expect("object")
+            .remove("members")
+            .is_some());
+        std::fs::write(&path, serde_json::to_vec(&json).expect("encode")).expect("write");
+        let back = Identity::load(dir.path()).expect("load").expect("present");
+        assert!(back.members.is_empty());
+        assert_eq!(back.node_id, 3);
+    }
+}

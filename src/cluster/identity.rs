@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::command::{ClusterSettings, MetaState};
+use std::collections::BTreeMap;
+
+use super::command::{ClusterSettings, MetaState, NodeInfo};
+use crate::ids::NodeId;
 use crate::transport::{JoinGrant, NodeCredentials};
 
 pub(crate) const IDENTITY_FILE: &str = "cluster.json";
@@ -41,6 +44,11 @@ pub(crate) struct Identity {
     pub(crate) ca_key_pem: String,
     pub(crate) join_secret: Vec<u8>,
     pub(crate) settings: ClusterSettings,
+    /// The members as the welcome named them (empty on the creator). A joiner restarted
+    /// before it holds a replica has no meta state of its own: these addresses are where it
+    /// looks for its cluster (and where a node that left is told it was revoked).
+    #[serde(default)]
+    pub(crate) members: BTreeMap<NodeId, NodeInfo>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -144,6 +152,7 @@ impl Identity {
                 ca_key_pem: grant.ca_key_pem.clone(),
                 join_secret: grant.join_secret.clone(),
                 settings: welcome.settings,
+                members: welcome.meta.nodes.clone(),
             },
             welcome.meta,
         ))
