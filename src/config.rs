@@ -174,6 +174,39 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     // secrets (issue 12 point 5)
     pub admin: Admin,
+    /// Log compaction of every group (issue 16 point 3).
+    pub raft: RaftLog,
+}
+
+/// When a group snapshots its state and how much log it keeps behind the snapshot.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftLog {
+    /// Build a snapshot (after which the log behind it may be purged) every this many
+    /// applied entries.
+    pub snapshot_every_logs: u64,
+    /// Entries kept in the log behind the last snapshot, so that a follower slightly
+    /// behind is caught up from the log rather than sent the whole snapshot.
+    pub keep_logs_behind_snapshot: u64,
+}
+
+/// Default of `[raft] snapshot_every_logs`.
+pub const SNAPSHOT_EVERY_LOGS: u64 = crate::raft::SNAPSHOT_EVERY_LOGS;
+/// Smallest `[raft] snapshot_every_logs` (each snapshot copies the group's whole state).
+pub const SNAPSHOT_EVERY_LOGS_MIN: u64 = 50;
+/// Largest `[raft] snapshot_every_logs` and `keep_logs_behind_snapshot` (a restart replays
+/// up to this many entries; the log on disk is bounded by it).
+pub const RAFT_LOG_ENTRIES_MAX: u64 = 10_000_000;
+/// Default of `[raft] keep_logs_behind_snapshot`.
+pub const KEEP_LOGS_BEHIND_SNAPSHOT: u64 = crate::raft::KEEP_LOGS_BEHIND_SNAPSHOT;
+
+impl Default for RaftLog {
+    fn default() -> Self {
+        RaftLog {
+            snapshot_every_logs: SNAPSHOT_EVERY_LOGS,
+            keep_logs_behind_snapshot: KEEP_LOGS_BEHIND_SNAPSHOT,
+        }
+    }
 }
 
 /// Operator endpoints (`/admin/*`, which need the admin token).
@@ -300,6 +333,7 @@ impl Default for Config {
             tls: Tls::default(),
             metrics_listen: None,
             admin: Admin::default(),
+            raft: RaftLog::default(),
         }
     }
 }
@@ -395,6 +429,21 @@ impl Config {
             ));
         }
         self.validate_accounts()?;
+        self.validate_raft()
+    }
+
+    fn validate_raft(&self) -> Result<(), ConfigError> {
+        let r = &self.raft;
+        if !(SNAPSHOT_EVERY_LOGS_MIN..=RAFT_LOG_ENTRIES_MAX).contains(&r.snapshot_every_logs) {
+            return Err(ConfigError::Invalid(format!(
+                "raft.snapshot_every_logs must be {SNAPSHOT_EVERY_LOGS_MIN}..={RAFT_LOG_ENTRIES_MAX}"
+            )));
+        }
+        if r.keep_logs_behind_snapshot > RAFT_LOG_ENTRIES_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "raft.keep_logs_behind_snapshot must be at most {RAFT_LOG_ENTRIES_MAX}"
+            )));
+        }
         Ok(())
     }
 

@@ -681,7 +681,11 @@ impl Foundation {
                 delivery: inbox.clone(),
             }),
             network: network.clone(),
-            timings: RaftTimings::default(),
+            timings: RaftTimings {
+                snapshot_every_logs: config.raft.snapshot_every_logs,
+                keep_logs_behind_snapshot: config.raft.keep_logs_behind_snapshot,
+                ..RaftTimings::default()
+            },
         };
         Ok(Foundation {
             store,

@@ -48,3 +48,21 @@ fn tls_files_go_together() {
 fn unknown_keys_are_refused() {
     assert!(toml::from_str::<Config>("[limits]\nbogus = 1\n").is_err());
 }
+
+#[test]
+fn raft_log_compaction_keys_are_bounded() {
+    let c: Config =
+        toml::from_str("[raft]\nsnapshot_every_logs = 200\nkeep_logs_behind_snapshot = 50\n")
+            .unwrap();
+    assert_eq!(c.raft.snapshot_every_logs, 200);
+    assert_eq!(c.raft.keep_logs_behind_snapshot, 50);
+    assert!(c.validate().is_ok());
+    let mut c = Config::default();
+    c.raft.snapshot_every_logs = SNAPSHOT_EVERY_LOGS_MIN - 1;
+    assert!(c.validate().is_err());
+    c.raft.snapshot_every_logs = RAFT_LOG_ENTRIES_MAX + 1;
+    assert!(c.validate().is_err());
+    c.raft.snapshot_every_logs = SNAPSHOT_EVERY_LOGS;
+    c.raft.keep_logs_behind_snapshot = RAFT_LOG_ENTRIES_MAX + 1;
+    assert!(c.validate().is_err());
+}

@@ -77,6 +77,11 @@ pub(crate) trait Applier<C: GroupTypes>: Send + Sync + 'static {
 /// bounded by the group's data, not by the frame limit.
 pub(crate) const SNAPSHOT_CHUNK_BYTES_MAX: u64 = 2 << 20;
 
+/// Default snapshot interval of a group, in applied entries (`[raft] snapshot_every_logs`).
+pub(crate) const SNAPSHOT_EVERY_LOGS: u64 = 100_000;
+/// Default entries kept behind a snapshot (`[raft] keep_logs_behind_snapshot`).
+pub(crate) const KEEP_LOGS_BEHIND_SNAPSHOT: u64 = 1_000;
+
 /// Raft timings and log-compaction settings of a group.
 #[derive(Debug, Clone)]
 pub(crate) struct RaftTimings {
@@ -105,8 +110,8 @@ impl Default for RaftTimings {
             election_min_ms: 1_000,
             election_max_ms: 1_800,
             install_snapshot_timeout_ms: 2_000,
-            snapshot_every_logs: 100_000,
-            keep_logs_behind_snapshot: 1_000,
+            snapshot_every_logs: SNAPSHOT_EVERY_LOGS,
+            keep_logs_behind_snapshot: KEEP_LOGS_BEHIND_SNAPSHOT,
             max_payload_entries: 300,
             purge_batch_size: 256,
         }
